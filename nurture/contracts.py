@@ -1,0 +1,202 @@
+"""Inputs and outputs of the enrollment workflow, its signals, query and activities.
+
+One model per workflow, activity, signal and query, so each can grow a field
+without breaking histories already recorded.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from nurture.flow.language import FlowDefinition
+
+ENROLLMENT_WORKFLOW = "EnrollmentWorkflow"
+
+
+def enrollment_workflow_id(prefix: str, flow_id: int, contact_id: int) -> str:
+    """One workflow id per (flow, contact): enrolling twice finds the running one."""
+    return f"{prefix}-{flow_id}-{contact_id}"
+
+
+class ContactSnapshot(BaseModel):
+    id: int
+    email: str
+    name: str | None = None
+    company: str | None = None
+    timezone: str | None = None
+    lifecycle_stage: str | None = None
+    owner: str | None = None
+    subscription_status: str = "subscribed"
+    properties: dict[str, Any] = Field(default_factory=dict)
+
+    def fields(self) -> dict[str, Any]:
+        """Custom properties and built-in fields in one namespace; built-ins win."""
+        return {**self.properties, **self.model_dump(exclude={"properties"})}
+
+    @property
+    def reachable(self) -> bool:
+        return self.subscription_status == "subscribed"
+
+
+class PauseState(BaseModel):
+    until: datetime
+    reason: str
+    paused_by: str
+
+
+# --- signals -----------------------------------------------------------------
+
+
+class ContactEventSignal(BaseModel):
+    """A contact event: a goal, the event a wait is for, or engagement with a sent email."""
+
+    event_id: str
+    type: str
+    properties: dict[str, Any] = Field(default_factory=dict)
+    occurred_at: datetime
+
+
+class ContactChangedSignal(BaseModel):
+    contact: ContactSnapshot
+
+
+class PauseSignal(BaseModel):
+    until: datetime
+    reason: str
+    paused_by: str
+
+
+class ResumeSignal(BaseModel):
+    resumed_by: str
+    reason: str | None = None
+
+
+class ExitSignal(BaseModel):
+    reason: str = "manual"
+    requested_by: str
+
+
+# --- workflow state ----------------------------------------------------------
+
+
+class TimelineEntry(BaseModel):
+    at: datetime
+    kind: str
+    step_id: str | None = None
+    detail: str | None = None
+
+
+class SentEmail(BaseModel):
+    step_id: str
+    message_id: int | None
+    status: str
+    at: datetime
+
+
+class CarriedState(BaseModel):
+    """Everything an enrollment knows, carried across continue-as-new."""
+
+    entered_at: datetime
+    contact: ContactSnapshot
+    current_step: str | None = None
+    step_deadline: datetime | None = None
+    visits: dict[str, int] = Field(default_factory=dict)
+    engagement: dict[str, list[str]] = Field(default_factory=dict)
+    sends: list[SentEmail] = Field(default_factory=list)
+    paused: PauseState | None = None
+    seen_event_ids: list[str] = Field(default_factory=list)
+    timeline: list[TimelineEntry] = Field(default_factory=list)
+    runs: int = 1
+
+
+class EnrollmentInput(BaseModel):
+    flow_id: int
+    flow_version: int
+    contact_id: int
+    flow: FlowDefinition
+    paused: PauseState | None = None
+    search_attributes: bool = False
+    # Continue-as-new also happens at this history length (the server's suggestion always counts).
+    continue_as_new_after_events: int | None = None
+    carried: CarriedState | None = None
+
+
+class EnrollmentState(BaseModel):
+    """What the ``state`` query answers: where the enrollment is and what happened so far."""
+
+    workflow_id: str
+    flow_id: int
+    flow_version: int
+    contact_id: int
+    status: Literal["active", "completed", "exited"]
+    current_step: str | None
+    current_step_type: str | None
+    waiting_until: datetime | None
+    waiting_for: str | None
+    paused: PauseState | None
+    send_deferred: bool
+    exit_reason: str | None
+    entered_at: datetime
+    visits: dict[str, int]
+    engagement: dict[str, list[str]]
+    sends: list[SentEmail]
+    timeline: list[TimelineEntry]
+    runs: int
+
+
+class EnrollmentResult(BaseModel):
+    status: Literal["completed", "exited"]
+    exit_reason: str | None
+    steps_run: int
+    emails_sent: int
+
+
+# --- activities --------------------------------------------------------------
+
+
+class LoadContactInput(BaseModel):
+    contact_id: int
+
+
+class UpdateContactInput(BaseModel):
+    contact_id: int
+    set: dict[str, Any] = Field(default_factory=dict)
+    clear: list[str] = Field(default_factory=list)
+    lifecycle_stage: str | None = None
+    idempotency_key: str
+
+
+class SendEmailInput(BaseModel):
+    idempotency_key: str
+    workflow_id: str
+    flow_id: int
+    flow_version: int
+    step_id: str
+    contact_id: int
+    template: str
+    scheduled_at: datetime
+
+
+class SendEmailResult(BaseModel):
+    message_id: int | None
+    status: Literal["sent", "refused", "failed"]
+    provider_message_id: str | None = None
+    detail: str | None = None
+
+
+class RecordProgressInput(BaseModel):
+    """Upserts the enrollment's row by workflow id, so the index heals itself."""
+
+    workflow_id: str
+    flow_id: int
+    flow_version: int
+    contact_id: int
+    entered_at: datetime
+    status: Literal["active", "completed", "exited"]
+    current_step: str | None
+    paused: bool = False
+    exit_reason: str | None = None
+    at: datetime

@@ -1,0 +1,222 @@
+"""Flow validation that reports every problem at once, each with its path."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from nurture.flow.conditions import AllCondition, EmailCondition, PropertyCondition, iter_conditions
+from nurture.flow.language import (
+    LIFECYCLE_STAGES,
+    BranchStep,
+    DelayStep,
+    FlowDefinition,
+    SendEmailStep,
+    UpdateContactStep,
+    WaitForEventStep,
+)
+
+
+class Problem(BaseModel):
+    path: str
+    message: str
+
+
+class FlowInvalid(Exception):
+    def __init__(self, problems: list[Problem]):
+        super().__init__("; ".join(f"{p.path}: {p.message}" for p in problems))
+        self.problems = problems
+
+
+def parse_flow_text(text: str, content_type: str | None = None) -> Any:
+    """Read a flow written as JSON or YAML (YAML is a superset, so it parses both)."""
+    try:
+        if content_type and "json" in content_type:
+            return json.loads(text)
+        return yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise FlowInvalid([Problem(path="body", message=f"not valid JSON or YAML: {exc}")]) from exc
+
+
+def _path(loc: Iterable[Any]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "flow"
+
+
+def _structural_problems(error: ValidationError) -> list[Problem]:
+    problems = []
+    for item in error.errors():
+        # Discriminated unions put the tag in the location: keep only what a person wrote.
+        loc = [p for p in item["loc"] if not (isinstance(p, str) and p in _UNION_TAGS)]
+        problems.append(Problem(path=_path(loc), message=item["msg"]))
+    return problems
+
+
+_UNION_TAGS = {
+    "send_email", "delay", "wait_for_event", "branch", "update_contact", "exit",
+    "event", "manual", "property", "email", "all", "any", "not",
+}
+
+
+def load_flow(data: Any, known_templates: set[str] | None = None) -> FlowDefinition:
+    """Parse and check a flow; raise FlowInvalid listing every problem."""
+    try:
+        flow = FlowDefinition.model_validate(data)
+    except ValidationError as exc:
+        raise FlowInvalid(_structural_problems(exc)) from exc
+    problems = semantic_problems(flow, known_templates)
+    if problems:
+        raise FlowInvalid(problems)
+    return flow
+
+
+def semantic_problems(flow: FlowDefinition, known_templates: set[str] | None = None) -> list[Problem]:
+    problems: list[Problem] = []
+    index: dict[str, int] = {}
+    for i, step in enumerate(flow.steps):
+        if step.id in index:
+            problems.append(Problem(path=f"steps[{i}].id", message=f"duplicate step id '{step.id}'"))
+        else:
+            index[step.id] = i
+
+    for i, step in enumerate(flow.steps):
+        where = f"steps[{i}]"
+        for field in ("next", "then", "else_", "on_event", "on_timeout"):
+            target = getattr(step, field, None)
+            if target is not None and target not in index:
+                name = "else" if field == "else_" else field
+                problems.append(Problem(path=f"{where}.{name}", message=f"no step has the id '{target}'"))
+        if isinstance(step, SendEmailStep) and known_templates is not None and step.template not in known_templates:
+            problems.append(Problem(path=f"{where}.template", message=f"unknown template '{step.template}'"))
+        if isinstance(step, BranchStep):
+            if step.next is not None:
+                problems.append(Problem(path=f"{where}.next", message="a branch goes on through 'then' and 'else'"))
+            if step.then is None and step.else_ is None:
+                problems.append(Problem(path=f"{where}.then", message="a branch needs 'then' or 'else'"))
+            problems += _condition_problems(step.condition, f"{where}.condition", flow, index, i)
+        if isinstance(step, UpdateContactStep):
+            if not (step.set or step.clear or step.lifecycle_stage):
+                problems.append(Problem(path=where, message="update_contact changes nothing"))
+            if step.lifecycle_stage is not None and step.lifecycle_stage not in LIFECYCLE_STAGES:
+                problems.append(_stage_problem(f"{where}.lifecycle_stage", step.lifecycle_stage))
+
+    if not any(p.message.startswith("duplicate") or p.message.startswith("no step") for p in problems):
+        problems += _reachability_problems(flow)
+    if flow.goal is not None:
+        problems += _goal_problems(flow)
+    return problems
+
+
+def _stage_problem(path: str, stage: Any) -> Problem:
+    return Problem(path=path, message=f"'{stage}' is not a lifecycle stage ({', '.join(LIFECYCLE_STAGES)})")
+
+
+def _condition_problems(condition, path: str, flow: FlowDefinition, index: dict[str, int], at: int) -> list[Problem]:
+    problems = []
+    for leaf in iter_conditions(condition):
+        if isinstance(leaf, EmailCondition):
+            target = index.get(leaf.step)
+            if target is None:
+                problems.append(Problem(path=path, message=f"no step has the id '{leaf.step}'"))
+            elif not isinstance(flow.steps[target], SendEmailStep):
+                problems.append(Problem(path=path, message=f"step '{leaf.step}' does not send an email"))
+            elif target >= at:
+                problems.append(Problem(path=path, message=f"email step '{leaf.step}' does not come before this branch"))
+        if isinstance(leaf, PropertyCondition) and leaf.property == "lifecycle_stage":
+            values = leaf.value if isinstance(leaf.value, list) else [leaf.value]
+            for value in values:
+                if leaf.op not in ("exists", "not_exists") and value not in LIFECYCLE_STAGES:
+                    problems.append(_stage_problem(path, value))
+    return problems
+
+
+def _reachability_problems(flow: FlowDefinition) -> list[Problem]:
+    index = flow.step_index()
+    seen: set[int] = set()
+    stack = [0]
+    while stack:
+        i = stack.pop()
+        if i in seen:
+            continue
+        seen.add(i)
+        stack += [index[s] for s in flow.successors(i) if s is not None]
+    problems = [
+        Problem(path=f"steps[{i}]", message=f"step '{step.id}' can never be reached")
+        for i, step in enumerate(flow.steps)
+        if i not in seen
+    ]
+    problems += _spinning_loops(flow, index)
+    return problems
+
+
+def _spinning_loops(flow: FlowDefinition, index: dict[str, int]) -> list[Problem]:
+    """A loop that never waits would send and spin without end."""
+    waits = (DelayStep, WaitForEventStep)
+    problems = []
+    for start, step in enumerate(flow.steps):
+        if isinstance(step, waits):
+            continue
+        stack, seen = [start], set()
+        while stack:
+            i = stack.pop()
+            for succ in flow.successors(i):
+                if succ is None:
+                    continue
+                j = index[succ]
+                if j == start:
+                    problems.append(Problem(path=f"steps[{start}]", message=f"step '{step.id}' is in a loop that never waits"))
+                    stack = []
+                    break
+                if j not in seen and not isinstance(flow.steps[j], waits):
+                    seen.add(j)
+                    stack.append(j)
+        if problems and problems[-1].path == f"steps[{start}]":
+            break
+    return problems
+
+
+def _goal_problems(flow: FlowDefinition) -> list[Problem]:
+    goal = flow.goal
+    assert goal is not None
+    if goal.event is None and goal.condition is None:
+        return [Problem(path="goal", message="a goal needs an event or a condition, or it can never be met")]
+    problems = []
+    if goal.where and goal.event is None:
+        problems.append(Problem(path="goal.where", message="'where' filters the goal event, but no event is named"))
+    if goal.condition is not None:
+        problems += _impossible_condition(goal.condition, "goal.condition")
+    return problems
+
+
+def _impossible_condition(condition, path: str) -> list[Problem]:
+    """Catch goals no contact can ever meet: a value that is no stage, an empty 'in', contradictory equals."""
+    problems = []
+    for leaf in iter_conditions(condition):
+        if isinstance(leaf, EmailCondition):
+            problems.append(Problem(path=path, message="a goal cannot depend on email engagement; use a goal event"))
+        if isinstance(leaf, PropertyCondition):
+            if leaf.op == "in" and not leaf.value:
+                problems.append(Problem(path=path, message=f"'{leaf.property} in []' can never be true"))
+            if leaf.property == "lifecycle_stage" and leaf.op in ("eq", "in"):
+                values = leaf.value if isinstance(leaf.value, list) else [leaf.value]
+                if not any(v in LIFECYCLE_STAGES for v in values):
+                    problems.append(_stage_problem(path, leaf.value))
+
+    if isinstance(condition, AllCondition):
+        wanted: dict[str, set] = {}
+        for leaf in condition.all:
+            if isinstance(leaf, PropertyCondition) and leaf.op == "eq":
+                wanted.setdefault(leaf.property, set()).add(str(leaf.value).lower())
+        for prop, values in wanted.items():
+            if len(values) > 1:
+                problems.append(Problem(path=path, message=f"'{prop}' cannot equal {sorted(values)} at once"))
+    return problems

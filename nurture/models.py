@@ -1,0 +1,191 @@
+"""The data model: contacts, events, templates, versioned flows, enrollments, messages."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """Stores UTC and always hands back an aware datetime (SQLite keeps no zone)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _when(nullable: bool = True, index: bool = False, default=None) -> Any:
+    kwargs: dict[str, Any] = {"sa_column": sa.Column(UTCDateTime(), nullable=nullable, index=index)}
+    if default is not None:
+        kwargs["default_factory"] = default
+    else:
+        kwargs["default"] = None
+    return Field(**kwargs)
+
+
+def _json() -> Any:
+    return Field(default_factory=dict, sa_column=sa.Column(sa.JSON, nullable=False))
+
+
+class SubscriptionStatus(StrEnum):
+    subscribed = "subscribed"
+    unsubscribed = "unsubscribed"
+    bounced = "bounced"
+
+
+class Contact(SQLModel, table=True):
+    __tablename__ = "contacts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(sa_column=sa.Column(sa.String(320), unique=True, nullable=False))
+    name: str | None = None
+    company: str | None = None
+    timezone: str | None = None
+    lifecycle_stage: str | None = Field(default=None, index=True)
+    owner: str | None = Field(default=None, index=True)
+    properties: dict[str, Any] = _json()
+    subscription_status: str = Field(default=SubscriptionStatus.subscribed)
+    paused_until: datetime | None = _when()
+    pause_reason: str | None = None
+    paused_by: str | None = None
+    last_activity_at: datetime | None = _when()
+    created_at: datetime = _when(nullable=False, default=utcnow)
+    updated_at: datetime = _when(nullable=False, default=utcnow)
+
+
+class Event(SQLModel, table=True):
+    __tablename__ = "events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(sa_column=sa.Column(sa.String(200), unique=True, nullable=False))
+    contact_id: int = Field(foreign_key="contacts.id", index=True)
+    type: str = Field(index=True)
+    properties: dict[str, Any] = _json()
+    occurred_at: datetime = _when(nullable=False, default=utcnow)
+    received_at: datetime = _when(nullable=False, default=utcnow)
+
+
+class Template(SQLModel, table=True):
+    __tablename__ = "templates"
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(sa_column=sa.Column(sa.String(100), unique=True, nullable=False))
+    name: str | None = None
+    subject: str
+    html: str
+    text: str | None = None
+    created_at: datetime = _when(nullable=False, default=utcnow)
+    updated_at: datetime = _when(nullable=False, default=utcnow)
+
+
+class FlowStatus(StrEnum):
+    draft = "draft"
+    active = "active"
+    inactive = "inactive"
+
+
+class Flow(SQLModel, table=True):
+    __tablename__ = "flows"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str
+    status: str = Field(default=FlowStatus.draft, index=True)
+    latest_version: int = 1
+    active_version: int | None = None
+    # Copied from the active version so event ingestion finds candidate flows by index.
+    trigger_event: str | None = Field(default=None, index=True)
+    created_at: datetime = _when(nullable=False, default=utcnow)
+    updated_at: datetime = _when(nullable=False, default=utcnow)
+
+
+class FlowVersion(SQLModel, table=True):
+    """Immutable: a new edit is a new version; enrollments keep the one they started on."""
+
+    __tablename__ = "flow_versions"
+    __table_args__ = (sa.UniqueConstraint("flow_id", "version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    flow_id: int = Field(foreign_key="flows.id", index=True)
+    version: int
+    definition: dict[str, Any] = _json()
+    created_at: datetime = _when(nullable=False, default=utcnow)
+
+
+class EnrollmentStatus(StrEnum):
+    active = "active"
+    completed = "completed"
+    exited = "exited"
+
+
+class Enrollment(SQLModel, table=True):
+    __tablename__ = "enrollments"
+    __table_args__ = (sa.UniqueConstraint("flow_id", "contact_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    flow_id: int = Field(foreign_key="flows.id", index=True)
+    flow_version: int
+    contact_id: int = Field(foreign_key="contacts.id", index=True)
+    workflow_id: str = Field(sa_column=sa.Column(sa.String(200), unique=True, nullable=False))
+    status: str = Field(default=EnrollmentStatus.active, index=True)
+    current_step: str | None = None
+    paused: bool = False
+    exit_reason: str | None = None
+    started_at: datetime = _when(nullable=False, default=utcnow)
+    ended_at: datetime | None = _when()
+    updated_at: datetime = _when(nullable=False, default=utcnow)
+
+
+class MessageStatus(StrEnum):
+    sending = "sending"
+    sent = "sent"
+    failed = "failed"
+    refused = "refused"
+
+
+class Message(SQLModel, table=True):
+    """The send log; with the outbox provider it is also where the mail is kept."""
+
+    __tablename__ = "messages"
+
+    id: int | None = Field(default=None, primary_key=True)
+    idempotency_key: str = Field(sa_column=sa.Column(sa.String(300), unique=True, nullable=False))
+    workflow_id: str | None = Field(default=None, index=True)
+    flow_id: int | None = Field(default=None, index=True)
+    flow_version: int | None = None
+    step_id: str | None = None
+    contact_id: int = Field(foreign_key="contacts.id", index=True)
+    to_email: str
+    template_key: str
+    subject: str = ""
+    html: str = ""
+    text: str = ""
+    provider: str
+    provider_message_id: str | None = None
+    status: str = Field(default=MessageStatus.sending, index=True)
+    error: str | None = None
+    attempts: int = 0
+    scheduled_at: datetime | None = _when()
+    sent_at: datetime | None = _when()
+    opened_at: datetime | None = _when()
+    clicked_at: datetime | None = _when()
+    created_at: datetime = _when(nullable=False, default=utcnow)

@@ -1,0 +1,51 @@
+"""The worker: runs enrollment workflows and their activities on the task queue."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from datetime import timedelta
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities import build_activities
+from activities.email.providers import EmailProvider, provider_from_settings
+from nurture.db import Database
+from nurture.logging import configure_logging, get_logger
+from nurture.settings import Settings, get_settings
+from nurture.temporal import connect
+from workflows import WORKFLOWS
+
+
+def build_worker(client: Client, db: Database, provider: EmailProvider, settings: Settings, task_queue: str | None = None) -> Worker:
+    return Worker(
+        client,
+        task_queue=task_queue or settings.temporal_task_queue,
+        workflows=WORKFLOWS,
+        activities=build_activities(db, provider, settings.email_from),
+        graceful_shutdown_timeout=timedelta(seconds=10),
+    )
+
+
+async def run(settings: Settings) -> None:
+    log = get_logger(component="worker")
+    db = Database(settings.resolved_database_url)
+    await db.create_all()
+    client = await connect(settings)
+    worker = build_worker(client, db, provider_from_settings(settings), settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("worker_started", task_queue=settings.temporal_task_queue, provider=settings.email_provider)
+    async with worker:
+        await stop.wait()
+        log.info("worker_stopping")
+    await db.dispose()
+
+
+def main() -> None:
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    asyncio.run(run(settings))

@@ -1,0 +1,5 @@
+from workflows.enrollment import EnrollmentWorkflow
+
+WORKFLOWS = [EnrollmentWorkflow]
+
+__all__ = ["WORKFLOWS", "EnrollmentWorkflow"]

@@ -1,0 +1,495 @@
+"""One contact's enrollment in one flow, interpreted from the flow snapshot in its input.
+
+Deterministic code only: time from ``workflow.now()``, every side effect in an
+activity. Signals only change state; the interpreter loop reacts to them, so
+an exit (goal met, unsubscribed) interrupts whatever wait is in progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from nurture.contracts import (
+        CarriedState,
+        ContactChangedSignal,
+        ContactEventSignal,
+        ContactSnapshot,
+        EnrollmentInput,
+        EnrollmentResult,
+        EnrollmentState,
+        ExitSignal,
+        LoadContactInput,
+        PauseSignal,
+        PauseState,
+        RecordProgressInput,
+        ResumeSignal,
+        SendEmailInput,
+        SendEmailResult,
+        SentEmail,
+        TimelineEntry,
+        UpdateContactInput,
+    )
+    from nurture.flow.conditions import PropertyCondition, evaluate, iter_conditions, matches_properties
+    from nurture.flow.language import (
+        BranchStep,
+        DelayStep,
+        ExitStep,
+        SendEmailStep,
+        Step,
+        UpdateContactStep,
+        WaitForEventStep,
+    )
+
+FLOW_ID = SearchAttributeKey.for_keyword("NurtureFlowId")
+FLOW_VERSION = SearchAttributeKey.for_int("NurtureFlowVersion")
+CONTACT_ID = SearchAttributeKey.for_keyword("NurtureContactId")
+CURRENT_STEP = SearchAttributeKey.for_keyword("NurtureStep")
+STATUS = SearchAttributeKey.for_keyword("NurtureStatus")
+PAUSED = SearchAttributeKey.for_bool("NurturePaused")
+SEARCH_ATTRIBUTES = (FLOW_ID, FLOW_VERSION, CONTACT_ID, CURRENT_STEP, STATUS, PAUSED)
+
+ENGAGEMENT_EVENTS = {"email_opened": "opened", "email_clicked": "clicked"}
+UNSUBSCRIBE_EVENTS = {"unsubscribed", "email_unsubscribed"}
+MAX_VISITS_PER_STEP = 100
+TIMELINE_LIMIT = 200
+SEEN_EVENTS_LIMIT = 500
+
+QUICK = timedelta(seconds=30)
+DB_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
+SEND_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=10),
+    maximum_attempts=12,
+    non_retryable_error_types=["PermanentDeliveryFailure", "TemplateError"],
+)
+
+
+class _Exit(Exception):
+    """Raised inside the interpreter once the enrollment must stop."""
+
+
+class _ContinueAsNew(Exception):
+    pass
+
+
+@workflow.defn(name="EnrollmentWorkflow")
+class EnrollmentWorkflow:
+    @workflow.init
+    def __init__(self, input: EnrollmentInput) -> None:
+        self._input = input
+        self._flow = input.flow
+        self._index = {step.id: i for i, step in enumerate(self._flow.steps)}
+        self._state: CarriedState | None = input.carried
+        self._exit_reason: str | None = None
+        self._status = "active"
+        self._waiting_for: str | None = None
+        self._matched_event: ContactEventSignal | None = None
+        self._send_deferred = False
+        self._early_signals: list[tuple[str, object]] = []
+        self._steps_run = 0
+
+    # --- signals and query ---------------------------------------------------
+
+    @workflow.signal
+    def contact_event(self, event: ContactEventSignal) -> None:
+        if self._state is None:
+            self._early_signals.append(("event", event))
+            return
+        if event.event_id in self._state.seen_event_ids:
+            return
+        self._state.seen_event_ids = (self._state.seen_event_ids + [event.event_id])[-SEEN_EVENTS_LIMIT:]
+        self._note("event", detail=event.type)
+        if event.type in ENGAGEMENT_EVENTS:
+            self._record_engagement(event)
+        if event.type in UNSUBSCRIBE_EVENTS:
+            self._request_exit("unsubscribed")
+        goal = self._flow.goal
+        if goal and goal.event == event.type and matches_properties(goal.where, event.properties):
+            self._request_exit("goal_met")
+        step = self._current()
+        if (
+            isinstance(step, WaitForEventStep)
+            and self._matched_event is None
+            and step.event == event.type
+            and matches_properties(step.where, event.properties)
+        ):
+            self._matched_event = event
+
+    @workflow.signal
+    def contact_changed(self, change: ContactChangedSignal) -> None:
+        if self._state is None:
+            self._early_signals.append(("contact", change))
+            return
+        self._state.contact = change.contact
+        self._check_contact()
+
+    @workflow.signal
+    def pause(self, pause: PauseSignal) -> None:
+        state = PauseState(until=pause.until, reason=pause.reason, paused_by=pause.paused_by)
+        if self._state is None:
+            self._early_signals.append(("pause", state))
+            return
+        self._state.paused = state
+        self._note("paused", detail=f"until {pause.until.isoformat()} by {pause.paused_by}: {pause.reason}")
+
+    @workflow.signal
+    def resume(self, resume: ResumeSignal) -> None:
+        if self._state is None:
+            self._early_signals.append(("resume", resume))
+            return
+        if self._state.paused is not None:
+            self._state.paused = None
+            self._note("resumed", detail=f"by {resume.resumed_by}" + (f": {resume.reason}" if resume.reason else ""))
+
+    @workflow.signal
+    def exit(self, request: ExitSignal) -> None:
+        self._request_exit(request.reason, detail=f"by {request.requested_by}")
+
+    @workflow.query
+    def state(self) -> EnrollmentState:
+        s = self._state
+        step = self._current()
+        return EnrollmentState(
+            workflow_id=workflow.info().workflow_id,
+            flow_id=self._input.flow_id,
+            flow_version=self._input.flow_version,
+            contact_id=self._input.contact_id,
+            status=self._status,  # type: ignore[arg-type]
+            current_step=s.current_step if s else None,
+            current_step_type=step.type if step else None,
+            waiting_until=s.step_deadline if s else None,
+            waiting_for=self._waiting_for,
+            paused=self._active_pause(),
+            send_deferred=self._send_deferred,
+            exit_reason=self._exit_reason,
+            entered_at=s.entered_at if s else workflow.now(),
+            visits=dict(s.visits) if s else {},
+            engagement=dict(s.engagement) if s else {},
+            sends=list(s.sends) if s else [],
+            timeline=list(s.timeline) if s else [],
+            runs=s.runs if s else 1,
+        )
+
+    # --- the interpreter -------------------------------------------------------
+
+    @workflow.run
+    async def run(self, input: EnrollmentInput) -> EnrollmentResult:
+        if self._state is None:
+            contact = await self._load_contact()
+            self._state = CarriedState(
+                entered_at=workflow.now(),
+                contact=contact,
+                current_step=self._flow.steps[0].id,
+                paused=input.paused,
+            )
+            self._note("entered", detail=f"flow {input.flow_id} v{input.flow_version}")
+            self._replay_early_signals()
+        else:
+            self._state.runs += 1
+        self._check_contact()
+
+        try:
+            while self._state.current_step is not None:
+                self._raise_if_exiting()
+                if self._should_continue_as_new():
+                    raise _ContinueAsNew()
+                step = self._flow.steps[self._index[self._state.current_step]]
+                resuming = self._state.step_deadline is not None
+                if not resuming:
+                    await self._enter(step)
+                next_step = await self._run_step(step)
+                self._state.step_deadline = None
+                self._state.current_step = next_step
+            self._status = "completed"
+            self._note("completed")
+        except _Exit:
+            self._status = "exited"
+            self._note("exited", detail=self._exit_reason)
+        except _ContinueAsNew:
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            workflow.continue_as_new(input.model_copy(update={"carried": self._state}))
+
+        self._waiting_for = None
+        await self._record_progress()
+        await self._upsert_search_attributes()
+        return EnrollmentResult(
+            status=self._status,  # type: ignore[arg-type]
+            exit_reason=self._exit_reason,
+            steps_run=self._steps_run,
+            emails_sent=sum(1 for s in self._state.sends if s.status == "sent"),
+        )
+
+    async def _enter(self, step: Step) -> None:
+        assert self._state is not None
+        visits = self._state.visits.get(step.id, 0) + 1
+        if visits > MAX_VISITS_PER_STEP:
+            self._request_exit("loop_limit", detail=f"step {step.id} ran {MAX_VISITS_PER_STEP} times")
+            self._raise_if_exiting()
+        self._state.visits[step.id] = visits
+        self._steps_run += 1
+        self._note("step", step_id=step.id, detail=step.type)
+        await self._record_progress()
+        await self._upsert_search_attributes()
+
+    async def _run_step(self, step: Step) -> str | None:
+        index = self._index[step.id]
+        default_next = step.next or self._flow.following(index)
+        if isinstance(step, SendEmailStep):
+            await self._send_email(step)
+            return default_next
+        if isinstance(step, DelayStep):
+            await self._wait(step, step.duration, f"delay {step.duration}")
+            return default_next
+        if isinstance(step, WaitForEventStep):
+            self._matched_event = None
+            arrived = await self._wait(step, step.timeout, f"event {step.event}", lambda: self._matched_event is not None)
+            self._note("wait_ended", step_id=step.id, detail="event arrived" if arrived else "timed out")
+            return (step.on_event if arrived else step.on_timeout) or default_next
+        if isinstance(step, BranchStep):
+            if _needs_contact(step):
+                assert self._state is not None
+                self._state.contact = await self._load_contact()
+                self._check_contact()
+                self._raise_if_exiting()
+            taken = evaluate(step.condition, self._state.contact.fields(), self._state.engagement)
+            self._note("branch", step_id=step.id, detail="then" if taken else "else")
+            return (step.then if taken else step.else_) or default_next
+        if isinstance(step, UpdateContactStep):
+            await self._update_contact(step)
+            return default_next
+        if isinstance(step, ExitStep):
+            self._request_exit(step.reason)
+            self._raise_if_exiting()
+        raise ApplicationError(f"unknown step type {step.type}", non_retryable=True)
+
+    async def _wait(self, step: Step, duration: timedelta, what: str, done=lambda: False) -> bool:
+        """Wait until the deadline, an exit, or ``done()``; True when ``done()`` ended it."""
+        assert self._state is not None
+        if self._state.step_deadline is None:
+            self._state.step_deadline = workflow.now() + duration
+        deadline = self._state.step_deadline
+        self._waiting_for = what
+        try:
+            remaining = (deadline - workflow.now()).total_seconds()
+            if remaining > 0:
+                try:
+                    await workflow.wait_condition(
+                        lambda: self._exit_reason is not None or done() or self._should_continue_as_new(),
+                        timeout=remaining,
+                        timeout_summary=f"{step.id}: {what}",
+                    )
+                except asyncio.TimeoutError:
+                    return False
+            self._raise_if_exiting()
+            if done():
+                return True
+            if self._should_continue_as_new():
+                raise _ContinueAsNew()
+            return False
+        finally:
+            self._waiting_for = None
+
+    async def _send_email(self, step: SendEmailStep) -> None:
+        assert self._state is not None
+        await self._hold_while_paused()
+        key = self._idempotency_key(step)
+        try:
+            result: SendEmailResult = await workflow.execute_activity(
+                "send_email",
+                SendEmailInput(
+                    idempotency_key=key,
+                    workflow_id=workflow.info().workflow_id,
+                    flow_id=self._input.flow_id,
+                    flow_version=self._input.flow_version,
+                    step_id=step.id,
+                    contact_id=self._input.contact_id,
+                    template=step.template,
+                    scheduled_at=workflow.now(),
+                ),
+                result_type=SendEmailResult,
+                start_to_close_timeout=timedelta(minutes=2),
+                retry_policy=SEND_RETRY,
+            )
+        except ActivityError as err:
+            # Delivery failed for good: recorded on the message; the contact goes on, as in HubSpot.
+            cause = err.cause.message if err.cause else str(err)
+            result = SendEmailResult(message_id=None, status="failed", detail=cause)
+        self._state.sends.append(
+            SentEmail(step_id=step.id, message_id=result.message_id, status=result.status, at=workflow.now())
+        )
+        self._note("email", step_id=step.id, detail=f"{result.status}" + (f": {result.detail}" if result.detail else ""))
+        if result.status == "refused":
+            self._request_exit("unsubscribed")
+            self._raise_if_exiting()
+
+    async def _hold_while_paused(self) -> None:
+        """A send that falls due during a pause goes out when the pause ends or on resume."""
+        pause = self._active_pause()
+        while pause is not None:
+            self._send_deferred = True
+            self._waiting_for = "pause to end"
+            await self._record_progress()
+            await self._upsert_search_attributes()
+            try:
+                await workflow.wait_condition(
+                    lambda: self._exit_reason is not None or self._state.paused != pause,  # type: ignore[union-attr]
+                    timeout=max((pause.until - workflow.now()).total_seconds(), 0.001),
+                    timeout_summary="sales pause",
+                )
+            except asyncio.TimeoutError:
+                if self._state is not None and self._state.paused == pause:
+                    self._state.paused = None
+                    self._note("pause_ended")
+            self._raise_if_exiting()
+            pause = self._active_pause()
+        if self._send_deferred:
+            self._send_deferred = False
+            self._waiting_for = None
+            await self._record_progress()
+            await self._upsert_search_attributes()
+
+    async def _update_contact(self, step: UpdateContactStep) -> None:
+        assert self._state is not None
+        self._state.contact = await workflow.execute_activity(
+            "update_contact",
+            UpdateContactInput(
+                contact_id=self._input.contact_id,
+                set=step.set,
+                clear=step.clear,
+                lifecycle_stage=step.lifecycle_stage,
+                idempotency_key=self._idempotency_key(step),
+            ),
+            result_type=ContactSnapshot,
+            start_to_close_timeout=QUICK,
+            retry_policy=DB_RETRY,
+        )
+        self._check_contact()
+
+    async def _load_contact(self) -> ContactSnapshot:
+        return await workflow.execute_activity(
+            "load_contact",
+            LoadContactInput(contact_id=self._input.contact_id),
+            result_type=ContactSnapshot,
+            start_to_close_timeout=QUICK,
+            retry_policy=DB_RETRY,
+        )
+
+    async def _record_progress(self) -> None:
+        assert self._state is not None
+        await workflow.execute_activity(
+            "record_progress",
+            RecordProgressInput(
+                workflow_id=workflow.info().workflow_id,
+                flow_id=self._input.flow_id,
+                flow_version=self._input.flow_version,
+                contact_id=self._input.contact_id,
+                entered_at=self._state.entered_at,
+                status=self._status,  # type: ignore[arg-type]
+                current_step=self._state.current_step,
+                paused=self._active_pause() is not None,
+                exit_reason=self._exit_reason,
+                at=workflow.now(),
+            ),
+            start_to_close_timeout=QUICK,
+            retry_policy=DB_RETRY,
+        )
+
+    async def _upsert_search_attributes(self) -> None:
+        if not self._input.search_attributes or self._state is None:
+            return
+        workflow.upsert_search_attributes(
+            [
+                FLOW_ID.value_set(str(self._input.flow_id)),
+                FLOW_VERSION.value_set(self._input.flow_version),
+                CONTACT_ID.value_set(str(self._input.contact_id)),
+                CURRENT_STEP.value_set(self._state.current_step or ""),
+                STATUS.value_set(self._status),
+                PAUSED.value_set(self._active_pause() is not None),
+            ]
+        )
+
+    # --- helpers -----------------------------------------------------------
+
+    def _idempotency_key(self, step: Step) -> str:
+        """Stable through retries, worker crashes and continue-as-new; new for a re-enrollment."""
+        assert self._state is not None
+        info = workflow.info()
+        return f"{info.workflow_id}/{info.first_execution_run_id}/{step.id}/{self._state.visits.get(step.id, 1)}"
+
+    def _current(self) -> Step | None:
+        if self._state is None or self._state.current_step is None:
+            return None
+        return self._flow.steps[self._index[self._state.current_step]]
+
+    def _active_pause(self) -> PauseState | None:
+        if self._state is None or self._state.paused is None:
+            return None
+        return self._state.paused if self._state.paused.until > workflow.now() else None
+
+    def _check_contact(self) -> None:
+        assert self._state is not None
+        contact = self._state.contact
+        if not contact.reachable:
+            self._request_exit("unsubscribed" if contact.subscription_status == "unsubscribed" else contact.subscription_status)
+        goal = self._flow.goal
+        if goal and goal.condition is not None and evaluate(goal.condition, contact.fields(), self._state.engagement):
+            self._request_exit("goal_met")
+
+    def _record_engagement(self, event: ContactEventSignal) -> None:
+        assert self._state is not None
+        message_id = event.properties.get("message_id")
+        for send in self._state.sends:
+            if send.message_id is not None and str(send.message_id) == str(message_id):
+                seen = self._state.engagement.setdefault(send.step_id, [])
+                kind = ENGAGEMENT_EVENTS[event.type]
+                if kind not in seen:
+                    seen.append(kind)
+
+    def _request_exit(self, reason: str, detail: str | None = None) -> None:
+        if self._exit_reason is None and self._status == "active":
+            self._exit_reason = reason
+            if detail:
+                self._note("exit_requested", detail=f"{reason} {detail}")
+
+    def _raise_if_exiting(self) -> None:
+        if self._exit_reason is not None:
+            raise _Exit()
+
+    def _should_continue_as_new(self) -> bool:
+        info = workflow.info()
+        limit = self._input.continue_as_new_after_events
+        return info.is_continue_as_new_suggested() or (
+            limit is not None and info.get_current_history_length() >= limit
+        )
+
+    def _replay_early_signals(self) -> None:
+        """Signals that arrived before the first activity finished are applied now, in order."""
+        for kind, payload in self._early_signals:
+            if kind == "event":
+                self.contact_event(payload)  # type: ignore[arg-type]
+            elif kind == "contact":
+                self.contact_changed(payload)  # type: ignore[arg-type]
+            elif kind == "pause":
+                assert self._state is not None
+                self._state.paused = payload  # type: ignore[assignment]
+            elif kind == "resume":
+                self.resume(payload)  # type: ignore[arg-type]
+        self._early_signals.clear()
+
+    def _note(self, kind: str, step_id: str | None = None, detail: str | None = None) -> None:
+        if self._state is None:
+            return
+        entry = TimelineEntry(at=workflow.now(), kind=kind, step_id=step_id or self._state.current_step, detail=detail)
+        self._state.timeline = (self._state.timeline + [entry])[-TIMELINE_LIMIT:]
+
+
+def _needs_contact(step: BranchStep) -> bool:
+    """Branches on contact properties read fresh data; engagement-only branches need none."""
+    return any(isinstance(c, PropertyCondition) for c in iter_conditions(step.condition))
