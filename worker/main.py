@@ -18,13 +18,14 @@ from nurture.temporal import connect
 from workflows import WORKFLOWS
 
 
-def build_worker(client: Client, db: Database, provider: EmailProvider, settings: Settings, task_queue: str | None = None) -> Worker:
+def build_worker(client: Client, db: Database, provider: EmailProvider, settings: Settings, **options) -> Worker:
+    options.setdefault("graceful_shutdown_timeout", timedelta(seconds=10))
     return Worker(
         client,
-        task_queue=task_queue or settings.temporal_task_queue,
+        task_queue=settings.temporal_task_queue,
         workflows=WORKFLOWS,
         activities=build_activities(db, provider, settings.email_from),
-        graceful_shutdown_timeout=timedelta(seconds=10),
+        **options,
     )
 
 

@@ -1,0 +1,32 @@
+# One image for the API (default command) and the worker (`python -m worker`).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+RUN useradd --system --create-home --uid 10001 nurture \
+    && mkdir /data \
+    && chown nurture:nurture /data
+
+# Dependencies first, from pyproject.toml alone, so a code change does not reinstall them.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+COPY . .
+RUN pip install --no-deps .
+
+USER nurture
+ENV NURTURE_DATA_DIR=/data \
+    NURTURE_API_HOST=0.0.0.0 \
+    NURTURE_API_PORT=8000
+VOLUME ["/data"]
+EXPOSE 8000
+
+CMD ["uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8000"]

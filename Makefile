@@ -1,0 +1,25 @@
+# Local development: `make run` starts the whole stack, `make test` runs the suite.
+# Everything runs from the project virtualenv in .venv (created on first use).
+
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test
+
+install: $(STAMP)
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall only when the dependency list changes; the stamp lives inside the venv,
+# so a fresh venv always gets a fresh install.
+$(STAMP): pyproject.toml | $(VENV)/bin/python
+	$(VENV)/bin/pip install -e '.[test]'
+	touch $@
+
+run: install
+	$(VENV)/bin/nurture stack
+
+test: install
+	$(VENV)/bin/python -m pytest -q

@@ -1,0 +1,180 @@
+"""Reads and writes shared by the routers. Nothing here commits: the endpoint does, once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import HTTPException
+from fastapi.exceptions import RequestValidationError
+from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from activities.email.rendering import check_template
+from nurture.db import Database
+from nurture.flow import FlowDefinition, Problem
+from nurture.flow.language import EventTrigger, SendEmailStep
+from nurture.logging import get_logger
+from nurture.models import Contact, Flow, FlowVersion, SubscriptionStatus, Template, utcnow
+
+# Both names mean the contact unsubscribed (the enrollment workflow treats them alike).
+UNSUBSCRIBE_EVENTS = {"unsubscribed", "email_unsubscribed"}
+
+
+# --- contacts ----------------------------------------------------------------
+
+
+async def contact_or_404(session: AsyncSession, contact_id: int) -> Contact:
+    contact = await session.get(Contact, contact_id)
+    if contact is None:
+        raise HTTPException(status_code=404, detail=f"contact {contact_id} does not exist")
+    return contact
+
+
+async def contact_by_email(session: AsyncSession, email: str) -> Contact | None:
+    return (await session.exec(select(Contact).where(func.lower(Contact.email) == email.strip().lower()))).first()
+
+
+async def get_or_create_contact(session: AsyncSession, email: str) -> tuple[Contact, bool]:
+    """The contact with this email, created (not committed) when there is none."""
+    existing = await contact_by_email(session, email)
+    if existing is not None:
+        return existing, False
+    contact = Contact(email=email.strip().lower())
+    try:
+        async with session.begin_nested():
+            session.add(contact)
+    except IntegrityError:
+        # A concurrent request created it first.
+        existing = await contact_by_email(session, email)
+        if existing is None:
+            raise
+        return existing, False
+    return contact, True
+
+
+async def forget_new_contact(db: Database, contact_id: int) -> None:
+    """Undo a contact committed early by a request that then failed, unless something uses it by now."""
+    try:
+        async with db.session() as session:
+            contact = await session.get(Contact, contact_id)
+            if contact is not None:
+                await session.delete(contact)
+                await session.commit()
+    except IntegrityError:
+        pass  # events or enrollments of a concurrent request refer to it: it stays
+    except Exception as exc:  # the original error is what the client must see
+        get_logger(contact_id=contact_id).warning("contact_cleanup_failed", error=str(exc))
+
+
+def apply_contact_changes(contact: Contact, changes: dict[str, Any], *, explicit_edit: bool) -> list[str]:
+    """Apply the fields a request set; return the names of those that changed.
+
+    ``explicit_edit`` is a PATCH: re-subscribing an unsubscribed contact is refused (409).
+    An upsert (import, form) ignores it instead, HubSpot-style.
+    """
+    changed: list[str] = []
+    for name, value in changes.items():
+        if name == "properties":
+            if value is None:
+                continue
+            merged = dict(contact.properties or {})
+            for key, item in value.items():
+                if item is None:
+                    merged.pop(key, None)
+                else:
+                    merged[key] = item
+            if merged != (contact.properties or {}):
+                contact.properties = merged  # a new dict: JSON columns do not see in-place changes
+                changed.append(name)
+        elif name == "subscription_status":
+            if value is None or value == contact.subscription_status:
+                continue
+            if value == SubscriptionStatus.subscribed and contact.subscription_status != SubscriptionStatus.subscribed:
+                if explicit_edit and contact.subscription_status == SubscriptionStatus.unsubscribed:
+                    raise HTTPException(
+                        status_code=409,
+                        detail="the contact unsubscribed: only the contact can subscribe again",
+                    )
+                if not explicit_edit:
+                    get_logger(contact_id=contact.id).info(
+                        "resubscribe_ignored", status=contact.subscription_status
+                    )
+                    continue
+            contact.subscription_status = value
+            changed.append(name)
+        elif name == "email":
+            if value is None or value == contact.email:
+                continue
+            contact.email = value
+            changed.append(name)
+        elif getattr(contact, name) != value:
+            setattr(contact, name, value)
+            changed.append(name)
+    if changed:
+        contact.updated_at = utcnow()
+    return changed
+
+
+# --- templates ---------------------------------------------------------------
+
+
+async def template_keys(session: AsyncSession) -> set[str]:
+    return set((await session.exec(select(Template.key))).all())
+
+
+def template_syntax_error(subject: str, html: str, text: str | None) -> RequestValidationError | None:
+    """A 422 naming each field whose Jinja2 does not parse, or None."""
+    problems = check_template(subject, html, text)
+    if not problems:
+        return None
+    return RequestValidationError(
+        [
+            {"type": "template_syntax", "loc": ("body", field), "msg": f"template syntax error: {message}"}
+            for field, message in problems
+        ]
+    )
+
+
+# --- flows -------------------------------------------------------------------
+
+
+async def flow_or_404(session: AsyncSession, flow_id: int) -> Flow:
+    flow = await session.get(Flow, flow_id)
+    if flow is None:
+        raise HTTPException(status_code=404, detail=f"flow {flow_id} does not exist")
+    return flow
+
+
+async def version_or_404(session: AsyncSession, flow_id: int, version: int) -> FlowVersion:
+    row = (
+        await session.exec(select(FlowVersion).where(FlowVersion.flow_id == flow_id, FlowVersion.version == version))
+    ).first()
+    if row is None:
+        raise HTTPException(status_code=404, detail=f"flow {flow_id} has no version {version}")
+    return row
+
+
+async def versions(session: AsyncSession, flow_id: int) -> list[FlowVersion]:
+    return list(
+        (await session.exec(select(FlowVersion).where(FlowVersion.flow_id == flow_id).order_by(FlowVersion.version))).all()
+    )
+
+
+def stored_definition(flow: FlowDefinition) -> dict[str, Any]:
+    """The normalized form kept in flow_versions; FlowDefinition.model_validate reads it back."""
+    return flow.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def template_problems(flow: FlowDefinition, known: set[str]) -> list[Problem]:
+    return [
+        Problem(path=f"steps[{i}].template", message=f"unknown template '{step.template}': create it before activating")
+        for i, step in enumerate(flow.steps)
+        if isinstance(step, SendEmailStep) and step.template not in known
+    ]
+
+
+def trigger_event(flow: FlowDefinition) -> str | None:
+    return flow.trigger.event if isinstance(flow.trigger, EventTrigger) else None
+

@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, Query, Response, status
+from sqlalchemy import func
+from sqlmodel import col, select
+
+from api import crud
+from api.deps import MAX_ID, EnrollerDep, PaginationDep, SessionDep
+from api.schemas.common import Page
+from api.schemas.contacts import (
+    ContactOut,
+    ContactUpdate,
+    ContactUpsert,
+    MessageOut,
+    PauseIn,
+    PauseOut,
+    ResumeIn,
+)
+from api.schemas.enrollments import EnrollmentOut
+from nurture.logging import get_logger
+from nurture.models import Contact, Enrollment, Message, utcnow
+
+router = APIRouter(prefix="/contacts", tags=["contacts"])
+
+ContactId = Annotated[int, Path(ge=1, le=MAX_ID)]
+
+
+@router.post(
+    "",
+    response_model=ContactOut,
+    status_code=status.HTTP_201_CREATED,
+    responses={200: {"model": ContactOut, "description": "An existing contact (same email) was updated"}},
+)
+async def upsert_contact(body: ContactUpsert, session: SessionDep, enroller: EnrollerDep, response: Response) -> Contact:
+    """Create the contact, or update the one with this email (case-insensitive): 201 created, 200 updated.
+
+    Only the fields sent are changed; properties are merged. An unsubscribed contact stays
+    unsubscribed whatever the import says. Running enrollments are told about the change.
+    """
+    contact, created = await crud.get_or_create_contact(session, body.email)
+    changed = crud.apply_contact_changes(contact, body.model_dump(exclude_unset=True, exclude={"email"}), explicit_edit=False)
+    session.add(contact)
+    await session.flush()
+    if changed and not created:
+        await enroller.contact_changed(session, contact)
+    await session.commit()
+    get_logger(contact_id=contact.id).info("contact_upserted", created=created, changed=changed)
+    response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+    return contact
+
+
+@router.get("", response_model=Page[ContactOut])
+async def list_contacts(
+    session: SessionDep,
+    page: PaginationDep,
+    email: Annotated[str | None, Query(max_length=320, description="Find by email, case-insensitive.")] = None,
+) -> dict:
+    query = select(Contact)
+    if email is not None:
+        query = query.where(func.lower(Contact.email) == email.strip().lower())
+    count = (await session.exec(select(func.count()).select_from(query.subquery()))).one()
+    items = (await session.exec(query.order_by(Contact.id).offset(page.offset).limit(page.limit))).all()
+    return {"items": items, "count": count, "limit": page.limit, "offset": page.offset}
+
+
+@router.get("/{contact_id}", response_model=ContactOut)
+async def get_contact(contact_id: ContactId, session: SessionDep) -> Contact:
+    return await crud.contact_or_404(session, contact_id)
+
+
+@router.patch("/{contact_id}", response_model=ContactOut)
+async def update_contact(contact_id: ContactId, body: ContactUpdate, session: SessionDep, enroller: EnrollerDep) -> Contact:
+    """Change the fields sent. Subscribing an unsubscribed contact is refused with 409."""
+    contact = await crud.contact_or_404(session, contact_id)
+    changes = body.model_dump(exclude_unset=True)
+    if changes.get("email") and changes["email"] != contact.email:
+        other = await crud.contact_by_email(session, changes["email"])
+        if other is not None and other.id != contact.id:
+            raise HTTPException(status_code=409, detail=f"contact {other.id} already has the email {changes['email']}")
+    changed = crud.apply_contact_changes(contact, changes, explicit_edit=True)
+    if changed:
+        session.add(contact)
+        await session.flush()
+        await enroller.contact_changed(session, contact)
+        await session.commit()
+        get_logger(contact_id=contact.id).info("contact_updated", changed=changed)
+    return contact
+
+
+@router.get("/{contact_id}/messages", response_model=Page[MessageOut])
+async def contact_messages(contact_id: ContactId, session: SessionDep, page: PaginationDep) -> dict:
+    """The emails sent (or tried) to the contact, oldest first."""
+    await crud.contact_or_404(session, contact_id)
+    query = select(Message).where(Message.contact_id == contact_id)
+    count = (await session.exec(select(func.count()).select_from(query.subquery()))).one()
+    items = (
+        await session.exec(query.order_by(col(Message.created_at), col(Message.id)).offset(page.offset).limit(page.limit))
+    ).all()
+    return {"items": items, "count": count, "limit": page.limit, "offset": page.offset}
+
+
+@router.get("/{contact_id}/enrollments", response_model=Page[EnrollmentOut])
+async def contact_enrollments(contact_id: ContactId, session: SessionDep, page: PaginationDep) -> dict:
+    await crud.contact_or_404(session, contact_id)
+    query = select(Enrollment).where(Enrollment.contact_id == contact_id)
+    count = (await session.exec(select(func.count()).select_from(query.subquery()))).one()
+    items = (await session.exec(query.order_by(Enrollment.id).offset(page.offset).limit(page.limit))).all()
+    return {"items": items, "count": count, "limit": page.limit, "offset": page.offset}
+
+
+@router.post("/{contact_id}/pause", response_model=PauseOut)
+async def pause_contact(contact_id: ContactId, body: PauseIn, session: SessionDep, enroller: EnrollerDep) -> PauseOut:
+    """A sales pause: no email goes to the contact until it ends; sends falling due are held, not skipped."""
+    contact = await crud.contact_or_404(session, contact_id)
+    until = body.ends_at()
+    contact.paused_until, contact.pause_reason, contact.paused_by = until, body.reason, body.paused_by
+    contact.updated_at = utcnow()
+    session.add(contact)
+    told = await enroller.pause(session, contact, until, body.reason, body.paused_by)
+    await session.commit()
+    get_logger(contact_id=contact.id).info("contact_paused", until=until.isoformat(), by=body.paused_by, enrollments=len(told))
+    return PauseOut(
+        contact_id=contact_id,
+        paused_until=contact.paused_until,
+        pause_reason=contact.pause_reason,
+        paused_by=contact.paused_by,
+        enrollment_ids=[e.id for e in told],
+    )
+
+
+@router.post("/{contact_id}/resume", response_model=PauseOut)
+async def resume_contact(contact_id: ContactId, body: ResumeIn, session: SessionDep, enroller: EnrollerDep) -> PauseOut:
+    """End the pause now; held sends go out."""
+    contact = await crud.contact_or_404(session, contact_id)
+    contact.paused_until = contact.pause_reason = contact.paused_by = None
+    contact.updated_at = utcnow()
+    session.add(contact)
+    told = await enroller.resume(session, contact, body.resumed_by, body.reason)
+    await session.commit()
+    get_logger(contact_id=contact.id).info("contact_resumed", by=body.resumed_by, enrollments=len(told))
+    return PauseOut(contact_id=contact_id, paused_until=None, pause_reason=None, paused_by=None, enrollment_ids=[e.id for e in told])

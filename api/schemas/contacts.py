@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import AfterValidator, Field, field_validator, model_validator
+
+from api.schemas.common import Email, NonEmpty, Out, Strict, UTCDatetime
+from nurture.flow.durations import parse_duration
+from nurture.flow.language import LIFECYCLE_STAGES
+from nurture.models import SubscriptionStatus, utcnow
+
+
+def _timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone '{value}': use an IANA name like Europe/Berlin") from None
+    return value
+
+
+def _stage(value: str) -> str:
+    if value not in LIFECYCLE_STAGES:
+        raise ValueError(f"'{value}' is not a lifecycle stage ({', '.join(LIFECYCLE_STAGES)})")
+    return value
+
+
+TimeZone = Annotated[str, AfterValidator(_timezone)]
+LifecycleStage = Annotated[str, AfterValidator(_stage)]
+Text = Annotated[str, Field(max_length=500)]
+MAX_PAUSE = timedelta(days=3650)
+
+
+class ContactFields(Strict):
+    name: Text | None = None
+    company: Text | None = None
+    timezone: TimeZone | None = Field(default=None, description="IANA time zone, e.g. Europe/Berlin.")
+    lifecycle_stage: LifecycleStage | None = Field(default=None, description=", ".join(LIFECYCLE_STAGES))
+    owner: Text | None = Field(default=None, description="The owning rep's id.")
+    properties: dict[str, Any] | None = Field(
+        default=None, description="Merged into the contact's properties; a key set to null is removed."
+    )
+    subscription_status: SubscriptionStatus | None = Field(
+        default=None,
+        description="An unsubscribed contact is never re-subscribed by an upsert (the change is ignored); "
+        "PATCH answers 409.",
+    )
+
+
+class ContactUpsert(ContactFields):
+    email: Email
+
+
+class ContactUpdate(ContactFields):
+    email: Email | None = None
+
+
+class ContactOut(Out):
+    id: int
+    email: str
+    name: str | None
+    company: str | None
+    timezone: str | None
+    lifecycle_stage: str | None
+    owner: str | None
+    properties: dict[str, Any]
+    subscription_status: str
+    paused_until: datetime | None
+    pause_reason: str | None
+    paused_by: str | None
+    last_activity_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class PauseIn(Strict):
+    """A sales pause: sends that fall due are held until it ends or the contact is resumed."""
+
+    until: UTCDatetime | None = Field(default=None, description="When the pause ends; in the future.")
+    duration: str | None = Field(default=None, description="Or how long it lasts: 14d, 36h, 2w, P14D.")
+    reason: NonEmpty
+    paused_by: NonEmpty = Field(description="The rep's id.")
+
+    @field_validator("until")
+    @classmethod
+    def _in_future(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value <= utcnow():
+            raise ValueError("must be in the future")
+        if value is not None and value - utcnow() > MAX_PAUSE:
+            raise ValueError("a pause lasts at most 3650 days")
+        return value
+
+    @field_validator("duration")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            delta = parse_duration(value)  # ValueError names the problem
+            if delta > MAX_PAUSE:
+                raise ValueError("a pause lasts at most 3650 days")
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PauseIn:
+        if (self.until is None) == (self.duration is None):
+            raise ValueError("give exactly one of 'until' or 'duration'")
+        return self
+
+    def ends_at(self) -> datetime:
+        return self.until if self.until is not None else utcnow() + parse_duration(self.duration)
+
+
+class ResumeIn(Strict):
+    resumed_by: NonEmpty
+    reason: NonEmpty | None = None
+
+
+class PauseOut(Out):
+    contact_id: int
+    paused_until: datetime | None
+    pause_reason: str | None
+    paused_by: str | None
+    enrollment_ids: list[int] = Field(description="Active enrollments that were told.")
+
+
+class MessageOut(Out):
+    id: int
+    workflow_id: str | None
+    flow_id: int | None
+    flow_version: int | None
+    step_id: str | None
+    template_key: str
+    to_email: str
+    subject: str
+    status: str
+    error: str | None
+    provider: str
+    provider_message_id: str | None
+    attempts: int
+    scheduled_at: datetime | None
+    sent_at: datetime | None
+    created_at: datetime

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, StringConstraints, model_validator
+
+from api.schemas.common import Email, Id, Strict, UTCDatetime
+
+EVENT_TYPE_PATTERN = r"^[a-z][a-z0-9_.:-]{0,63}$"
+
+
+class EventIn(Strict):
+    event_id: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)] | None = Field(
+        default=None, description="Your id for the event: sending it again is recognised as a duplicate."
+    )
+    type: Annotated[str, StringConstraints(pattern=EVENT_TYPE_PATTERN)] = Field(description="e.g. demo_requested")
+    email: Email | None = Field(default=None, description="The contact; created when unknown, like a form submission.")
+    contact_id: Id | None = None
+    properties: dict[str, Any] = Field(default_factory=dict)
+    occurred_at: UTCDatetime | None = Field(default=None, description="Defaults to now.")
+
+    @model_validator(mode="after")
+    def _one_contact(self) -> EventIn:
+        if (self.email is None) == (self.contact_id is None):
+            raise ValueError("give exactly one of 'email' or 'contact_id'")
+        return self
+
+
+class EventOut(BaseModel):
+    event_id: str
+    contact_id: int
+    duplicate: bool = Field(description="True when this event_id was already received; nothing was done again.")
+    contact_created: bool = False
+    enrolled: list[int] = Field(default_factory=list, description="Enrollments this event started.")
+    signalled: list[int] = Field(default_factory=list, description="Running enrollments told about the event.")

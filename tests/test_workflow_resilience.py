@@ -1,0 +1,127 @@
+"""Exactly one send through worker crashes, and continue-as-new that loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from sqlmodel import select
+from temporalio.worker import Worker
+
+from activities.email.providers import OutboxProvider, OutgoingEmail
+from nurture.contracts import (
+    ContactEventSignal,
+    EnrollmentInput,
+    EnrollmentResult,
+    EnrollmentState,
+    PauseSignal,
+    enrollment_workflow_id,
+)
+from nurture.flow import load_flow
+from nurture.models import Message, utcnow
+from tests.conftest import eventually, result_of, terminate_leftovers
+from tests.factories import add_active_flow, add_contact, add_templates, messages_of
+from tests.test_workflow_example import enroll
+from worker.main import build_worker
+
+
+class CrashAfterHandOff(OutboxProvider):
+    """The real outbox, on a worker that dies right after handing the first message over."""
+
+    def __init__(self, directory):
+        super().__init__(directory)
+        self.handed_off = asyncio.Event()
+
+    async def deliver(self, email: OutgoingEmail) -> str:
+        await super().deliver(email)
+        self.handed_off.set()
+        await asyncio.Event().wait()  # never acknowledged: the process is gone
+        raise AssertionError("unreachable")
+
+
+async def test_worker_replaced_mid_send_sends_each_email_once(db, client, settings, temporal_env):
+    from nurture.enrolling import Enroller
+
+    await add_templates(db)
+    flow, contact = await add_active_flow(db), await add_contact(db)
+    crashing = CrashAfterHandOff(settings.outbox_dir)
+    # No sticky cache: the test server never hands a dead worker's sticky queue back.
+    first = build_worker(
+        client, db, crashing, settings, max_cached_workflows=0, graceful_shutdown_timeout=timedelta(0)
+    )
+    first_run = asyncio.create_task(first.run())
+    try:
+        enrollment = await enroll(db, Enroller(client, settings), flow, contact)
+        await asyncio.wait_for(crashing.handed_off.wait(), 10)
+    finally:
+        await first.shutdown()
+        await asyncio.gather(first_run, return_exceptions=True)
+
+    async with build_worker(client, db, OutboxProvider(settings.outbox_dir), settings):
+        result = await result_of(temporal_env, client.get_workflow_handle(enrollment.workflow_id, result_type=EnrollmentResult))
+    await terminate_leftovers(client, db)
+
+    assert result.status == "completed"
+    messages = await messages_of(db, contact.id)
+    assert [(m.template_key, m.status) for m in messages] == [("demo-welcome", "sent"), ("demo-welcome-resend", "sent")]
+    assert messages[0].attempts == 2  # the crashed attempt and the one that finished it
+    assert len(list(settings.outbox_dir.glob("*.eml"))) == 2
+
+
+LONG_WAIT_FLOW = {
+    "name": "Long wait",
+    "trigger": {"type": "manual"},
+    "goal": {"event": "meeting_booked"},
+    "steps": [
+        {"id": "hello", "type": "send_email", "template": "demo-welcome"},
+        {"id": "wait", "type": "delay", "duration": "10d"},
+        {"id": "follow-up", "type": "send_email", "template": "case-study"},
+    ],
+}
+
+
+async def test_continue_as_new_mid_wait_keeps_events_pause_and_deadline(db, client, settings, worker, temporal_env):
+    await add_templates(db)
+    contact = await add_contact(db)
+    flow = await add_active_flow(db, LONG_WAIT_FLOW)
+    workflow_id = enrollment_workflow_id(settings.workflow_id_prefix, flow.id, contact.id)
+    handle = await client.start_workflow(
+        "EnrollmentWorkflow",
+        EnrollmentInput(
+            flow_id=flow.id,
+            flow_version=1,
+            contact_id=contact.id,
+            flow=load_flow(LONG_WAIT_FLOW),
+            continue_as_new_after_events=40,
+        ),
+        id=workflow_id,
+        task_queue=settings.temporal_task_queue,
+        result_type=EnrollmentResult,
+    )
+    first_run = handle.result_run_id
+    await eventually(lambda: messages_of(db, contact.id))
+    entered = (await handle.query("state", result_type=EnrollmentState)).entered_at
+
+    for i in range(60):
+        await handle.signal(
+            "contact_event",
+            ContactEventSignal(event_id=f"view-{i}", type="page_viewed", properties={"n": i}, occurred_at=utcnow()),
+        )
+    await handle.signal("pause", PauseSignal(until=entered + timedelta(days=12), reason="call", paused_by="rep-1"))
+
+    async def continued():
+        state = await client.get_workflow_handle(workflow_id).query("state", result_type=EnrollmentState)
+        return state if state.runs > 1 and state.paused is not None else None
+
+    state = await eventually(continued)
+    assert sum(1 for e in state.timeline if e.kind == "event") == 60
+    assert state.current_step == "wait"
+    assert abs(state.waiting_until - (entered + timedelta(days=10))) < timedelta(seconds=5)
+
+    result = await result_of(temporal_env, client.get_workflow_handle(workflow_id, result_type=EnrollmentResult))
+    assert result.status == "completed"
+    async with db.session() as s:
+        follow_up = (await s.exec(select(Message).where(Message.template_key == "case-study"))).one()
+    # The deadline survived continue-as-new, and the pause then held the send until day 12.
+    assert abs(follow_up.scheduled_at - (entered + timedelta(days=12))) < timedelta(seconds=5)
+    assert (await client.get_workflow_handle(workflow_id).describe()).run_id != first_run
