@@ -52,19 +52,24 @@ def _path(loc: Iterable[Any]) -> str:
     return out or "flow"
 
 
-def _structural_problems(error: ValidationError) -> list[Problem]:
-    problems = []
-    for item in error.errors():
-        # Discriminated unions put the tag in the location: keep only what a person wrote.
-        loc = [p for p in item["loc"] if not (isinstance(p, str) and p in _UNION_TAGS)]
-        problems.append(Problem(path=_path(loc), message=item["msg"]))
-    return problems
+def _structural_problems(error: ValidationError, data: Any) -> list[Problem]:
+    return [Problem(path=_path(_written_loc(item["loc"], data)), message=item["msg"]) for item in error.errors()]
 
 
-_UNION_TAGS = {
-    "send_email", "delay", "wait_for_event", "branch", "update_contact", "exit",
-    "event", "manual", "property", "email", "all", "any", "not",
-}
+def _written_loc(loc: tuple, data: Any) -> list:
+    """Drop the union tags pydantic puts in a location: keep only what a person wrote."""
+    kept, node = [], data
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        elif isinstance(part, str) and i < len(loc) - 1:
+            continue  # a tag such as 'send_email' that names the union member, not a field
+        else:
+            node = None
+        kept.append(part)
+    return kept
 
 
 def load_flow(data: Any, known_templates: set[str] | None = None) -> FlowDefinition:
@@ -72,7 +77,7 @@ def load_flow(data: Any, known_templates: set[str] | None = None) -> FlowDefinit
     try:
         flow = FlowDefinition.model_validate(data)
     except ValidationError as exc:
-        raise FlowInvalid(_structural_problems(exc)) from exc
+        raise FlowInvalid(_structural_problems(exc, data)) from exc
     problems = semantic_problems(flow, known_templates)
     if problems:
         raise FlowInvalid(problems)

@@ -1,0 +1,91 @@
+"""The FastAPI app. ``uvicorn api.main:app``; tests call ``create_app(settings, db=..., client=...)``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from temporalio.client import Client
+
+from api.errors import install_error_handlers
+from api.routers import contacts, enrollments, events, flows, health, templates
+from api.state import TemporalConnection
+from nurture.db import Database
+from nurture.enrolling import TemporalUnavailable
+from nurture.flow import FlowDefinition
+from nurture.logging import configure_logging, get_logger
+from nurture.settings import Settings, get_settings
+
+DESCRIPTION = """
+Email nurture flows on Temporal: one durable workflow per contact enrollment.
+
+Bad input answers 422 in FastAPI's format, `{"detail": [{"loc", "msg", "type"}]}`; flow
+problems add `path` (e.g. `steps[2].template`). 404/409/415/503 answer `{"detail": "..."}`;
+503 means Temporal or the database is unreachable and nothing was changed.
+"""
+
+
+def create_app(
+    settings: Settings | None = None, *, db: Database | None = None, client: Client | None = None
+) -> FastAPI:
+    """Build the app. A database or Temporal client passed in is used as is (and ready at once,
+    lifespan or not); the ones not passed are created by the lifespan, never at import."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(settings.log_level, settings.log_json)
+        log = get_logger(component="api")
+        owned_db: Database | None = None
+        if app.state.db is None:
+            owned_db = Database(settings.resolved_database_url)
+            await owned_db.create_all()
+            app.state.db = owned_db
+        temporal: TemporalConnection = app.state.temporal
+        if temporal.client is None:
+            try:
+                await temporal.get()
+            except TemporalUnavailable:
+                log.warning("api_started_without_temporal", address=settings.temporal_address)
+        log.info("api_started", namespace=settings.temporal_namespace, task_queue=settings.temporal_task_queue)
+        try:
+            yield
+        finally:
+            if owned_db is not None:
+                await owned_db.dispose()
+                app.state.db = None
+
+    app = FastAPI(title="Nurture", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.db = db
+    app.state.temporal = TemporalConnection(settings, client)
+
+    install_error_handlers(app)
+    for module in (health, contacts, templates, flows, events, enrollments):
+        app.include_router(module.router)
+    app.openapi = _openapi_with_flow_schema(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi_with_flow_schema(app: FastAPI):
+    """The flow endpoints read their body raw (JSON or YAML): add FlowDefinition's schema by hand."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        flow = FlowDefinition.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for name, part in flow.pop("$defs", {}).items():
+            components.setdefault(name, part)
+        components["FlowDefinition"] = flow
+        app.openapi_schema = schema
+        return schema
+
+    return openapi
+
+
+app = create_app()
