@@ -1,15 +1,11 @@
-"""Fixtures and helpers for the API tests; test_api_*.py import them.
+"""The ``api`` fixture and helpers for the API tests; test_api_*.py import them.
 
-The Temporal test server lives for the whole session while every test gets a fresh
-database whose ids start at 1 again, so two tests would both start workflow
-``enrollment-1-1``. Each API test therefore runs in its own Temporal namespace:
-``client`` and ``settings`` below override conftest's for these modules, and
-conftest's ``worker`` picks the overrides up.
+The app gets conftest's database, Temporal client and settings injected; the
+``worker`` fixture runs the enrollments on the same task queue.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +14,6 @@ import httpx
 import pytest
 from sqlmodel import select
 from temporalio.client import Client
-from temporalio.testing import WorkflowEnvironment
 
 from api.main import create_app
 from nurture.db import Database
@@ -27,23 +22,6 @@ from tests.conftest import eventually
 
 EXAMPLE_FLOW = Path(__file__).resolve().parent.parent / "examples" / "demo-request-nurture.yaml"
 EXAMPLE_TEMPLATES = ("demo-welcome", "case-study", "demo-welcome-resend")
-
-
-@pytest.fixture
-def namespace() -> str:
-    return f"api-test-{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture
-def client(temporal_env: WorkflowEnvironment, namespace: str) -> Client:
-    config = temporal_env.client.config()  # keeps the time-skipping interceptor
-    config["namespace"] = namespace
-    return Client(**config)
-
-
-@pytest.fixture
-def settings(settings: Settings, namespace: str) -> Settings:
-    return settings.model_copy(update={"temporal_namespace": namespace})
 
 
 @pytest.fixture

@@ -8,13 +8,10 @@ from nurture.models import Contact
 from tests.api_support import (  # noqa: F401  (fixtures)
     active_example_flow,
     api,
-    client,
     count_rows,
     enroll_by_event,
     in_future,
     locs,
-    namespace,
-    settings,
     wait_for_step,
     workflow_state,
 )

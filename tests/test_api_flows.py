@@ -12,15 +12,12 @@ from tests.api_support import (  # noqa: F401  (fixtures)
     EXAMPLE_TEMPLATES,
     active_example_flow,
     api,
-    client,
     count_rows,
     create_example_flow,
     create_template,
     enroll_by_event,
     locs,
-    namespace,
     post_event,
-    settings,
 )
 from tests.conftest import eventually
 

@@ -11,7 +11,7 @@ import asyncio
 from datetime import datetime, timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -35,6 +35,8 @@ with workflow.unsafe.imports_passed_through():
         TimelineEntry,
         UpdateContactInput,
     )
+    from nurture import search_attributes as attributes
+    from nurture.flow.durations import format_duration
     from nurture.flow.conditions import PropertyCondition, evaluate, iter_conditions, matches_properties
     from nurture.flow.language import (
         BranchStep,
@@ -46,12 +48,12 @@ with workflow.unsafe.imports_passed_through():
         WaitForEventStep,
     )
 
-FLOW_ID = SearchAttributeKey.for_keyword("NurtureFlowId")
-FLOW_VERSION = SearchAttributeKey.for_int("NurtureFlowVersion")
-CONTACT_ID = SearchAttributeKey.for_keyword("NurtureContactId")
-CURRENT_STEP = SearchAttributeKey.for_keyword("NurtureStep")
-STATUS = SearchAttributeKey.for_keyword("NurtureStatus")
-PAUSED = SearchAttributeKey.for_bool("NurturePaused")
+FLOW_ID = SearchAttributeKey.for_keyword(attributes.FLOW_ID.name)
+FLOW_VERSION = SearchAttributeKey.for_int(attributes.FLOW_VERSION.name)
+CONTACT_ID = SearchAttributeKey.for_keyword(attributes.CONTACT_ID.name)
+CURRENT_STEP = SearchAttributeKey.for_keyword(attributes.STEP.name)
+STATUS = SearchAttributeKey.for_keyword(attributes.STATUS.name)
+PAUSED = SearchAttributeKey.for_bool(attributes.PAUSED.name)
 SEARCH_ATTRIBUTES = (FLOW_ID, FLOW_VERSION, CONTACT_ID, CURRENT_STEP, STATUS, PAUSED)
 
 ENGAGEMENT_EVENTS = {"email_opened": "opened", "email_clicked": "clicked"}
@@ -245,7 +247,7 @@ class EnrollmentWorkflow:
             await self._send_email(step)
             return default_next
         if isinstance(step, DelayStep):
-            await self._wait(step, step.duration, f"delay {step.duration}")
+            await self._wait(step, step.duration, f"delay {format_duration(step.duration)}")
             return default_next
         if isinstance(step, WaitForEventStep):
             self._matched_event = None

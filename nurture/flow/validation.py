@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from nurture.flow.conditions import AllCondition, EmailCondition, PropertyCondition, iter_conditions
+from nurture.flow.conditions import AllCondition, EmailCondition, PropertyCondition, _condition_kind, iter_conditions
 from nurture.flow.language import (
     LIFECYCLE_STAGES,
     BranchStep,
@@ -58,8 +58,12 @@ def _structural_problems(error: ValidationError, data: Any) -> list[Problem]:
 
 def _written_loc(loc: tuple, data: Any) -> list:
     """Drop the union tags pydantic puts in a location: keep only what a person wrote."""
-    kept, node = [], data
+    kept, node, tag_dropped = [], data, False
     for i, part in enumerate(loc):
+        if not tag_dropped and isinstance(node, dict) and part in (node.get("type"), _condition_kind(node)):
+            tag_dropped = True  # the member's tag, even when a field has the same name ('event', 'property')
+            continue
+        tag_dropped = False
         if isinstance(node, dict) and part in node:
             node = node[part]
         elif isinstance(node, list) and isinstance(part, int) and part < len(node):
