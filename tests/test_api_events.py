@@ -253,7 +253,9 @@ async def dead_temporal() -> Client:
         test_server_existing_path=_binary("temporal-test-server"), data_converter=pydantic_data_converter
     )
     target = env.client.service_client.config.target_host
-    client = await Client.connect(target, data_converter=pydantic_data_converter, retry_config=RetryConfig(max_retries=0))
+    client = await Client.connect(
+        target, data_converter=pydantic_data_converter, retry_config=RetryConfig(max_retries=1, max_elapsed_time_millis=200)
+    )
     await env.shutdown()
     return client
 

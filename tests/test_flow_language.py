@@ -120,3 +120,11 @@ def test_conditions_on_contact_properties_and_engagement():
     clicked = parse({"step": "e", "engagement": "opened"})
     assert evaluate(clicked, contact, {"e": ["clicked"]})  # a click implies an open
     assert not evaluate(clicked, contact, {})
+
+
+def test_paths_name_fields_that_share_a_name_with_their_union_member():
+    flow = example_definition()
+    flow["trigger"]["event"] = 123
+    flow["steps"][2]["condition"] = {"step": "welcome", "engagement": "forwarded"}
+    problems = problems_of(flow)
+    assert set(problems) == {"trigger.event", "steps[2].condition.engagement"}

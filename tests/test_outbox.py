@@ -26,7 +26,8 @@ async def test_writes_one_eml_per_key(tmp_path):
     await outbox.deliver(outgoing("enrollment-1-1:follow-up:1"))
 
     files = sorted(p.name for p in (tmp_path / "outbox").iterdir())
-    assert files == ["enrollment-1-1_follow-up_1.eml", "enrollment-1-1_welcome_1.eml"]
+    assert files == sorted(outbox.path_for(k).name for k in ("enrollment-1-1:welcome:1", "enrollment-1-1:follow-up:1"))
+    assert all(name.startswith("enrollment-1-1_") and name.endswith(".eml") for name in files)
     stored = email.message_from_bytes(
         outbox.path_for("enrollment-1-1:welcome:1").read_bytes(), policy=email.policy.default
     )
@@ -44,7 +45,16 @@ async def test_delivering_the_same_key_twice_keeps_one_file(tmp_path):
     second = await outbox.deliver(outgoing("enrollment-2-5:welcome:1", subject="retry"))
 
     files = list((tmp_path / "outbox").iterdir())
-    assert [p.name for p in files] == ["enrollment-2-5_welcome_1.eml"]  # and no .tmp left behind
+    assert files == [outbox.path_for("enrollment-2-5:welcome:1")]  # and no .tmp left behind
     stored = email.message_from_bytes(files[0].read_bytes(), policy=email.policy.default)
     assert stored["Subject"] == "retry"
     assert stored["Message-ID"] == second
+
+
+async def test_keys_that_clean_to_the_same_name_keep_separate_files(tmp_path):
+    outbox = OutboxProvider(tmp_path / "outbox")
+
+    await outbox.deliver(outgoing("a/b", subject="one"))
+    await outbox.deliver(outgoing("a_b", subject="two"))
+
+    assert len(list((tmp_path / "outbox").iterdir())) == 2

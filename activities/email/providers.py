@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from email.message import EmailMessage
-from email.utils import formataddr, make_msgid
+from email.utils import formataddr
 from pathlib import Path
 from typing import Protocol
 
@@ -44,7 +45,13 @@ class EmailProvider(Protocol):
 
 def message_id_for(key: str) -> str:
     """The same idempotency key always gives the same Message-ID, so a resend is recognisable."""
-    return make_msgid(idstring=re.sub(r"[^A-Za-z0-9.-]", ".", key), domain="nurture.local")
+    return f"<{_safe_name(key)}@nurture.local>"
+
+
+def _safe_name(key: str) -> str:
+    """A file- and header-safe name that stays unique: the digest tells apart keys the cleaning merges."""
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return f"{re.sub(r'[^A-Za-z0-9._-]', '_', key)[:150]}.{digest}"
 
 
 def build_mime(email: OutgoingEmail) -> EmailMessage:
@@ -70,7 +77,7 @@ class OutboxProvider:
         self.directory = directory
 
     def path_for(self, key: str) -> Path:
-        return self.directory / (re.sub(r"[^A-Za-z0-9._-]", "_", key) + ".eml")
+        return self.directory / f"{_safe_name(key)}.eml"
 
     async def deliver(self, email: OutgoingEmail) -> str:
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -53,12 +53,13 @@ async def ingest_event(body: EventIn, session: SessionDep, db: DatabaseDep, enro
             # this request commits: the new contact must be visible first. Undone on failure.
             await session.commit()
 
+    contact_id = contact.id  # read now: a rollback expires the instance
     try:
         return await _record_and_route(body, session, enroller, contact, created)
     except BaseException:
-        if created and contact.id is not None:
+        if created and contact_id is not None:
             await session.rollback()
-            await crud.forget_new_contact(db, contact.id)
+            await crud.forget_new_contact(db, contact_id)
         raise
 
 

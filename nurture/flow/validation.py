@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from nurture.flow.conditions import AllCondition, EmailCondition, PropertyCondition, _condition_kind, iter_conditions
+from nurture.flow.conditions import _condition_kind, AllCondition, EmailCondition, PropertyCondition, _condition_kind, iter_conditions
 from nurture.flow.language import (
     LIFECYCLE_STAGES,
     BranchStep,
@@ -57,23 +57,34 @@ def _structural_problems(error: ValidationError, data: Any) -> list[Problem]:
 
 
 def _written_loc(loc: tuple, data: Any) -> list:
-    """Drop the union tags pydantic puts in a location: keep only what a person wrote."""
-    kept, node, tag_dropped = [], data, False
-    for i, part in enumerate(loc):
-        if not tag_dropped and isinstance(node, dict) and part in (node.get("type"), _condition_kind(node)):
-            tag_dropped = True  # the member's tag, even when a field has the same name ('event', 'property')
+    """Drop the union tags pydantic puts in a location: keep only what a person wrote.
+
+    A discriminated union's location names the member right after the field that
+    holds it (``steps.7.send_email.template``); the member is the node's ``type``
+    (steps, triggers) or its condition kind.
+    """
+    kept: list = []
+    node, tag_skipped = data, False
+    for part in loc:
+        if not tag_skipped and isinstance(node, dict) and isinstance(part, str) and part in _tags_of(node):
+            tag_skipped = True
             continue
-        tag_dropped = False
         if isinstance(node, dict) and part in node:
-            node = node[part]
+            node, tag_skipped = node[part], False
         elif isinstance(node, list) and isinstance(part, int) and part < len(node):
-            node = node[part]
-        elif isinstance(part, str) and i < len(loc) - 1:
-            continue  # a tag such as 'send_email' that names the union member, not a field
+            node, tag_skipped = node[part], False
         else:
             node = None
         kept.append(part)
     return kept
+
+
+def _tags_of(node: dict) -> set[str]:
+    tags = {str(node["type"])} if "type" in node else set()
+    kind = _condition_kind(node)
+    if kind:
+        tags.add(kind)
+    return tags
 
 
 def load_flow(data: Any, known_templates: set[str] | None = None) -> FlowDefinition:
