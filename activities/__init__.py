@@ -1,14 +1,43 @@
-"""All side effects of an enrollment: database, email, contact changes."""
+"""All side effects of an enrollment: database, email, SMS, webhooks, contact changes."""
 
+from temporalio.client import Client
+
+from activities.actions import ActionActivities
 from activities.contacts import ContactActivities
 from activities.email.activities import EmailActivities
 from activities.email.providers import EmailProvider
 from activities.progress import ProgressActivities
+from activities.scheduling import SchedulingActivities
+from activities.sms import SmsActivities, SmsOutboxProvider, SmsProvider
+from activities.webhooks import WebhookActivities
 from nurture.db import Database
+from nurture.settings import Settings
 
 
-def build_activities(db: Database, provider: EmailProvider, sender: str) -> list:
+def build_activities(
+    db: Database,
+    provider: EmailProvider,
+    settings: Settings,
+    client: Client | None = None,
+    sms: SmsProvider | None = None,
+) -> list:
     contacts = ContactActivities(db)
-    email = EmailActivities(db, provider, sender)
+    email = EmailActivities(db, provider, settings.email_from)
     progress = ProgressActivities(db)
-    return [contacts.load_contact, contacts.update_contact, email.send_email, progress.record_progress]
+    scheduling = SchedulingActivities(db, settings.default_send_time)
+    actions = ActionActivities(db, provider, client, settings)
+    webhooks = WebhookActivities(db, settings)
+    texts = SmsActivities(db, sms or SmsOutboxProvider(settings.sms_outbox_dir))
+    return [
+        contacts.load_contact,
+        contacts.update_contact,
+        email.send_email,
+        progress.record_progress,
+        scheduling.resolve_time,
+        scheduling.recent_events,
+        actions.notify_owner,
+        actions.create_task,
+        actions.enroll_in_flow,
+        webhooks.call_webhook,
+        texts.send_sms,
+    ]

@@ -38,9 +38,21 @@ class ContactActivities:
             contact.properties = properties
             if input.lifecycle_stage is not None:
                 contact.lifecycle_stage = input.lifecycle_stage
+            contact.lists = _apply(contact.lists, input.add_to_lists, input.remove_from_lists)
+            contact.tags = _apply(contact.tags, input.add_tags, input.remove_tags)
             contact.updated_at = utcnow()
             session.add(contact)
             await session.commit()
             await session.refresh(contact)
             get_logger(contact_id=contact.id, key=input.idempotency_key).info("contact_updated")
             return contact_snapshot(contact)
+
+
+def _apply(current: list[str] | None, add: list[str], remove: list[str]) -> list[str]:
+    """Add and remove members, keeping order and ignoring case when matching."""
+    dropped = {r.lower() for r in remove}
+    kept = [m for m in current or [] if m.lower() not in dropped]
+    for member in add:
+        if member.lower() not in {m.lower() for m in kept}:
+            kept.append(member)
+    return kept

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -32,10 +31,6 @@ def flow_problems_error(problems: Iterable[Problem], where: str = "body") -> Req
             for p in problems
         ]
     )
-
-
-def field_error(loc: Sequence[str | int], msg: str, type_: str = "value_error", value: Any = None) -> RequestValidationError:
-    return RequestValidationError([{"type": type_, "loc": tuple(loc), "msg": msg, "input": value}])
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from nurture.flow.conditions import EventFact
 from nurture.flow.language import FlowDefinition
 
 ENROLLMENT_WORKFLOW = "EnrollmentWorkflow"
@@ -29,8 +30,11 @@ class ContactSnapshot(BaseModel):
     timezone: str | None = None
     lifecycle_stage: str | None = None
     owner: str | None = None
+    phone: str | None = None
     subscription_status: str = "subscribed"
     properties: dict[str, Any] = Field(default_factory=dict)
+    lists: list[str] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list)
 
     def fields(self) -> dict[str, Any]:
         """Custom properties and built-in fields in one namespace; built-ins win."""
@@ -105,6 +109,8 @@ class CarriedState(BaseModel):
     step_deadline: datetime | None = None
     visits: dict[str, int] = Field(default_factory=dict)
     engagement: dict[str, list[str]] = Field(default_factory=dict)
+    # A/B variants and random split paths drawn, per step: fixed for the whole enrollment.
+    choices: dict[str, str] = Field(default_factory=dict)
     sends: list[SentEmail] = Field(default_factory=list)
     paused: PauseState | None = None
     seen_event_ids: list[str] = Field(default_factory=list)
@@ -142,6 +148,7 @@ class EnrollmentState(BaseModel):
     entered_at: datetime
     visits: dict[str, int]
     engagement: dict[str, list[str]]
+    choices: dict[str, str] = Field(default_factory=dict)
     sends: list[SentEmail]
     timeline: list[TimelineEntry]
     runs: int
@@ -166,6 +173,10 @@ class UpdateContactInput(BaseModel):
     set: dict[str, Any] = Field(default_factory=dict)
     clear: list[str] = Field(default_factory=list)
     lifecycle_stage: str | None = None
+    add_to_lists: list[str] = Field(default_factory=list)
+    remove_from_lists: list[str] = Field(default_factory=list)
+    add_tags: list[str] = Field(default_factory=list)
+    remove_tags: list[str] = Field(default_factory=list)
     idempotency_key: str
 
 
@@ -177,6 +188,7 @@ class SendEmailInput(BaseModel):
     step_id: str
     contact_id: int
     template: str
+    variant: str | None = None
     scheduled_at: datetime
 
 
@@ -200,3 +212,84 @@ class RecordProgressInput(BaseModel):
     paused: bool = False
     exit_reason: str | None = None
     at: datetime
+
+
+class ResolveTimeInput(BaseModel):
+    """Turn a calendar wait into an instant; time zones are resolved outside the sandbox."""
+
+    contact_id: int
+    flow_timezone: str
+    now: datetime
+    kind: Literal["delay_until", "wait_until"]
+    date: datetime | None = None
+    property: str | None = None
+    offset_months: int = 0
+    offset_seconds: int = 0
+    time: str | None = None
+    yearly: bool = False
+    weekdays: list[str] = Field(default_factory=list)
+
+
+class ResolvedTime(BaseModel):
+    at: datetime | None
+    timezone: str
+    detail: str
+
+
+class RecentEventsInput(BaseModel):
+    contact_id: int
+    types: list[str]
+    since: datetime
+
+
+class RecentEvents(BaseModel):
+    events: list[EventFact]
+
+
+class StepActionInput(BaseModel):
+    """Common to every side-effecting step: who, where, and the key that makes it happen once."""
+
+    idempotency_key: str
+    workflow_id: str
+    flow_id: int
+    step_id: str
+    contact_id: int
+    at: datetime
+
+
+class NotifyOwnerInput(StepActionInput):
+    subject: str
+    message: str = ""
+    fallback_to: str | None = None
+
+
+class CreateTaskInput(StepActionInput):
+    kind: str = "task"
+    title: str
+    description: str = ""
+    assignee: str = "owner"
+    due_at: datetime | None = None
+    priority: str = "normal"
+
+
+class WebhookInput(StepActionInput):
+    url: str
+    method: str = "POST"
+    body: dict[str, Any] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class SendSmsInput(StepActionInput):
+    text: str
+
+
+class EnrollInFlowInput(StepActionInput):
+    target_flow_id: int
+
+
+class ActionResult(BaseModel):
+    """What a side-effecting step did, for the timeline and the history."""
+
+    status: Literal["done", "skipped", "failed"]
+    detail: str
+    record_id: int | None = None

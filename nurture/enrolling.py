@@ -221,6 +221,8 @@ class Enroller:
 
 def _as_int(value) -> int:
     try:
-        return int(value)
-    except (TypeError, ValueError):
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
         return -1
+    # Ids are 32-bit columns on PostgreSQL: a bigger number matches no row (and must not reach the query).
+    return number if 0 < number < 2**31 else -1

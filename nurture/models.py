@@ -47,6 +47,10 @@ def _json() -> Any:
     return Field(default_factory=dict, sa_column=sa.Column(sa.JSON, nullable=False))
 
 
+def _json_list() -> Any:
+    return Field(default_factory=list, sa_column=sa.Column(sa.JSON, nullable=False))
+
+
 class SubscriptionStatus(StrEnum):
     subscribed = "subscribed"
     unsubscribed = "unsubscribed"
@@ -63,7 +67,10 @@ class Contact(SQLModel, table=True):
     timezone: str | None = None
     lifecycle_stage: str | None = Field(default=None, index=True)
     owner: str | None = Field(default=None, index=True)
+    phone: str | None = None
     properties: dict[str, Any] = _json()
+    lists: list[str] = _json_list()
+    tags: list[str] = _json_list()
     subscription_status: str = Field(default=SubscriptionStatus.subscribed)
     paused_until: datetime | None = _when()
     pause_reason: str | None = None
@@ -176,6 +183,9 @@ class Message(SQLModel, table=True):
     contact_id: int = Field(foreign_key="contacts.id", index=True)
     to_email: str
     template_key: str
+    # "marketing" counts toward caps and statistics; "internal" is a note to the sales owner.
+    kind: str = Field(default="marketing", index=True)
+    variant: str | None = None
     subject: str = ""
     html: str = ""
     text: str = ""
@@ -189,3 +199,63 @@ class Message(SQLModel, table=True):
     opened_at: datetime | None = _when()
     clicked_at: datetime | None = _when()
     created_at: datetime = _when(nullable=False, default=utcnow)
+
+
+class SmsMessage(SQLModel, table=True):
+    """The SMS send log; with the outbox provider it is also where the text is kept."""
+
+    __tablename__ = "sms_messages"
+
+    id: int | None = Field(default=None, primary_key=True)
+    idempotency_key: str = Field(sa_column=sa.Column(sa.String(300), unique=True, nullable=False))
+    workflow_id: str | None = Field(default=None, index=True)
+    flow_id: int | None = Field(default=None, index=True)
+    step_id: str | None = None
+    contact_id: int = Field(foreign_key="contacts.id", index=True)
+    to_phone: str
+    text: str
+    provider: str
+    status: str = Field(default=MessageStatus.sending)
+    error: str | None = None
+    scheduled_at: datetime | None = _when()
+    sent_at: datetime | None = _when()
+    created_at: datetime = _when(nullable=False, default=utcnow)
+
+
+class Task(SQLModel, table=True):
+    """A task or ticket for a sales owner or a queue, created by a flow step."""
+
+    __tablename__ = "tasks"
+
+    id: int | None = Field(default=None, primary_key=True)
+    idempotency_key: str = Field(sa_column=sa.Column(sa.String(300), unique=True, nullable=False))
+    kind: str = "task"
+    title: str
+    description: str = ""
+    contact_id: int = Field(foreign_key="contacts.id", index=True)
+    assignee: str = Field(index=True)
+    priority: str = "normal"
+    status: str = Field(default="open", index=True)
+    due_at: datetime | None = _when()
+    workflow_id: str | None = None
+    flow_id: int | None = None
+    step_id: str | None = None
+    created_at: datetime = _when(nullable=False, default=utcnow)
+
+
+class WebhookCall(SQLModel, table=True):
+    """What a webhook step sent and what came back: the receipt of an external write."""
+
+    __tablename__ = "webhook_calls"
+
+    id: int | None = Field(default=None, primary_key=True)
+    idempotency_key: str = Field(sa_column=sa.Column(sa.String(300), unique=True, nullable=False))
+    workflow_id: str | None = Field(default=None, index=True)
+    step_id: str | None = None
+    contact_id: int = Field(foreign_key="contacts.id", index=True)
+    url: str
+    status_code: int | None = None
+    attempts: int = 0
+    error: str | None = None
+    created_at: datetime = _when(nullable=False, default=utcnow)
+    completed_at: datetime | None = _when()

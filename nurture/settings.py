@@ -53,6 +53,17 @@ class Settings(BaseSettings):
     email_from: str = "Nurture <marketing@example.com>"
     smtp: SmtpSettings = SmtpSettings()
 
+    sms_provider: Literal["outbox"] = "outbox"
+
+    # Webhook steps sign their body with this secret (header X-Nurture-Signature).
+    webhook_secret: str = "change-me"
+    webhook_timeout_seconds: float = 10.0
+    # Refuse loopback, private and link-local targets unless explicitly allowed (SSRF guard).
+    webhook_allow_private_networks: bool = False
+
+    # Date waits on a date-only property go out at this local time when the flow names none.
+    default_send_time: str = "09:00"
+
     log_level: str = "INFO"
     log_json: bool = False
 
@@ -63,6 +74,10 @@ class Settings(BaseSettings):
     @property
     def outbox_dir(self) -> Path:
         return self.data_dir / "outbox"
+
+    @property
+    def sms_outbox_dir(self) -> Path:
+        return self.data_dir / "sms-outbox"
 
 
 def async_database_url(url: str) -> str:

@@ -16,6 +16,9 @@ def contact_snapshot(contact: Contact) -> ContactSnapshot:
         timezone=contact.timezone,
         lifecycle_stage=contact.lifecycle_stage,
         owner=contact.owner,
+        phone=contact.phone,
+        lists=list(contact.lists or []),
+        tags=list(contact.tags or []),
         subscription_status=contact.subscription_status,
         properties=dict(contact.properties or {}),
     )

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import SQLModel
 from sqlmodel import select
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
@@ -69,18 +69,26 @@ def postgres_schema() -> Iterator[str]:
         conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
+async def _end_workflows_of(request, database: Database) -> None:
+    """Whatever a test started on the shared test server ends with the test, worker or not."""
+    if "temporal_env" in request.fixturenames:
+        await terminate_leftovers(request.getfixturevalue("temporal_env").client, database)
+
+
 @pytest.fixture(params=BACKENDS)
 async def db(request, tmp_path) -> AsyncIterator[Database]:
     if request.param == "sqlite":
         database = Database(f"sqlite:///{tmp_path / 'nurture.db'}")
         await database.create_all()
         yield database
+        await _end_workflows_of(request, database)
         await database.dispose()
         return
     schema = request.getfixturevalue("postgres_schema")
     database = Database(POSTGRES_URL, connect_args={"options": f"-csearch_path={schema}"})
     await database.create_all()
     yield database
+    await _end_workflows_of(request, database)
     async with database.engine.begin() as conn:
         tables = ", ".join(f'"{t.name}"' for t in SQLModel.metadata.sorted_tables)
         await conn.execute(sa.text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
@@ -124,18 +132,34 @@ def outbox(settings: Settings) -> OutboxProvider:
 async def worker(client: Client, db: Database, outbox: EmailProvider, settings: Settings) -> AsyncIterator[Worker]:
     async with build_worker(client, db, outbox, settings) as running:
         yield running
-    await terminate_leftovers(client, db)
+        # While the worker still runs, so activities in flight finish instead of hanging on
+        # the test server (which then refuses to skip time for every later test).
+        await terminate_leftovers(client, db)
 
 
 async def terminate_leftovers(client: Client, db: Database) -> None:
-    """The test server skips time globally: a workflow left waiting with no worker stalls later tests."""
+    """The test server skips time globally: a workflow left waiting with no worker stalls later tests.
+
+    It also never releases its time-skipping lock for an activity that was running when its
+    workflow ended, so wait (briefly) for in-flight activities before terminating.
+    """
     async with db.session() as s:
         workflow_ids = (await s.exec(select(Enrollment.workflow_id))).all()
     for workflow_id in workflow_ids:
+        handle = client.get_workflow_handle(workflow_id)
         try:
-            await client.get_workflow_handle(workflow_id).terminate("test finished")
+            idle_checks = 0
+            for _ in range(200):
+                description = await handle.describe()
+                if description.status != WorkflowExecutionStatus.RUNNING:
+                    break
+                idle_checks = 0 if description.raw_description.pending_activities else idle_checks + 1
+                if idle_checks >= 3:  # quiet for a moment: waiting on a timer, not mid-activity
+                    await handle.terminate("test finished")
+                    break
+                await asyncio.sleep(0.05)
         except RPCError:
-            pass  # already closed
+            pass  # already gone
 
 
 def dev_server_path() -> str:

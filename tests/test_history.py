@@ -21,7 +21,8 @@ async def test_timeline_tells_what_happened_and_why(db, client, settings, worker
     enrollment = await enroll(db, Enroller(client, settings), flow, contact)
     handle = client.get_workflow_handle(enrollment.workflow_id, result_type=EnrollmentResult)
     welcome = (await eventually(lambda: messages_of(db, contact.id)))[0]
-    await handle.signal("pause", PauseSignal(until=utcnow() + timedelta(days=30), reason="demo call", paused_by="rep-9"))
+    now = await temporal_env.get_current_time()
+    await handle.signal("pause", PauseSignal(until=now + timedelta(days=30), reason="demo call", paused_by="rep-9"))
     await temporal_env.sleep(timedelta(days=3))
     await handle.signal("resume", ResumeSignal(resumed_by="rep-9", reason="call went well"))
     await eventually(lambda: _count_at_least(db, contact.id, 2))

@@ -24,7 +24,7 @@ def build_worker(client: Client, db: Database, provider: EmailProvider, settings
         client,
         task_queue=settings.temporal_task_queue,
         workflows=WORKFLOWS,
-        activities=build_activities(db, provider, settings.email_from),
+        activities=build_activities(db, provider, settings, client),
         **options,
     )
 

@@ -16,7 +16,17 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from nurture.contracts import (
+        ActionResult,
         CarriedState,
+        CreateTaskInput,
+        EnrollInFlowInput,
+        NotifyOwnerInput,
+        RecentEvents,
+        RecentEventsInput,
+        ResolvedTime,
+        ResolveTimeInput,
+        SendSmsInput,
+        WebhookInput,
         ContactChangedSignal,
         ContactEventSignal,
         ContactSnapshot,
@@ -37,15 +47,34 @@ with workflow.unsafe.imports_passed_through():
     )
     from nurture import search_attributes as attributes
     from nurture.flow.durations import format_duration
-    from nurture.flow.conditions import PropertyCondition, evaluate, iter_conditions, matches_properties
+    from nurture.flow.conditions import (
+        Condition,
+        ListCondition,
+        PropertyCondition,
+        TagCondition,
+        evaluate,
+        event_lookback,
+        iter_conditions,
+        matches_properties,
+    )
     from nurture.flow.language import (
         BranchStep,
+        CreateTaskStep,
         DelayStep,
+        DelayUntilStep,
+        EnrollInFlowStep,
         ExitStep,
+        GotoStep,
+        NotifyOwnerStep,
         SendEmailStep,
+        SendSmsStep,
+        SplitStep,
         Step,
+        SwitchStep,
         UpdateContactStep,
         WaitForEventStep,
+        WaitUntilStep,
+        WebhookStep,
     )
 
 FLOW_ID = SearchAttributeKey.for_keyword(attributes.FLOW_ID.name)
@@ -63,6 +92,12 @@ TIMELINE_LIMIT = 200
 SEEN_EVENTS_LIMIT = 500
 
 QUICK = timedelta(seconds=30)
+ACTION_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2),
+    maximum_interval=timedelta(minutes=5),
+    maximum_attempts=6,
+    non_retryable_error_types=["WebhookRefused", "WebhookRejected", "ContactMissing"],
+)
 DB_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
 SEND_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=2),
@@ -174,6 +209,7 @@ class EnrollmentWorkflow:
             entered_at=s.entered_at if s else workflow.now(),
             visits=dict(s.visits) if s else {},
             engagement=dict(s.engagement) if s else {},
+            choices=dict(s.choices) if s else {},
             sends=list(s.sends) if s else [],
             timeline=list(s.timeline) if s else [],
             runs=s.runs if s else 1,
@@ -254,22 +290,151 @@ class EnrollmentWorkflow:
             arrived = await self._wait(step, step.timeout, f"event {step.event}", lambda: self._matched_event is not None)
             self._note("wait_ended", step_id=step.id, detail="event arrived" if arrived else "timed out")
             return (step.on_event if arrived else step.on_timeout) or default_next
+        if isinstance(step, (DelayUntilStep, WaitUntilStep)):
+            if await self._wait_until(step):
+                return default_next
+            self._request_exit("date_passed")
+            self._raise_if_exiting()
         if isinstance(step, BranchStep):
-            if _needs_contact(step):
-                assert self._state is not None
-                self._state.contact = await self._load_contact()
-                self._check_contact()
-                self._raise_if_exiting()
-            taken = evaluate(step.condition, self._state.contact.fields(), self._state.engagement)
+            taken = await self._holds(step.condition)
             self._note("branch", step_id=step.id, detail="then" if taken else "else")
             return (step.then if taken else step.else_) or default_next
+        if isinstance(step, SwitchStep):
+            for number, case in enumerate(step.cases):
+                if await self._holds(case.condition):
+                    self._note("branch", step_id=step.id, detail=case.name or f"case {number + 1}")
+                    return case.goto
+            self._note("branch", step_id=step.id, detail="default")
+            return step.default or default_next
+        if isinstance(step, SplitStep):
+            path = self._choose(step.id, [(p.name, p.percent) for p in step.paths])
+            self._note("split", step_id=step.id, detail=path)
+            return next(p.goto for p in step.paths if p.name == path)
         if isinstance(step, UpdateContactStep):
             await self._update_contact(step)
+            return default_next
+        if isinstance(step, (NotifyOwnerStep, CreateTaskStep, WebhookStep, SendSmsStep, EnrollInFlowStep)):
+            await self._act(step)
+            return default_next
+        if isinstance(step, GotoStep):
+            assert self._state is not None
+            if self._state.visits.get(step.id, 0) <= step.max_loops:
+                return step.target
+            self._note("loop_done", step_id=step.id, detail=f"looped {step.max_loops} times")
             return default_next
         if isinstance(step, ExitStep):
             self._request_exit(step.reason)
             self._raise_if_exiting()
         raise ApplicationError(f"unknown step type {step.type}", non_retryable=True)
+
+    async def _holds(self, condition: Condition) -> bool:
+        """Evaluate on fresh contact data, and on recent events when the condition looks at them."""
+        assert self._state is not None
+        if _needs_contact(condition):
+            self._state.contact = await self._load_contact()
+            self._check_contact()
+            self._raise_if_exiting()
+        lookback = event_lookback(condition)
+        events = None
+        if lookback:
+            since = workflow.now() - max(lookback.values())
+            found: RecentEvents = await workflow.execute_activity(
+                "recent_events",
+                RecentEventsInput(contact_id=self._input.contact_id, types=sorted(lookback), since=since),
+                result_type=RecentEvents,
+                start_to_close_timeout=QUICK,
+                retry_policy=DB_RETRY,
+            )
+            events = found.events
+        return evaluate(condition, self._state.contact.fields(), self._state.engagement, events, workflow.now())
+
+    def _choose(self, step_id: str, weighted: list[tuple[str, int]]) -> str:
+        """A weighted draw made once per enrollment and step: loops and replays draw the same."""
+        assert self._state is not None
+        if step_id not in self._state.choices:
+            total = sum(weight for _, weight in weighted)
+            point = workflow.random().random() * total
+            for name, weight in weighted:
+                point -= weight
+                if point < 0:
+                    break
+            self._state.choices[step_id] = name
+        return self._state.choices[step_id]
+
+    async def _wait_until(self, step: DelayUntilStep | WaitUntilStep) -> bool:
+        """Wait for a calendar moment in the contact's time zone; False when it has passed."""
+        assert self._state is not None
+        if self._state.step_deadline is None:
+            offset = step.offset if isinstance(step, DelayUntilStep) else None
+            resolved: ResolvedTime = await workflow.execute_activity(
+                "resolve_time",
+                ResolveTimeInput(
+                    contact_id=self._input.contact_id,
+                    flow_timezone=self._flow.timezone,
+                    now=workflow.now(),
+                    kind=step.type,
+                    date=getattr(step, "date", None),
+                    property=getattr(step, "property", None),
+                    offset_months=offset.months if offset else 0,
+                    offset_seconds=offset.seconds if offset else 0,
+                    time=step.time,
+                    yearly=getattr(step, "yearly", False),
+                    weekdays=list(getattr(step, "weekdays", [])),
+                ),
+                result_type=ResolvedTime,
+                start_to_close_timeout=QUICK,
+                retry_policy=DB_RETRY,
+            )
+            if resolved.at is None:
+                self._note("wait_skipped", step_id=step.id, detail=resolved.detail)
+                return isinstance(step, WaitUntilStep) or step.if_passed == "continue"
+            self._state.step_deadline = resolved.at
+            self._note("wait_planned", step_id=step.id, detail=f"{resolved.detail} -> {resolved.at.isoformat()}")
+        await self._wait(step, timedelta(0), f"until {self._state.step_deadline.isoformat()}")
+        return True
+
+    async def _act(self, step: NotifyOwnerStep | CreateTaskStep | WebhookStep | SendSmsStep | EnrollInFlowStep) -> None:
+        assert self._state is not None
+        if isinstance(step, SendSmsStep):
+            await self._hold_while_paused()  # a sales pause silences every marketing channel
+        common = dict(
+            idempotency_key=self._idempotency_key(step),
+            workflow_id=workflow.info().workflow_id,
+            flow_id=self._input.flow_id,
+            step_id=step.id,
+            contact_id=self._input.contact_id,
+            at=workflow.now(),
+        )
+        if isinstance(step, NotifyOwnerStep):
+            name, payload = "notify_owner", NotifyOwnerInput(
+                **common, subject=step.subject, message=step.message, fallback_to=step.fallback_to
+            )
+        elif isinstance(step, CreateTaskStep):
+            name, payload = "create_task", CreateTaskInput(
+                **common,
+                kind=step.kind,
+                title=step.title,
+                description=step.description,
+                assignee=step.assignee,
+                due_at=workflow.now() + step.due_in if step.due_in else None,
+                priority=step.priority,
+            )
+        elif isinstance(step, WebhookStep):
+            name, payload = "call_webhook", WebhookInput(
+                **common, url=step.url, method=step.method, body=step.body, headers=step.headers
+            )
+        elif isinstance(step, SendSmsStep):
+            name, payload = "send_sms", SendSmsInput(**common, text=step.text)
+        else:
+            name, payload = "enroll_in_flow", EnrollInFlowInput(**common, target_flow_id=step.flow_id)
+        try:
+            result: ActionResult = await workflow.execute_activity(
+                name, payload, result_type=ActionResult, start_to_close_timeout=timedelta(minutes=1), retry_policy=ACTION_RETRY
+            )
+        except ActivityError as err:
+            # A failed side step is recorded and the contact goes on, as a failed send does.
+            result = ActionResult(status="failed", detail=err.cause.message if err.cause else str(err))
+        self._note("action", step_id=step.id, detail=f"{step.type} {result.status}: {result.detail}")
 
     async def _wait(self, step: Step, duration: timedelta, what: str, done=lambda: False) -> bool:
         """Wait until the deadline, an exit, or ``done()``; True when ``done()`` ended it."""
@@ -302,6 +467,11 @@ class EnrollmentWorkflow:
         assert self._state is not None
         await self._hold_while_paused()
         key = self._idempotency_key(step)
+        variant = None
+        template = step.template
+        if step.variants:
+            variant = self._choose(step.id, [(v.id, v.weight) for v in step.variants])
+            template = next(v.template for v in step.variants if v.id == variant)
         try:
             result: SendEmailResult = await workflow.execute_activity(
                 "send_email",
@@ -312,7 +482,8 @@ class EnrollmentWorkflow:
                     flow_version=self._input.flow_version,
                     step_id=step.id,
                     contact_id=self._input.contact_id,
-                    template=step.template,
+                    template=template or "",
+                    variant=variant,
                     scheduled_at=workflow.now(),
                 ),
                 result_type=SendEmailResult,
@@ -366,6 +537,10 @@ class EnrollmentWorkflow:
                 set=step.set,
                 clear=step.clear,
                 lifecycle_stage=step.lifecycle_stage,
+                add_to_lists=step.add_to_lists,
+                remove_from_lists=step.remove_from_lists,
+                add_tags=step.add_tags,
+                remove_tags=step.remove_tags,
                 idempotency_key=self._idempotency_key(step),
             ),
             result_type=ContactSnapshot,
@@ -492,6 +667,6 @@ class EnrollmentWorkflow:
         self._state.timeline = (self._state.timeline + [entry])[-TIMELINE_LIMIT:]
 
 
-def _needs_contact(step: BranchStep) -> bool:
-    """Branches on contact properties read fresh data; engagement-only branches need none."""
-    return any(isinstance(c, PropertyCondition) for c in iter_conditions(step.condition))
+def _needs_contact(condition: Condition) -> bool:
+    """Conditions on contact data read fresh data; engagement-only and event conditions need none."""
+    return any(isinstance(c, (PropertyCondition, ListCondition, TagCondition)) for c in iter_conditions(condition))

@@ -56,6 +56,7 @@ class EmailActivities:
                     contact_id=input.contact_id,
                     to_email=contact.email,
                     template_key=input.template,
+                    variant=input.variant,
                     provider=self.provider.name,
                     scheduled_at=input.scheduled_at,
                 )

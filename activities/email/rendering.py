@@ -7,8 +7,13 @@ from typing import Any
 from jinja2 import TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
-_html = SandboxedEnvironment(autoescape=True)
-_plain = SandboxedEnvironment(autoescape=False)
+def _blank_none(value):
+    # A field the contact has not filled in renders empty, never as "None".
+    return "" if value is None else value
+
+
+_html = SandboxedEnvironment(autoescape=True, finalize=_blank_none)
+_plain = SandboxedEnvironment(autoescape=False, finalize=_blank_none)
 
 
 class RenderedEmail:

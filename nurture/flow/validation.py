@@ -7,17 +7,20 @@ from collections.abc import Iterable
 from typing import Any
 
 import yaml
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ValidationError
 
-from nurture.flow.conditions import _condition_kind, AllCondition, EmailCondition, PropertyCondition, _condition_kind, iter_conditions
+from nurture.flow.conditions import AllCondition, EmailCondition, PropertyCondition, _condition_kind, iter_conditions
 from nurture.flow.language import (
     LIFECYCLE_STAGES,
+    WAITING_STEPS,
     BranchStep,
-    DelayStep,
+    DelayUntilStep,
     FlowDefinition,
     SendEmailStep,
+    SplitStep,
+    SwitchStep,
     UpdateContactStep,
-    WaitForEventStep,
 )
 
 
@@ -108,15 +111,24 @@ def semantic_problems(flow: FlowDefinition, known_templates: set[str] | None = N
         else:
             index[step.id] = i
 
+    problems += _timezone_problems(flow.timezone, "timezone")
     for i, step in enumerate(flow.steps):
         where = f"steps[{i}]"
-        for field in ("next", "then", "else_", "on_event", "on_timeout"):
-            target = getattr(step, field, None)
-            if target is not None and target not in index:
-                name = "else" if field == "else_" else field
-                problems.append(Problem(path=f"{where}.{name}", message=f"no step has the id '{target}'"))
-        if isinstance(step, SendEmailStep) and known_templates is not None and step.template not in known_templates:
-            problems.append(Problem(path=f"{where}.template", message=f"unknown template '{step.template}'"))
+        for path, target in _references(step, where):
+            if target not in index:
+                problems.append(Problem(path=path, message=f"no step has the id '{target}'"))
+        if isinstance(step, SendEmailStep):
+            problems += _send_problems(step, where, known_templates)
+        if isinstance(step, DelayUntilStep):
+            if (step.date is None) == (step.property is None):
+                problems.append(Problem(path=where, message="delay_until needs exactly one of 'date' or 'property'"))
+        if isinstance(step, SwitchStep):
+            for c, case in enumerate(step.cases):
+                problems += _condition_problems(case.condition, f"{where}.cases[{c}].condition", flow, index, i)
+        if isinstance(step, SplitStep):
+            total = sum(p.percent for p in step.paths)
+            if total != 100:
+                problems.append(Problem(path=f"{where}.paths", message=f"percentages add up to {total}, not 100"))
         if isinstance(step, BranchStep):
             if step.next is not None:
                 problems.append(Problem(path=f"{where}.next", message="a branch goes on through 'then' and 'else'"))
@@ -124,7 +136,7 @@ def semantic_problems(flow: FlowDefinition, known_templates: set[str] | None = N
                 problems.append(Problem(path=f"{where}.then", message="a branch needs 'then' or 'else'"))
             problems += _condition_problems(step.condition, f"{where}.condition", flow, index, i)
         if isinstance(step, UpdateContactStep):
-            if not (step.set or step.clear or step.lifecycle_stage):
+            if not step.changes_anything():
                 problems.append(Problem(path=where, message="update_contact changes nothing"))
             if step.lifecycle_stage is not None and step.lifecycle_stage not in LIFECYCLE_STAGES:
                 problems.append(_stage_problem(f"{where}.lifecycle_stage", step.lifecycle_stage))
@@ -134,6 +146,47 @@ def semantic_problems(flow: FlowDefinition, known_templates: set[str] | None = N
     if flow.goal is not None:
         problems += _goal_problems(flow)
     return problems
+
+
+def _references(step, where: str) -> list[tuple[str, str]]:
+    refs = []
+    for field in ("next", "then", "else_", "on_event", "on_timeout", "default", "target"):
+        target = getattr(step, field, None)
+        if target is not None:
+            refs.append((f"{where}.{'else' if field == 'else_' else field}", target))
+    for c, case in enumerate(getattr(step, "cases", [])):
+        refs.append((f"{where}.cases[{c}].goto", case.goto))
+    for p, path in enumerate(getattr(step, "paths", [])):
+        refs.append((f"{where}.paths[{p}].goto", path.goto))
+    return refs
+
+
+def _send_problems(step: SendEmailStep, where: str, known_templates: set[str] | None) -> list[Problem]:
+    problems = []
+    if (step.template is None) == (not step.variants):
+        problems.append(Problem(path=where, message="send_email needs a 'template' or 'variants', not both"))
+    if step.variants:
+        ids = [v.id for v in step.variants]
+        for v, variant_id in enumerate(ids):
+            if ids.index(variant_id) != v:
+                problems.append(Problem(path=f"{where}.variants[{v}].id", message=f"duplicate variant id '{variant_id}'"))
+    if known_templates is not None:
+        if step.template is not None and step.template not in known_templates:
+            problems.append(Problem(path=f"{where}.template", message=f"unknown template '{step.template}'"))
+        for v, variant in enumerate(step.variants):
+            if variant.template not in known_templates:
+                problems.append(
+                    Problem(path=f"{where}.variants[{v}].template", message=f"unknown template '{variant.template}'")
+                )
+    return problems
+
+
+def _timezone_problems(name: str, path: str) -> list[Problem]:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return [Problem(path=path, message=f"'{name}' is not a time zone (use an IANA name like Europe/Berlin)")]
+    return []
 
 
 def _stage_problem(path: str, stage: Any) -> Problem:
@@ -180,7 +233,7 @@ def _reachability_problems(flow: FlowDefinition) -> list[Problem]:
 
 def _spinning_loops(flow: FlowDefinition, index: dict[str, int]) -> list[Problem]:
     """A loop that never waits would send and spin without end."""
-    waits = (DelayStep, WaitForEventStep)
+    waits = WAITING_STEPS
     problems = []
     for start, step in enumerate(flow.steps):
         if isinstance(step, waits):

@@ -1,0 +1,138 @@
+"""Flow steps that act for the sales team: notify the owner, create a task, enroll elsewhere."""
+
+from __future__ import annotations
+
+from html import escape
+
+from sqlmodel import select
+from temporalio import activity
+from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
+
+from activities.email.providers import EmailProvider, OutgoingEmail
+from activities.email.rendering import render
+from nurture.contracts import ActionResult, CreateTaskInput, EnrollInFlowInput, NotifyOwnerInput
+from nurture.db import Database
+from nurture.enrolling import Enroller
+from nurture.logging import get_logger
+from nurture.models import Contact, Event, Flow, FlowStatus, Message, MessageStatus, Task, utcnow
+from nurture.settings import Settings
+from nurture.snapshots import contact_snapshot
+
+
+async def _contact(session, contact_id: int) -> Contact:
+    contact = await session.get(Contact, contact_id)
+    if contact is None:
+        raise ApplicationError(f"contact {contact_id} does not exist", type="ContactMissing", non_retryable=True)
+    return contact
+
+
+class ActionActivities:
+    def __init__(self, db: Database, provider: EmailProvider, client: Client | None, settings: Settings):
+        self.db = db
+        self.provider = provider
+        self.client = client
+        self.settings = settings
+
+    @activity.defn(name="notify_owner")
+    async def notify_owner(self, input: NotifyOwnerInput) -> ActionResult:
+        """An internal email to the sales owner with what the contact did lately."""
+        async with self.db.session() as session:
+            done = (await session.exec(select(Message).where(Message.idempotency_key == input.idempotency_key))).first()
+            if done is not None and done.status == MessageStatus.sent:
+                return ActionResult(status="done", detail=f"owner notified ({done.to_email})", record_id=done.id)
+            contact = await _contact(session, input.contact_id)
+            to = contact.owner if contact.owner and "@" in contact.owner else input.fallback_to
+            if not to:
+                return ActionResult(status="skipped", detail="the contact has no owner with an email address")
+            events = (
+                await session.exec(
+                    select(Event).where(Event.contact_id == contact.id).order_by(Event.occurred_at.desc()).limit(10)
+                )
+            ).all()
+            fields = contact_snapshot(contact).fields()
+            rendered = render(input.subject, input.message or "", input.message or "", {"contact": fields})
+            activity_lines = [f"{e.occurred_at:%Y-%m-%d %H:%M} {e.type} {e.properties or ''}" for e in events]
+            text = (
+                f"{rendered.text}\n\nContact: {contact.name or ''} <{contact.email}> {contact.company or ''}\n"
+                f"Lifecycle stage: {contact.lifecycle_stage or '-'}\n\nRecent activity:\n"
+                + ("\n".join(activity_lines) or "none")
+            )
+            html = "<pre>" + escape(text) + "</pre>"
+            message = done or Message(
+                idempotency_key=input.idempotency_key,
+                workflow_id=input.workflow_id,
+                flow_id=input.flow_id,
+                step_id=input.step_id,
+                contact_id=contact.id,
+                to_email=to,
+                template_key=f"notify_owner:{input.step_id}",
+                kind="internal",
+                provider=self.provider.name,
+                scheduled_at=input.at,
+            )
+            message.subject, message.text, message.html = rendered.subject, text, html
+            message.attempts += 1
+            session.add(message)
+            await session.commit()
+            await self.provider.deliver(
+                OutgoingEmail(
+                    idempotency_key=input.idempotency_key,
+                    sender=self.settings.email_from,
+                    to=to,
+                    subject=rendered.subject,
+                    html=html,
+                    text=text,
+                )
+            )
+            message.status, message.sent_at = MessageStatus.sent, utcnow()
+            session.add(message)
+            await session.commit()
+            return ActionResult(status="done", detail=f"owner notified ({to})", record_id=message.id)
+
+    @activity.defn(name="create_task")
+    async def create_task(self, input: CreateTaskInput) -> ActionResult:
+        async with self.db.session() as session:
+            existing = (await session.exec(select(Task).where(Task.idempotency_key == input.idempotency_key))).first()
+            if existing is not None:
+                return ActionResult(status="done", detail=f"{existing.kind} for {existing.assignee}", record_id=existing.id)
+            contact = await _contact(session, input.contact_id)
+            assignee = (contact.owner or "unassigned") if input.assignee == "owner" else input.assignee
+            fields = contact_snapshot(contact).fields()
+            title = render(input.title, "", None, {"contact": fields}).subject
+            task = Task(
+                idempotency_key=input.idempotency_key,
+                kind=input.kind,
+                title=title,
+                description=render(input.description, "", input.description, {"contact": fields}).text,
+                contact_id=contact.id,
+                assignee=assignee,
+                priority=input.priority,
+                due_at=input.due_at,
+                workflow_id=input.workflow_id,
+                flow_id=input.flow_id,
+                step_id=input.step_id,
+            )
+            session.add(task)
+            await session.commit()
+            await session.refresh(task)
+            get_logger(flow_id=input.flow_id, enrollment_id=input.workflow_id, contact_id=contact.id).info(
+                "task_created", task_id=task.id, assignee=assignee
+            )
+            return ActionResult(status="done", detail=f"{task.kind} '{title}' for {assignee}", record_id=task.id)
+
+    @activity.defn(name="enroll_in_flow")
+    async def enroll_in_flow(self, input: EnrollInFlowInput) -> ActionResult:
+        if self.client is None:
+            raise ApplicationError("this worker has no Temporal client for enrolling", non_retryable=True)
+        async with self.db.session() as session:
+            flow = await session.get(Flow, input.target_flow_id)
+            if flow is None or flow.status != FlowStatus.active:
+                return ActionResult(status="skipped", detail=f"flow {input.target_flow_id} is not active")
+            contact = await _contact(session, input.contact_id)
+            if contact.subscription_status != "subscribed":
+                return ActionResult(status="skipped", detail=f"contact is {contact.subscription_status}")
+            outcome = await Enroller(self.client, self.settings).enroll(session, flow, contact)
+            await session.commit()
+            verb = "enrolled in" if outcome.created else "already in"
+            return ActionResult(status="done", detail=f"{verb} flow {flow.id}", record_id=outcome.enrollment.id)
