@@ -182,3 +182,17 @@ async def test_pause_and_resume_reach_the_running_enrollment(api, worker, tempor
     kinds = [entry["kind"] for entry in state["timeline"]]
     assert "paused" in kinds and "resumed" in kinds
     assert state["status"] == "active" and state["current_step"] == "wait-2d"
+
+
+async def test_phone_lists_and_tags_are_kept_and_replaced_as_sets(api):
+    created = await api.post("/contacts", json={"email": "lin@example.com", "phone": "+1 555 0100",
+                                                "lists": ["newsletter"], "tags": ["vip", "webinar"]})
+    assert created.status_code == 201
+    body = created.json()
+    assert (body["phone"], body["lists"], body["tags"]) == ("+1 555 0100", ["newsletter"], ["vip", "webinar"])
+
+    updated = await api.patch(f"/contacts/{body['id']}", json={"tags": ["vip"]})
+    assert (updated.json()["tags"], updated.json()["lists"]) == (["vip"], ["newsletter"])
+
+    bad = await api.post("/contacts", json={"email": "lin@example.com", "phone": "call me"})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"][-1] == "phone"

@@ -37,7 +37,16 @@ class ContactFields(Strict):
     company: Text | None = None
     timezone: TimeZone | None = Field(default=None, description="IANA time zone, e.g. Europe/Berlin.")
     lifecycle_stage: LifecycleStage | None = Field(default=None, description=", ".join(LIFECYCLE_STAGES))
-    owner: Text | None = Field(default=None, description="The owning rep's id.")
+    owner: Text | None = Field(default=None, description="The owning rep's id (an email address gets owner notifications).")
+    phone: Annotated[str, Field(pattern=r"^\+?[0-9 ()-]{5,32}$")] | None = Field(
+        default=None, description="For SMS steps, e.g. +15550100."
+    )
+    lists: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = Field(
+        default=None, description="The lists the contact is on (replaces the whole set)."
+    )
+    tags: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = Field(
+        default=None, description="The contact's tags (replaces the whole set)."
+    )
     properties: dict[str, Any] | None = Field(
         default=None, description="Merged into the contact's properties; a key set to null is removed."
     )
@@ -64,6 +73,9 @@ class ContactOut(Out):
     timezone: str | None
     lifecycle_stage: str | None
     owner: str | None
+    phone: str | None
+    lists: list[str]
+    tags: list[str]
     properties: dict[str, Any]
     subscription_status: str
     paused_until: datetime | None
@@ -130,6 +142,8 @@ class MessageOut(Out):
     flow_version: int | None
     step_id: str | None
     template_key: str
+    kind: str
+    variant: str | None
     to_email: str
     subject: str
     status: str
