@@ -6,6 +6,7 @@ from activities.actions import ActionActivities
 from activities.contacts import ContactActivities
 from activities.email.activities import EmailActivities
 from activities.email.providers import EmailProvider
+from activities.governance import GovernanceActivities
 from activities.progress import ProgressActivities
 from activities.scheduling import SchedulingActivities
 from activities.sms import SmsActivities, SmsOutboxProvider, SmsProvider
@@ -28,6 +29,7 @@ def build_activities(
     actions = ActionActivities(db, provider, client, settings)
     webhooks = WebhookActivities(db, settings)
     texts = SmsActivities(db, sms or SmsOutboxProvider(settings.sms_outbox_dir))
+    governance = GovernanceActivities(db, settings, client)
     return [
         contacts.load_contact,
         contacts.update_contact,
@@ -40,4 +42,6 @@ def build_activities(
         actions.enroll_in_flow,
         webhooks.call_webhook,
         texts.send_sms,
+        governance.reserve_send,
+        governance.quiet_period,
     ]

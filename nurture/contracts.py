@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from nurture.flow.conditions import EventFact
-from nurture.flow.language import FlowDefinition
+from nurture.flow.language import FlowDefinition, SendWindow
 
 ENROLLMENT_WORKFLOW = "EnrollmentWorkflow"
 
@@ -74,6 +74,19 @@ class PauseSignal(BaseModel):
 
 
 class ResumeSignal(BaseModel):
+    resumed_by: str
+    reason: str | None = None
+
+
+class PauseUpdate(BaseModel):
+    """A sales pause the caller wants confirmed: answered with the enrollment's new state."""
+
+    until: datetime
+    reason: str
+    paused_by: str
+
+
+class ResumeUpdate(BaseModel):
     resumed_by: str
     reason: str | None = None
 
@@ -144,6 +157,8 @@ class EnrollmentState(BaseModel):
     waiting_for: str | None
     paused: PauseState | None
     send_deferred: bool
+    deferred_until: datetime | None = None
+    deferred_reason: str | None = None
     exit_reason: str | None
     entered_at: datetime
     visits: dict[str, int]
@@ -293,3 +308,35 @@ class ActionResult(BaseModel):
     status: Literal["done", "skipped", "failed"]
     detail: str
     record_id: int | None = None
+
+
+class ReserveSendInput(BaseModel):
+    """Ask for a send slot: inside the windows, outside quiet hours and holidays, under the cap."""
+
+    idempotency_key: str
+    workflow_id: str
+    flow_id: int
+    flow_version: int
+    step_id: str
+    contact_id: int
+    template: str
+    now: datetime
+    flow_timezone: str = "UTC"
+    window: SendWindow | None = None
+    transactional: bool = False
+
+
+class SendDecision(BaseModel):
+    ok: bool
+    defer_until: datetime | None = None
+    reason: str | None = None
+
+
+class QuietPeriodInput(BaseModel):
+    """A handoff's quiet period: the contact is paused in every flow until ``until``."""
+
+    contact_id: int
+    workflow_id: str
+    until: datetime
+    reason: str
+    start: bool = True

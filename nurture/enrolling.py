@@ -184,31 +184,40 @@ class Enroller:
         )
 
     async def pause(
-        self, session: AsyncSession, contact: Contact, until: datetime, reason: str, paused_by: str
+        self, session: AsyncSession, contact: Contact, until: datetime, reason: str, paused_by: str,
+        exclude: str | None = None,
     ) -> list[Enrollment]:
         return await self._signal_active(
-            session, contact, "pause", PauseSignal(until=until, reason=reason, paused_by=paused_by)
+            session, contact, "pause", PauseSignal(until=until, reason=reason, paused_by=paused_by), exclude
         )
 
-    async def resume(self, session: AsyncSession, contact: Contact, resumed_by: str, reason: str | None) -> list[Enrollment]:
+    async def resume(
+        self, session: AsyncSession, contact: Contact, resumed_by: str, reason: str | None, exclude: str | None = None
+    ) -> list[Enrollment]:
         return await self._signal_active(
-            session, contact, "resume", ResumeSignal(resumed_by=resumed_by, reason=reason)
+            session, contact, "resume", ResumeSignal(resumed_by=resumed_by, reason=reason), exclude
         )
 
     async def exit(self, enrollment: Enrollment, reason: str, requested_by: str) -> None:
         await self._signal(enrollment.workflow_id, "exit", ExitSignal(reason=reason, requested_by=requested_by))
 
-    async def _signal_active(self, session: AsyncSession, contact: Contact, name: str, payload) -> list[Enrollment]:
-        enrollments = (
-            await session.exec(
-                select(Enrollment).where(
-                    Enrollment.contact_id == contact.id, Enrollment.status == EnrollmentStatus.active
+    async def _signal_active(
+        self, session: AsyncSession, contact: Contact, name: str, payload, exclude: str | None = None
+    ) -> list[Enrollment]:
+        enrollments = [
+            e
+            for e in (
+                await session.exec(
+                    select(Enrollment).where(
+                        Enrollment.contact_id == contact.id, Enrollment.status == EnrollmentStatus.active
+                    )
                 )
-            )
-        ).all()
+            ).all()
+            if e.workflow_id != exclude
+        ]
         for enrollment in enrollments:
             await self._signal(enrollment.workflow_id, name, payload)
-        return list(enrollments)
+        return enrollments
 
     async def _signal(self, workflow_id: str, name: str, payload) -> None:
         try:

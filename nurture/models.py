@@ -163,6 +163,7 @@ class Enrollment(SQLModel, table=True):
 
 
 class MessageStatus(StrEnum):
+    reserved = "reserved"
     sending = "sending"
     sent = "sent"
     failed = "failed"
@@ -198,7 +199,29 @@ class Message(SQLModel, table=True):
     sent_at: datetime | None = _when()
     opened_at: datetime | None = _when()
     clicked_at: datetime | None = _when()
+    # Provider webhooks (POST /webhooks/email/{provider}); `status` stays the send outcome.
+    delivered_at: datetime | None = _when()
+    bounced_at: datetime | None = _when()
+    bounce_type: str | None = None
+    complained_at: datetime | None = _when()
     created_at: datetime = _when(nullable=False, default=utcnow)
+
+
+class StepVisit(SQLModel, table=True):
+    """An enrollment entering a step, written by record_progress: per-step entry counts
+    without reading Temporal histories (too slow for aggregates)."""
+
+    __tablename__ = "step_visits"
+
+    id: int | None = Field(default=None, primary_key=True)
+    workflow_id: str = Field(sa_column=sa.Column(sa.String(200), nullable=False, index=True))
+    flow_id: int = Field(index=True)
+    flow_version: int
+    contact_id: int = Field(foreign_key="contacts.id", index=True)
+    step_id: str
+    # The contact's stage on entering: "moved to the next stage" is measured from it.
+    lifecycle_stage: str | None = None
+    entered_at: datetime = _when(nullable=False, default=utcnow)
 
 
 class SmsMessage(SQLModel, table=True):
@@ -259,3 +282,19 @@ class WebhookCall(SQLModel, table=True):
     error: str | None = None
     created_at: datetime = _when(nullable=False, default=utcnow)
     completed_at: datetime | None = _when()
+
+
+class PauseLog(SQLModel, table=True):
+    """The audit trail of sales pauses: who paused or resumed whom, until when and why."""
+
+    __tablename__ = "pause_log"
+
+    id: int | None = Field(default=None, primary_key=True)
+    contact_id: int = Field(foreign_key="contacts.id", index=True)
+    action: str  # pause, extend, resume
+    until: datetime | None = _when()
+    reason: str | None = None
+    actor: str = Field(index=True)
+    flow_ids: list[int] = _json_list()
+    enrollment_ids: list[int] = _json_list()
+    at: datetime = _when(nullable=False, default=utcnow)

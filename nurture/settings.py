@@ -7,6 +7,7 @@ Every field can be set from the environment with the ``NURTURE_`` prefix
 from __future__ import annotations
 
 from functools import lru_cache
+from datetime import date
 from pathlib import Path
 from typing import Literal
 
@@ -55,6 +56,16 @@ class Settings(BaseSettings):
 
     sms_provider: Literal["outbox"] = "outbox"
 
+    # Send governance. Quiet hours are local to the contact ("21:00" to "08:00"); unset = none.
+    quiet_hours_start: str | None = None
+    quiet_hours_end: str | None = None
+    holidays: list[date] = Field(default_factory=list, description="Local dates on which nothing is sent.")
+    # At most N marketing messages per contact per rolling window, across all flows; 0 = no cap.
+    frequency_cap: int = 0
+    frequency_cap_window_hours: int = 168
+    # The longest sales pause a rep may set.
+    max_pause_days: int = 90
+
     # Webhook steps sign their body with this secret (header X-Nurture-Signature).
     webhook_secret: str = "change-me"
     webhook_timeout_seconds: float = 10.0
@@ -63,6 +74,32 @@ class Settings(BaseSettings):
 
     # Date waits on a date-only property go out at this local time when the flow names none.
     default_send_time: str = "09:00"
+
+    # --- observability (docs/observability.md) ---
+    # Tracking links and the open pixel point here; tokens are signed with tracking_secret.
+    public_base_url: str = "http://127.0.0.1:8000"
+    tracking_enabled: bool = True
+    tracking_secret: str = "change-me-tracking"
+    tracking_token_days: int = Field(default=365, ge=1)
+    # Provider webhooks (POST /webhooks/email/{provider}) are signed with this secret.
+    email_webhook_secret: str = "change-me-email-webhooks"
+    email_webhook_tolerance_seconds: int = Field(default=300, ge=1)
+    # Opens counted apart as bot/prefetch: a known scanner within this many seconds of the
+    # send, or anyone within prefetch seconds of delivery.
+    scanner_open_seconds: float = 60.0
+    prefetch_open_seconds: float = 2.0
+    scanner_user_agents: list[str] = [
+        "barracuda", "mimecast", "proofpoint", "messagelabs", "symantec", "trendmicro", "forcepoint",
+        "sophos", "fortiguard", "ironport", "safelinks", "python-requests", "curl/", "wget/", "bot", "spider",
+    ]
+    # A flow is flagged in its stats (and logged) once a rate passes its threshold over at
+    # least anomaly_min_sample sends.
+    anomaly_send_failure_rate: float = Field(default=0.05, ge=0, le=1)
+    anomaly_bounce_rate: float = Field(default=0.05, ge=0, le=1)
+    anomaly_unsubscribe_rate: float = Field(default=0.02, ge=0, le=1)
+    anomaly_min_sample: int = Field(default=20, ge=1)
+    # The worker serves Prometheus metrics on this port (0: off); the API serves GET /metrics.
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
 
     log_level: str = "INFO"
     log_json: bool = False

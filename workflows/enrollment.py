@@ -37,6 +37,11 @@ with workflow.unsafe.imports_passed_through():
         LoadContactInput,
         PauseSignal,
         PauseState,
+        PauseUpdate,
+        QuietPeriodInput,
+        ReserveSendInput,
+        ResumeUpdate,
+        SendDecision,
         RecordProgressInput,
         ResumeSignal,
         SendEmailInput,
@@ -65,6 +70,7 @@ with workflow.unsafe.imports_passed_through():
         EnrollInFlowStep,
         ExitStep,
         GotoStep,
+        HandoffToSalesStep,
         NotifyOwnerStep,
         SendEmailStep,
         SendSmsStep,
@@ -129,6 +135,8 @@ class EnrollmentWorkflow:
         self._waiting_for: str | None = None
         self._matched_event: ContactEventSignal | None = None
         self._send_deferred = False
+        self._deferred_until: datetime | None = None
+        self._deferred_reason: str | None = None
         self._early_signals: list[tuple[str, object]] = []
         self._steps_run = 0
 
@@ -151,6 +159,13 @@ class EnrollmentWorkflow:
         if goal and goal.event == event.type and matches_properties(goal.where, event.properties):
             self._request_exit("goal_met")
         step = self._current()
+        if isinstance(step, HandoffToSalesStep) and self._matched_event is None and (
+            event.type == "returned_to_marketing"
+            or (event.type == "deal_stage_changed" and "stage" in event.properties)
+        ):
+            self._matched_event = event
+            if self._sales_outcome() is None:
+                self._matched_event = None  # a stage on the way, not an outcome
         if (
             isinstance(step, WaitForEventStep)
             and self._matched_event is None
@@ -185,6 +200,31 @@ class EnrollmentWorkflow:
             self._state.paused = None
             self._note("resumed", detail=f"by {resume.resumed_by}" + (f": {resume.reason}" if resume.reason else ""))
 
+    @workflow.update
+    async def pause_enrollment(self, request: PauseUpdate) -> EnrollmentState:
+        """Pause (or extend a pause) and answer with the state the rep will see."""
+        self.pause(PauseSignal(until=request.until, reason=request.reason, paused_by=request.paused_by))
+        return self.state()
+
+    @pause_enrollment.validator
+    def _check_pause(self, request: PauseUpdate) -> None:
+        if request.until <= workflow.now():
+            raise ValueError("the pause must end in the future")
+        if not request.reason.strip() or not request.paused_by.strip():
+            raise ValueError("a pause needs a reason and the rep who asks for it")
+        if self._status != "active":
+            raise ValueError(f"the enrollment is {self._status}")
+
+    @workflow.update
+    async def resume_enrollment(self, request: ResumeUpdate) -> EnrollmentState:
+        self.resume(ResumeSignal(resumed_by=request.resumed_by, reason=request.reason))
+        return self.state()
+
+    @resume_enrollment.validator
+    def _check_resume(self, request: ResumeUpdate) -> None:
+        if self._status != "active":
+            raise ValueError(f"the enrollment is {self._status}")
+
     @workflow.signal
     def exit(self, request: ExitSignal) -> None:
         self._request_exit(request.reason, detail=f"by {request.requested_by}")
@@ -205,6 +245,8 @@ class EnrollmentWorkflow:
             waiting_for=self._waiting_for,
             paused=self._active_pause(),
             send_deferred=self._send_deferred,
+            deferred_until=self._deferred_until,
+            deferred_reason=self._deferred_reason,
             exit_reason=self._exit_reason,
             entered_at=s.entered_at if s else workflow.now(),
             visits=dict(s.visits) if s else {},
@@ -316,6 +358,11 @@ class EnrollmentWorkflow:
         if isinstance(step, (NotifyOwnerStep, CreateTaskStep, WebhookStep, SendSmsStep, EnrollInFlowStep)):
             await self._act(step)
             return default_next
+        if isinstance(step, HandoffToSalesStep):
+            outcome = await self._handoff(step)
+            target = {"won": step.on_won, "lost": step.on_lost, "returned": step.on_returned,
+                      "silence": step.on_silence}[outcome]
+            return target or default_next
         if isinstance(step, GotoStep):
             assert self._state is not None
             if self._state.visits.get(step.id, 0) <= step.max_loops:
@@ -472,6 +519,9 @@ class EnrollmentWorkflow:
         if step.variants:
             variant = self._choose(step.id, [(v.id, v.weight) for v in step.variants])
             template = next(v.template for v in step.variants if v.id == variant)
+        # Enrollments recorded before send governance existed replay without the gate.
+        if workflow.patched("send-gate"):
+            await self._until_send_allowed(step, key, template or "")
         try:
             result: SendEmailResult = await workflow.execute_activity(
                 "send_email",
@@ -502,11 +552,109 @@ class EnrollmentWorkflow:
             self._request_exit("unsubscribed")
             self._raise_if_exiting()
 
+    async def _until_send_allowed(self, step: SendEmailStep, key: str, template: str) -> None:
+        """Defer, don't drop: wait out send windows, quiet hours, holidays and the frequency cap."""
+        assert self._state is not None
+        while True:
+            decision: SendDecision = await workflow.execute_activity(
+                "reserve_send",
+                ReserveSendInput(
+                    idempotency_key=key,
+                    workflow_id=workflow.info().workflow_id,
+                    flow_id=self._input.flow_id,
+                    flow_version=self._input.flow_version,
+                    step_id=step.id,
+                    contact_id=self._input.contact_id,
+                    template=template,
+                    now=workflow.now(),
+                    flow_timezone=self._flow.timezone,
+                    window=self._flow.send_window,
+                    transactional=self._flow.transactional,
+                ),
+                result_type=SendDecision,
+                start_to_close_timeout=QUICK,
+                retry_policy=DB_RETRY,
+            )
+            if decision.ok:
+                break
+            assert decision.defer_until is not None
+            self._note("send_deferred", step_id=step.id, detail=f"{decision.reason} until {decision.defer_until.isoformat()}")
+            self._send_deferred, self._deferred_until, self._deferred_reason = True, decision.defer_until, decision.reason
+            self._waiting_for = decision.reason
+            await self._upsert_search_attributes()
+            try:
+                await workflow.wait_condition(
+                    lambda: self._exit_reason is not None,
+                    timeout=max((decision.defer_until - workflow.now()).total_seconds(), 0.001),
+                    timeout_summary=f"{step.id}: {decision.reason}",
+                )
+            except asyncio.TimeoutError:
+                pass
+            self._raise_if_exiting()
+            await self._hold_while_paused()  # a pause that began meanwhile still holds the send
+        if self._deferred_until is not None:
+            self._send_deferred, self._deferred_until, self._deferred_reason = False, None, None
+            self._waiting_for = None
+
+    async def _handoff(self, step: HandoffToSalesStep) -> str:
+        """Notify the owner, go quiet in every flow, and wait for the sales outcome."""
+        assert self._state is not None
+        limit = step.silence_limit or self._flow.silence_limit
+        if self._state.step_deadline is None:
+            self._state.step_deadline = workflow.now() + limit
+            await workflow.execute_activity(
+                "notify_owner",
+                NotifyOwnerInput(
+                    idempotency_key=self._idempotency_key(step),
+                    workflow_id=workflow.info().workflow_id,
+                    flow_id=self._input.flow_id,
+                    step_id=step.id,
+                    contact_id=self._input.contact_id,
+                    at=workflow.now(),
+                    subject=step.subject,
+                    message=step.message,
+                ),
+                result_type=ActionResult,
+                start_to_close_timeout=timedelta(minutes=1),
+                retry_policy=ACTION_RETRY,
+            )
+            await self._quiet_period(True, self._state.step_deadline, "sales handoff")
+        self._matched_event = None
+        arrived = await self._wait(step, limit, "sales outcome", lambda: self._sales_outcome() is not None)
+        outcome = self._sales_outcome() if arrived else "silence"
+        await self._quiet_period(False, workflow.now(), f"sales outcome: {outcome}")
+        self._note("handoff_outcome", step_id=step.id, detail=outcome)
+        return outcome or "silence"
+
+    def _sales_outcome(self) -> str | None:
+        event = self._matched_event
+        if event is None:
+            return None
+        if event.type == "returned_to_marketing":
+            return "returned"
+        stage = str(event.properties.get("stage", "")).lower().replace("_", "").replace(" ", "")
+        return {"closedwon": "won", "won": "won", "closedlost": "lost", "lost": "lost"}.get(stage)
+
+    async def _quiet_period(self, start: bool, until: datetime, reason: str) -> None:
+        await workflow.execute_activity(
+            "quiet_period",
+            QuietPeriodInput(
+                contact_id=self._input.contact_id,
+                workflow_id=workflow.info().workflow_id,
+                until=until,
+                reason=reason,
+                start=start,
+            ),
+            start_to_close_timeout=QUICK,
+            retry_policy=DB_RETRY,
+        )
+
     async def _hold_while_paused(self) -> None:
         """A send that falls due during a pause goes out when the pause ends or on resume."""
         pause = self._active_pause()
+        held = False
         while pause is not None:
-            self._send_deferred = True
+            held = self._send_deferred = True
             self._waiting_for = "pause to end"
             await self._record_progress()
             await self._upsert_search_attributes()
@@ -522,7 +670,7 @@ class EnrollmentWorkflow:
                     self._note("pause_ended")
             self._raise_if_exiting()
             pause = self._active_pause()
-        if self._send_deferred:
+        if held:
             self._send_deferred = False
             self._waiting_for = None
             await self._record_progress()

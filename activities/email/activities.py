@@ -82,6 +82,8 @@ class EmailActivities:
                 raise ApplicationError(message.error, type="TemplateError", non_retryable=True) from exc
 
             message.subject, message.html, message.text = rendered.subject, rendered.html, rendered.text
+            message.provider = self.provider.name
+            message.variant = input.variant
             message.status = MessageStatus.sending
             session.add(message)
             await session.commit()  # the attempt is on record before the provider sees it

@@ -210,6 +210,24 @@ class GotoStep(_Step):
     max_loops: int = Field(default=3, ge=1, le=100)
 
 
+class HandoffToSalesStep(_Step):
+    """Hand the contact to sales: notify the owner, go quiet in every flow, wait for the outcome.
+
+    Each outcome (deal won, lost, or returned to marketing) continues on its own path; when
+    no outcome arrives within ``silence_limit`` (the flow's when omitted) the re-engagement
+    path runs: re-engagement in the middle of the lifecycle, not at its end.
+    """
+
+    type: Literal["handoff_to_sales"]
+    subject: str = "New sales handoff: {{ contact.name or contact.email }}"
+    message: str = ""
+    silence_limit: Duration | None = None
+    on_won: StepId | None = None
+    on_lost: StepId | None = None
+    on_returned: StepId | None = None
+    on_silence: StepId | None = None
+
+
 class ExitStep(_Step):
     type: Literal["exit"]
     reason: str = "exit_step"
@@ -232,12 +250,21 @@ Step = Annotated[
         SendSmsStep,
         EnrollInFlowStep,
         GotoStep,
+        HandoffToSalesStep,
         ExitStep,
     ],
     Field(discriminator="type"),
 ]
 
-WAITING_STEPS = (DelayStep, DelayUntilStep, WaitUntilStep, WaitForEventStep)
+WAITING_STEPS = (DelayStep, DelayUntilStep, WaitUntilStep, WaitForEventStep, HandoffToSalesStep)
+
+
+class SendWindow(_Model):
+    """When this flow may send, in the contact's local time (the flow's time zone as fallback)."""
+
+    days: list[Weekday] = Field(default_factory=lambda: ["mon", "tue", "wed", "thu", "fri"], min_length=1)
+    start: ClockTime = "09:00"
+    end: ClockTime = "17:00"
 
 
 class EventTrigger(_Model):
@@ -265,6 +292,13 @@ class FlowDefinition(_Model):
     name: str = Field(min_length=1, max_length=200)
     description: str | None = None
     timezone: str = Field(default="UTC", description="Used for contacts whose own time zone is unknown.")
+    send_window: SendWindow | None = None
+    transactional: bool = Field(
+        default=False, description="Transactional messages skip the frequency cap and the global quiet hours."
+    )
+    silence_limit: Duration = Field(
+        default=timedelta(days=30), description="How long a sales handoff may stay silent before re-engagement."
+    )
     trigger: Trigger
     goal: Goal | None = None
     steps: list[Step] = Field(min_length=1)
@@ -291,8 +325,9 @@ class FlowDefinition(_Model):
             return [path.goto for path in step.paths]
         if isinstance(step, GotoStep):
             return [step.target, default]
-        if isinstance(step, DelayUntilStep) and step.if_passed == "exit":
-            return [default]
+        if isinstance(step, HandoffToSalesStep):
+            return [step.on_won or default, step.on_lost or default, step.on_returned or default,
+                    step.on_silence or default]
         return [default]
 
     def longest_wait(self) -> timedelta:

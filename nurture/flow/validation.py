@@ -112,6 +112,8 @@ def semantic_problems(flow: FlowDefinition, known_templates: set[str] | None = N
             index[step.id] = i
 
     problems += _timezone_problems(flow.timezone, "timezone")
+    if flow.send_window is not None and flow.send_window.start >= flow.send_window.end:
+        problems.append(Problem(path="send_window.end", message="the window must end after it starts"))
     for i, step in enumerate(flow.steps):
         where = f"steps[{i}]"
         for path, target in _references(step, where):
@@ -150,7 +152,8 @@ def semantic_problems(flow: FlowDefinition, known_templates: set[str] | None = N
 
 def _references(step, where: str) -> list[tuple[str, str]]:
     refs = []
-    for field in ("next", "then", "else_", "on_event", "on_timeout", "default", "target"):
+    for field in ("next", "then", "else_", "on_event", "on_timeout", "default", "target",
+                  "on_won", "on_lost", "on_returned", "on_silence"):
         target = getattr(step, field, None)
         if target is not None:
             refs.append((f"{where}.{'else' if field == 'else_' else field}", target))

@@ -1,0 +1,174 @@
+"""Send governance: windows, quiet hours, holidays and the cross-flow frequency cap.
+
+A send is deferred to the next allowed moment, never dropped. The cap is enforced
+in one database transaction that locks the contact row, so two flows sending at
+the same instant cannot both pass.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from sqlmodel import select
+from temporalio import activity
+from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
+
+from activities.scheduling import local_instant, parse_clock, zone_for
+from nurture.contracts import QuietPeriodInput, ReserveSendInput, SendDecision
+from nurture.db import Database
+from nurture.enrolling import Enroller
+from nurture.flow.language import WEEKDAYS, SendWindow
+from nurture.logging import get_logger
+from nurture.models import Contact, Message, MessageStatus, PauseLog, utcnow
+from nurture.settings import Settings
+
+COUNTED = (MessageStatus.reserved, MessageStatus.sending, MessageStatus.sent)
+
+
+def _in_interval(clock: time, start: time, end: time) -> bool:
+    """Whether a local time lies in [start, end), for intervals that may wrap midnight."""
+    return start <= clock < end if start < end else clock >= start or clock < end
+
+
+def next_open_slot(
+    now: datetime,
+    zone: ZoneInfo,
+    window: SendWindow | None,
+    quiet: tuple[time, time] | None,
+    holidays: set,
+) -> datetime:
+    """The first moment at or after ``now`` when this contact may receive a message."""
+
+    def allowed(moment: datetime) -> bool:
+        local = moment.astimezone(zone)
+        if local.date() in holidays:
+            return False
+        if window is not None:
+            if WEEKDAYS[local.weekday()] not in window.days:
+                return False
+            if not _in_interval(local.time(), parse_clock(window.start), parse_clock(window.end)):
+                return False
+        return not (quiet and _in_interval(local.time(), *quiet))
+
+    if allowed(now):
+        return now
+    # An open stretch always begins at midnight, a window start or the end of quiet hours.
+    today = now.astimezone(zone).date()
+    starts = [time(0, 0)]
+    if window is not None:
+        starts.append(parse_clock(window.start))
+    if quiet:
+        starts.append(quiet[1])
+    for ahead in range(0, 370):
+        day = today + timedelta(days=ahead)
+        for start in sorted(starts):
+            candidate = local_instant(day, start, zone)
+            if candidate > now and allowed(candidate):
+                return candidate
+    raise ApplicationError("no send slot in the next year: check the window and holidays", type="NoSendSlot",
+                           non_retryable=True)
+
+
+class GovernanceActivities:
+    def __init__(self, db: Database, settings: Settings, client: Client | None = None):
+        self.db = db
+        self.settings = settings
+        self.client = client
+
+    def _quiet_hours(self, transactional: bool) -> tuple[time, time] | None:
+        s = self.settings
+        if transactional or not (s.quiet_hours_start and s.quiet_hours_end):
+            return None
+        return parse_clock(s.quiet_hours_start), parse_clock(s.quiet_hours_end)
+
+    @activity.defn(name="reserve_send")
+    async def reserve_send(self, input: ReserveSendInput) -> SendDecision:
+        log = get_logger(flow_id=input.flow_id, enrollment_id=input.workflow_id, contact_id=input.contact_id)
+        async with self.db.session() as session:
+            # Serialises every reservation for this contact (SQLite's BEGIN IMMEDIATE does the same).
+            contact = (
+                await session.exec(select(Contact).where(Contact.id == input.contact_id).with_for_update())
+            ).first()
+            if contact is None:
+                raise ApplicationError(f"contact {input.contact_id} does not exist", type="ContactMissing", non_retryable=True)
+            existing = (await session.exec(select(Message).where(Message.idempotency_key == input.idempotency_key))).first()
+            if existing is not None:
+                return SendDecision(ok=True)  # reserved (or sent) by an earlier attempt
+
+            zone = zone_for(contact.timezone, input.flow_timezone)
+            holidays = set() if input.transactional else set(self.settings.holidays)
+            slot = next_open_slot(input.now, zone, input.window, self._quiet_hours(input.transactional), holidays)
+            if slot > input.now:
+                reason = "outside the send window" if input.window else "quiet hours or a holiday"
+                log.info("send_deferred", until=slot.isoformat(), reason=reason)
+                return SendDecision(ok=False, defer_until=slot, reason=reason)
+
+            cap = self.settings.frequency_cap
+            if cap and not input.transactional:
+                window = timedelta(hours=self.settings.frequency_cap_window_hours)
+                recent = (
+                    await session.exec(
+                        select(Message.scheduled_at)
+                        .where(
+                            Message.contact_id == contact.id,
+                            Message.kind == "marketing",
+                            Message.status.in_(COUNTED),
+                            Message.scheduled_at > input.now - window,
+                        )
+                        .order_by(Message.scheduled_at)
+                    )
+                ).all()
+                if len(recent) >= cap:
+                    until = recent[len(recent) - cap] + window
+                    reason = f"frequency cap: {cap} in {self.settings.frequency_cap_window_hours}h"
+                    log.info("send_deferred", until=until.isoformat(), reason=reason)
+                    return SendDecision(ok=False, defer_until=until, reason=reason)
+
+            session.add(
+                Message(
+                    idempotency_key=input.idempotency_key,
+                    workflow_id=input.workflow_id,
+                    flow_id=input.flow_id,
+                    flow_version=input.flow_version,
+                    step_id=input.step_id,
+                    contact_id=contact.id,
+                    to_email=contact.email,
+                    template_key=input.template,
+                    kind="transactional" if input.transactional else "marketing",
+                    provider="",
+                    status=MessageStatus.reserved,
+                    scheduled_at=input.now,
+                )
+            )
+            await session.commit()
+            return SendDecision(ok=True)
+
+    @activity.defn(name="quiet_period")
+    async def quiet_period(self, input: QuietPeriodInput) -> None:
+        """Start or end a handoff's quiet period: the contact is paused in every flow."""
+        if self.client is None:
+            raise ApplicationError("this worker has no Temporal client", non_retryable=True)
+        enroller = Enroller(self.client, self.settings)
+        by = f"handoff:{input.workflow_id}"
+        async with self.db.session() as session:
+            contact = await session.get(Contact, input.contact_id)
+            if contact is None:
+                raise ApplicationError(f"contact {input.contact_id} does not exist", type="ContactMissing", non_retryable=True)
+            if input.start:
+                contact.paused_until, contact.pause_reason, contact.paused_by = input.until, input.reason, by
+                await enroller.pause(session, contact, input.until, input.reason, by, exclude=input.workflow_id)
+                action = "pause"
+            elif contact.paused_by == by:  # a rep's own pause since then is theirs to end
+                contact.paused_until = contact.pause_reason = contact.paused_by = None
+                await enroller.resume(session, contact, by, input.reason, exclude=input.workflow_id)
+                action = "resume"
+            else:
+                return
+            session.add(PauseLog(contact_id=contact.id, action=action, until=input.until if input.start else None,
+                                 reason=input.reason, actor=by, at=utcnow()))
+            contact.updated_at = utcnow()
+            session.add(contact)
+            await session.commit()
