@@ -150,10 +150,8 @@ async def test_handoff_takes_the_outcome_path_or_reengages_after_silence(
     db, client, settings, temporal_env, event_type, stage, expect
 ):
     _, contact, handle = await start(db, client, settings, HANDOFF, owner="rep@example.com")
-    await eventually(lambda: _at_step(handle, "handoff"))
-    async with db.session() as s:
-        quiet = await s.get(Contact, contact.id)
-    assert quiet.paused_by.startswith("handoff:") and quiet.paused_until is not None
+    quiet = await eventually(lambda: _quiet(db, contact.id))
+    assert quiet.paused_by == f"handoff:{handle.id}" and quiet.paused_until is not None
 
     if event_type:
         async with db.session() as s:
@@ -179,6 +177,12 @@ async def test_handoff_takes_the_outcome_path_or_reengages_after_silence(
         assert abs(resend.scheduled_at - (state.entered_at + timedelta(days=21))) < timedelta(seconds=5)
     if expect == "won":
         assert after.lifecycle_stage == "customer"
+
+
+async def _quiet(db, contact_id):
+    async with db.session() as s:
+        contact = await s.get(Contact, contact_id)
+    return contact if contact.paused_by else None
 
 
 async def test_unsubscribe_mid_delay_exits_three_flows_at_once(db, client, settings, temporal_env):

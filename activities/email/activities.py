@@ -14,6 +14,7 @@ from activities.email.providers import (
     TemporaryDeliveryError,
 )
 from activities.email.rendering import render
+from activities.email.tracking import LinkTracker
 from nurture.contracts import SendEmailInput, SendEmailResult
 from nurture.db import Database
 from nurture.logging import get_logger
@@ -24,10 +25,11 @@ FINAL = {MessageStatus.sent, MessageStatus.refused, MessageStatus.failed}
 
 
 class EmailActivities:
-    def __init__(self, db: Database, provider: EmailProvider, sender: str):
+    def __init__(self, db: Database, provider: EmailProvider, sender: str, tracker: LinkTracker | None = None):
         self.db = db
         self.provider = provider
         self.sender = sender
+        self.tracker = tracker
 
     @activity.defn(name="send_email")
     async def send_email(self, input: SendEmailInput) -> SendEmailResult:
@@ -80,6 +82,10 @@ class EmailActivities:
                 message.error = f"template '{input.template}' does not render: {exc}"
                 await _save(session, message, log, "send_failed")
                 raise ApplicationError(message.error, type="TemplateError", non_retryable=True) from exc
+            if self.tracker is not None:
+                session.add(message)
+                await session.flush()  # the message id goes into the tracking links
+                rendered.html = self.tracker.apply(rendered.html, message.id, input.scheduled_at)
 
             message.subject, message.html, message.text = rendered.subject, rendered.html, rendered.text
             message.provider = self.provider.name

@@ -15,6 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from nurture.flow.conditions import Condition, PropertyCondition
 from nurture.flow.durations import ClockTime, Duration, Offset
+from nurture.flow.triggers import DateTrigger, EnrollmentPolicy, InactivityTrigger, PropertyTrigger
 
 LIFECYCLE_STAGES = (
     "subscriber",
@@ -277,7 +278,9 @@ class ManualTrigger(_Model):
     type: Literal["manual"]
 
 
-Trigger = Annotated[Union[EventTrigger, ManualTrigger], Field(discriminator="type")]
+Trigger = Annotated[
+    Union[EventTrigger, ManualTrigger, PropertyTrigger, DateTrigger, InactivityTrigger], Field(discriminator="type")
+]
 
 
 class Goal(_Model):
@@ -300,6 +303,9 @@ class FlowDefinition(_Model):
         default=timedelta(days=30), description="How long a sales handoff may stay silent before re-engagement."
     )
     trigger: Trigger
+    enrollment: EnrollmentPolicy | None = Field(
+        default=None, description="Re-enrollment, suppression and unenrollment rules (see docs/triggers.md)."
+    )
     goal: Goal | None = None
     steps: list[Step] = Field(min_length=1)
 
