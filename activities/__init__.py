@@ -6,12 +6,14 @@ from activities.actions import ActionActivities
 from activities.contacts import ContactActivities
 from activities.email.activities import EmailActivities
 from activities.email.providers import EmailProvider
+from activities.email.tracking import LinkTracker
 from activities.governance import GovernanceActivities
 from activities.progress import ProgressActivities
 from activities.scheduling import SchedulingActivities
 from activities.sms import SmsActivities, SmsOutboxProvider, SmsProvider
 from activities.webhooks import WebhookActivities
 from nurture.db import Database
+from nurture.metrics import instrumented
 from nurture.settings import Settings
 
 
@@ -23,14 +25,15 @@ def build_activities(
     sms: SmsProvider | None = None,
 ) -> list:
     contacts = ContactActivities(db)
-    email = EmailActivities(db, provider, settings.email_from)
+    email = EmailActivities(db, provider, settings.email_from, LinkTracker.from_settings(settings))
     progress = ProgressActivities(db)
     scheduling = SchedulingActivities(db, settings.default_send_time)
     actions = ActionActivities(db, provider, client, settings)
     webhooks = WebhookActivities(db, settings)
     texts = SmsActivities(db, sms or SmsOutboxProvider(settings.sms_outbox_dir))
     governance = GovernanceActivities(db, settings, client)
-    return [
+    # Every activity is timed into nurture_activity_seconds (nurture/metrics.py).
+    return instrumented([
         contacts.load_contact,
         contacts.update_contact,
         email.send_email,
@@ -44,4 +47,4 @@ def build_activities(
         texts.send_sms,
         governance.reserve_send,
         governance.quiet_period,
-    ]
+    ])

@@ -11,7 +11,7 @@ from fastapi.openapi.utils import get_openapi
 from temporalio.client import Client
 
 from api.errors import install_error_handlers
-from api.routers import contacts, enrollments, events, flows, health, templates
+from api.routers import contacts, enrollments, events, flows, health, pauses, templates
 from api.state import TemporalConnection
 from nurture.db import Database
 from nurture.enrolling import TemporalUnavailable
@@ -64,7 +64,7 @@ def create_app(
     app.state.temporal = TemporalConnection(settings, client)
 
     install_error_handlers(app)
-    for module in (health, contacts, templates, flows, events, enrollments):
+    for module in (health, contacts, pauses, templates, flows, events, enrollments):
         app.include_router(module.router)
     app.openapi = _openapi_with_flow_schema(app)  # type: ignore[method-assign]
     return app

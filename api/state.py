@@ -8,6 +8,7 @@ from temporalio.client import Client
 
 from nurture.enrolling import TemporalUnavailable
 from nurture.logging import get_logger
+from nurture.metrics import instrument_client
 from nurture.settings import Settings
 from nurture.temporal import connect
 
@@ -23,7 +24,8 @@ class TemporalConnection:
 
     def __init__(self, settings: Settings, client: Client | None = None):
         self.settings = settings
-        self.client = client
+        # An injected client counts signals and starts too (connect() already does).
+        self.client = instrument_client(client) if client is not None else None
         self.error: str | None = None
         self._lock = asyncio.Lock()
 

@@ -218,6 +218,8 @@ class RecordProgressInput(BaseModel):
     """Upserts the enrollment's row by workflow id, so the index heals itself."""
 
     workflow_id: str
+    # The first run id of the run chain; a re-enrollment (same workflow id) has its own.
+    run_id: str | None = None
     flow_id: int
     flow_version: int
     contact_id: int

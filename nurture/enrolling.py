@@ -1,27 +1,31 @@
 """Starting enrollments and telling running ones about a contact.
 
-Used by the API and, later, by batch and scheduled enrollment activities. The
-workflow id per (flow, contact) makes starting idempotent; the enrollments row
-is an index the workflow itself keeps current (see ``record_progress``).
+Used by the API and by the batch and scheduled enrollment activities. The
+workflow id per (flow, contact) makes starting idempotent; a re-enrollment is a
+new run of the same workflow id once the previous one closed, and a new row
+(``sequence`` + 1). The enrollments row is an index the workflow itself keeps
+current (see ``record_progress``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from nurture import audience
 from nurture.contracts import (
     ENROLLMENT_WORKFLOW,
     ContactChangedSignal,
     ContactEventSignal,
+    ContactSnapshot,
     EnrollmentInput,
     ExitSignal,
     PauseSignal,
@@ -31,12 +35,26 @@ from nurture.contracts import (
 )
 from nurture.flow.conditions import matches_properties
 from nurture.flow.language import EventTrigger, FlowDefinition
+from nurture.flow.triggers import EnrollmentPolicy, InactivityTrigger, PropertyTrigger
 from nurture.logging import get_logger
-from nurture.models import Contact, Enrollment, EnrollmentStatus, Event, Flow, FlowStatus, FlowVersion, Message, utcnow
+from nurture.models import (
+    Contact,
+    Enrollment,
+    EnrollmentStatus,
+    Event,
+    Flow,
+    FlowStatus,
+    FlowVersion,
+    Message,
+    SubscriptionStatus,
+    utcnow,
+)
 from nurture.settings import Settings
 from nurture.snapshots import contact_snapshot
 
 ENGAGEMENT_EVENTS = {"email_opened", "email_clicked"}
+# The exit reason when a flow's trigger no longer matches a contact it enrolled.
+CRITERIA_NO_LONGER_MATCH = "criteria_no_longer_match"
 
 
 class TemporalUnavailable(Exception):
@@ -50,9 +68,48 @@ class EnrollOutcome:
 
 
 @dataclass
+class Admission:
+    """What an automatic enrollment (trigger, scan, bulk) did: enrolled, or why not."""
+
+    enrollment: Enrollment | None = None
+    skipped: str | None = None  # "unsubscribed", "bounced", "suppressed", "already_enrolled"
+
+    @property
+    def created(self) -> bool:
+        return self.skipped is None and self.enrollment is not None
+
+
+@dataclass
 class RouteOutcome:
     enrolled: list[Enrollment] = field(default_factory=list)
     signalled: list[Enrollment] = field(default_factory=list)
+
+
+def may_reenroll(policy: EnrollmentPolicy | None, latest: Enrollment, now: datetime) -> bool:
+    """Whether the flow's policy lets a contact whose latest enrollment is ``latest`` enroll again."""
+    if latest.status == EnrollmentStatus.active or policy is None or policy.reenroll == "never":
+        return False
+    if policy.reenroll == "after_days":
+        return now >= latest.started_at + timedelta(days=policy.reenroll_after_days or 0)
+    return True
+
+
+async def active_version(session: AsyncSession, flow: Flow) -> FlowVersion:
+    return (
+        await session.exec(
+            select(FlowVersion).where(FlowVersion.flow_id == flow.id, FlowVersion.version == flow.active_version)
+        )
+    ).one()
+
+
+async def latest_enrollment(session: AsyncSession, flow_id: int, contact_id: int) -> Enrollment | None:
+    return (
+        await session.exec(
+            select(Enrollment)
+            .where(Enrollment.flow_id == flow_id, Enrollment.contact_id == contact_id)
+            .order_by(col(Enrollment.sequence).desc())
+        )
+    ).first()
 
 
 class Enroller:
@@ -62,43 +119,60 @@ class Enroller:
 
     # --- enrolling ---------------------------------------------------------
 
-    async def enroll(self, session: AsyncSession, flow: Flow, contact: Contact) -> EnrollOutcome:
-        """Enroll a contact in the flow's active version; a second call returns the first enrollment."""
-        assert flow.id is not None and contact.id is not None and flow.active_version is not None
-        existing = await self._enrollment(session, flow.id, contact.id)
-        if existing is not None:
-            return EnrollOutcome(existing, created=False)
+    async def enroll(
+        self,
+        session: AsyncSession,
+        flow: Flow,
+        contact: Contact,
+        *,
+        now: datetime | None = None,
+        version: FlowVersion | None = None,
+    ) -> EnrollOutcome:
+        """Enroll a contact in the flow's active version.
 
-        version = (
-            await session.exec(
-                select(FlowVersion).where(FlowVersion.flow_id == flow.id, FlowVersion.version == flow.active_version)
-            )
-        ).one()
+        While an enrollment runs, or when the flow's re-enrollment policy does not allow
+        another, the latest enrollment is returned (``created`` False).
+        """
+        assert flow.id is not None and contact.id is not None and flow.active_version is not None
+        now = now or utcnow()
+        version = version or await active_version(session, flow)
+        definition = FlowDefinition.model_validate(version.definition)
+        latest = await latest_enrollment(session, flow.id, contact.id)
+        if latest is not None and not may_reenroll(definition.enrollment, latest, now):
+            return EnrollOutcome(latest, created=False)
+
         workflow_id = enrollment_workflow_id(self.settings.workflow_id_prefix, flow.id, contact.id)
         pause = None
         if contact.paused_until is not None and contact.paused_until > utcnow():
             pause = PauseState(
                 until=contact.paused_until, reason=contact.pause_reason or "", paused_by=contact.paused_by or ""
             )
-        started_at = utcnow()
+        run_id: str | None = None
         try:
-            await self.client.start_workflow(
+            handle = await self.client.start_workflow(
                 ENROLLMENT_WORKFLOW,
                 EnrollmentInput(
                     flow_id=flow.id,
                     flow_version=version.version,
                     contact_id=contact.id,
-                    flow=FlowDefinition.model_validate(version.definition),
+                    flow=definition,
                     paused=pause,
                     search_attributes=self.settings.temporal_search_attributes,
                 ),
                 id=workflow_id,
                 task_queue=self.settings.temporal_task_queue,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                # A new run of a closed workflow id only when re-enrolling: the policy was checked above.
+                id_reuse_policy=(
+                    WorkflowIDReusePolicy.ALLOW_DUPLICATE if latest is not None else WorkflowIDReusePolicy.REJECT_DUPLICATE
+                ),
             )
-        except WorkflowAlreadyStartedError:
-            pass  # a finished enrollment of this contact: v1 never re-enrolls
+            run_id = handle.first_execution_run_id
+        except WorkflowAlreadyStartedError as exc:
+            if latest is not None:
+                # The previous run has not closed yet (its row is ahead of it): not now.
+                return EnrollOutcome(latest, created=False)
+            run_id = exc.first_run_id or None  # running without a row yet: the row adopts it
         except RPCError as exc:
             raise TemporalUnavailable(str(exc)) from exc
 
@@ -106,28 +180,62 @@ class Enroller:
             flow_id=flow.id,
             flow_version=version.version,
             contact_id=contact.id,
+            sequence=latest.sequence + 1 if latest is not None else 1,
             workflow_id=workflow_id,
-            started_at=started_at,
+            run_id=run_id,
+            started_at=now,
         )
         try:
             async with session.begin_nested():
                 session.add(enrollment)
         except IntegrityError:
             # The workflow (or a concurrent request) wrote the row first.
-            enrollment = await self._enrollment(session, flow.id, contact.id)  # type: ignore[assignment]
-            assert enrollment is not None
-            return EnrollOutcome(enrollment, created=False)
+            written = await latest_enrollment(session, flow.id, contact.id)
+            assert written is not None
+            return EnrollOutcome(written, created=run_id is not None and written.run_id == run_id)
         get_logger(flow_id=flow.id, enrollment_id=workflow_id, contact_id=contact.id).info(
-            "enrolled", version=version.version, paused=pause is not None
+            "enrolled", version=version.version, sequence=enrollment.sequence, paused=pause is not None
         )
         return EnrollOutcome(enrollment, created=True)
 
-    async def _enrollment(self, session: AsyncSession, flow_id: int, contact_id: int) -> Enrollment | None:
-        return (
-            await session.exec(
-                select(Enrollment).where(Enrollment.flow_id == flow_id, Enrollment.contact_id == contact_id)
-            )
-        ).first()
+    async def admit(
+        self,
+        session: AsyncSession,
+        flow: Flow,
+        contact: Contact,
+        *,
+        version: FlowVersion | None = None,
+        now: datetime | None = None,
+        since: datetime | None = None,
+    ) -> Admission:
+        """Enroll automatically (a trigger, a scan, a bulk run) unless the contact may not be.
+
+        Never: a contact that is not subscribed, one that matches the flow's suppression
+        criteria, one enrolled already (per the re-enrollment policy) or, with ``since``, one
+        whose latest enrollment began at or after ``since`` (this date or inactivity spell).
+        """
+        assert flow.id is not None and contact.id is not None
+        now = now or utcnow()
+        if contact.subscription_status != SubscriptionStatus.subscribed:
+            return Admission(skipped=str(contact.subscription_status))
+        version = version or await active_version(session, flow)
+        definition = FlowDefinition.model_validate(version.definition)
+        fields = contact_snapshot(contact).fields()
+        if await audience.suppressing(session, contact.id, fields, definition.enrollment, now) is not None:
+            return Admission(skipped="suppressed")
+        if since is not None:
+            latest = await latest_enrollment(session, flow.id, contact.id)
+            if latest is not None and latest.started_at >= since:
+                return Admission(latest, skipped="already_enrolled")
+        outcome = await self.enroll(session, flow, contact, now=now, version=version)
+        return Admission(outcome.enrollment, skipped=None if outcome.created else "already_enrolled")
+
+    async def suppressed(self, session: AsyncSession, flow: Flow, contact: Contact) -> int | None:
+        """The index of the flow's suppression condition the contact matches, or None."""
+        assert contact.id is not None
+        definition = FlowDefinition.model_validate((await active_version(session, flow)).definition)
+        fields = contact_snapshot(contact).fields()
+        return await audience.suppressing(session, contact.id, fields, definition.enrollment, utcnow())
 
     # --- events --------------------------------------------------------------
 
@@ -141,7 +249,8 @@ class Enroller:
             await self._signal(enrollment.workflow_id, "contact_event", signal)
             outcome.signalled.append(enrollment)
 
-        if contact.subscription_status != "subscribed":
+        await self._unenroll_active_again(session, contact, event)
+        if contact.subscription_status != SubscriptionStatus.subscribed:
             return outcome
         flows = (
             await session.exec(
@@ -149,19 +258,35 @@ class Enroller:
             )
         ).all()
         for flow in flows:
-            version = (
-                await session.exec(
-                    select(FlowVersion).where(
-                        FlowVersion.flow_id == flow.id, FlowVersion.version == flow.active_version
-                    )
-                )
-            ).one()
+            version = await active_version(session, flow)
             trigger = FlowDefinition.model_validate(version.definition).trigger
             if isinstance(trigger, EventTrigger) and matches_properties(trigger.where, event.properties):
-                result = await self.enroll(session, flow, contact)
-                if result.created:
-                    outcome.enrolled.append(result.enrollment)
+                admission = await self.admit(session, flow, contact, version=version)
+                if admission.created and admission.enrollment is not None:
+                    outcome.enrolled.append(admission.enrollment)
         return outcome
+
+    async def _unenroll_active_again(self, session: AsyncSession, contact: Contact, event: Event) -> None:
+        """Any event since the enrollment began is activity: inactivity flows that unenroll when their
+        trigger stops matching let the contact go."""
+        rows = await session.exec(
+            select(Enrollment, FlowVersion)
+            .join(
+                FlowVersion,
+                (FlowVersion.flow_id == Enrollment.flow_id) & (FlowVersion.version == Enrollment.flow_version),
+            )
+            .where(Enrollment.contact_id == contact.id, Enrollment.status == EnrollmentStatus.active)
+        )
+        for enrollment, version in rows.all():
+            definition = FlowDefinition.model_validate(version.definition)
+            policy = definition.enrollment
+            if (
+                isinstance(definition.trigger, InactivityTrigger)
+                and policy is not None
+                and policy.unenroll_when_trigger_stops_matching
+                and event.occurred_at > enrollment.started_at
+            ):
+                await self.exit(enrollment, CRITERIA_NO_LONGER_MATCH, "trigger")
 
     async def _event_recipients(self, session: AsyncSession, contact: Contact, event: Event) -> list[Enrollment]:
         active = select(Enrollment).where(
@@ -178,10 +303,66 @@ class Enroller:
 
     # --- telling running enrollments ----------------------------------------
 
-    async def contact_changed(self, session: AsyncSession, contact: Contact) -> list[Enrollment]:
+    async def contact_changed(
+        self,
+        session: AsyncSession,
+        contact: Contact,
+        previous: ContactSnapshot | None = None,
+        *,
+        created: bool = False,
+    ) -> list[Enrollment]:
+        """Tell running enrollments; with the contact as it was before (or ``created``), run property triggers.
+
+        Property triggers go first, so an enrollment they start hears the new data too.
+        """
+        if previous is not None or created:
+            await self.apply_property_triggers(session, contact, previous)
         return await self._signal_active(
             session, contact, "contact_changed", ContactChangedSignal(contact=contact_snapshot(contact))
         )
+
+    async def property_trigger_flows(self, session: AsyncSession) -> list[tuple[Flow, FlowVersion, FlowDefinition]]:
+        rows = await session.exec(
+            select(Flow, FlowVersion)
+            .join(FlowVersion, (FlowVersion.flow_id == Flow.id) & (FlowVersion.version == Flow.active_version))
+            .where(Flow.status == FlowStatus.active, col(Flow.trigger_event).is_(None))
+            .order_by(Flow.id)
+        )
+        found = []
+        for flow, version in rows.all():
+            definition = FlowDefinition.model_validate(version.definition)
+            if isinstance(definition.trigger, PropertyTrigger):
+                found.append((flow, version, definition))
+        return found
+
+    async def apply_property_triggers(
+        self, session: AsyncSession, contact: Contact, previous: ContactSnapshot | None
+    ) -> list[Enrollment]:
+        """Enroll where the contact starts to match a property trigger; unenroll where it stopped, if asked.
+
+        Only the change counts: a contact that matched before and still does is left alone.
+        """
+        assert contact.id is not None
+        now = utcnow()
+        current = contact_snapshot(contact).fields()
+        before = previous.fields() if previous is not None else None
+        enrolled: list[Enrollment] = []
+        for flow, version, definition in await self.property_trigger_flows(session):
+            condition = definition.trigger.condition  # type: ignore[union-attr]
+            matched = before is not None and await audience.matches(session, contact.id, before, condition, now)
+            matching = await audience.matches(session, contact.id, current, condition, now)
+            log = get_logger(flow_id=flow.id, contact_id=contact.id)
+            if matching and not matched:
+                admission = await self.admit(session, flow, contact, version=version, now=now)
+                log.info("property_trigger_matched", enrolled=admission.created, skipped=admission.skipped)
+                if admission.created and admission.enrollment is not None:
+                    enrolled.append(admission.enrollment)
+            elif matched and not matching and definition.enrollment and definition.enrollment.unenroll_when_trigger_stops_matching:
+                latest = await latest_enrollment(session, flow.id, contact.id)  # type: ignore[arg-type]
+                if latest is not None and latest.status == EnrollmentStatus.active:
+                    await self.exit(latest, CRITERIA_NO_LONGER_MATCH, "trigger")
+                    log.info("property_trigger_unmatched", enrollment_id=latest.workflow_id)
+        return enrolled
 
     async def pause(
         self, session: AsyncSession, contact: Contact, until: datetime, reason: str, paused_by: str,

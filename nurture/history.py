@@ -17,29 +17,61 @@ from temporalio.client import Client
 from temporalio.converter import DataConverter
 
 from nurture.contracts import (
+    ActionResult,
+    ContactChangedSignal,
     ContactEventSignal,
+    CreateTaskInput,
+    EnrollInFlowInput,
     EnrollmentInput,
     EnrollmentResult,
     ExitSignal,
+    NotifyOwnerInput,
     PauseSignal,
+    PauseUpdate,
+    QuietPeriodInput,
     RecordProgressInput,
+    ReserveSendInput,
     ResumeSignal,
+    ResumeUpdate,
+    SendDecision,
     SendEmailInput,
     SendEmailResult,
+    SendSmsInput,
     UpdateContactInput,
+    WebhookInput,
 )
 from nurture.flow.durations import format_duration
 
 SIGNAL_TYPES: dict[str, type[BaseModel]] = {
     "contact_event": ContactEventSignal,
+    "contact_changed": ContactChangedSignal,
     "pause": PauseSignal,
     "resume": ResumeSignal,
     "exit": ExitSignal,
+}
+UPDATE_TYPES: dict[str, type[BaseModel]] = {
+    "pause_enrollment": PauseUpdate,
+    "resume_enrollment": ResumeUpdate,
 }
 ACTIVITY_INPUTS: dict[str, type[BaseModel]] = {
     "send_email": SendEmailInput,
     "update_contact": UpdateContactInput,
     "record_progress": RecordProgressInput,
+    "reserve_send": ReserveSendInput,
+    "quiet_period": QuietPeriodInput,
+    "notify_owner": NotifyOwnerInput,
+    "create_task": CreateTaskInput,
+    "call_webhook": WebhookInput,
+    "send_sms": SendSmsInput,
+    "enroll_in_flow": EnrollInFlowInput,
+}
+# Side steps answer an ActionResult: shown as "<what> <status>: <detail>".
+ACTION_NAMES = {
+    "notify_owner": "Owner notification",
+    "create_task": "Task",
+    "call_webhook": "Webhook",
+    "send_sms": "SMS",
+    "enroll_in_flow": "Enrollment in another flow",
 }
 
 
@@ -59,27 +91,58 @@ class EnrollmentHistory(BaseModel):
     entries: list[HistoryEntry]
 
 
-async def read_history(client: Client, workflow_id: str) -> EnrollmentHistory:
-    """Walk back from the latest run through continue-as-new links, then read oldest first."""
-    runs: list[tuple[str, list[HistoryEvent]]] = []
-    run_id: str | None = None
-    while True:
-        handle = client.get_workflow_handle(workflow_id, run_id=run_id)
-        history = await handle.fetch_history()
-        events = list(history.events)
-        started = events[0].workflow_execution_started_event_attributes
-        runs.append((run_id or (await handle.describe()).run_id, events))
-        previous = started.continued_execution_run_id
-        if not previous:
-            break
-        run_id = previous
-    runs.reverse()
+async def read_history(client: Client, workflow_id: str, first_run_id: str | None = None) -> EnrollmentHistory:
+    """The timeline of one enrollment: all runs of its continue-as-new chain, oldest first.
+
+    ``first_run_id`` picks the chain (a re-enrollment reuses the workflow id with a new
+    chain) and is read forwards; without it the latest chain is read backwards. A missing
+    workflow raises temporalio's RPCError (NOT_FOUND).
+    """
+    if first_run_id is not None:
+        runs = await _runs_from(client, workflow_id, first_run_id)
+    else:
+        runs = await _runs_back_from_latest(client, workflow_id)
     reader = _Reader(client.data_converter)
     for number, (_, events) in enumerate(runs, start=1):
         await reader.read_run(number, events)
     return EnrollmentHistory(
         workflow_id=workflow_id, runs=[r for r, _ in runs], status=reader.status, entries=reader.entries
     )
+
+
+async def _runs_back_from_latest(client: Client, workflow_id: str) -> list[tuple[str, list[HistoryEvent]]]:
+    runs: list[tuple[str, list[HistoryEvent]]] = []
+    run_id: str | None = None
+    while True:
+        handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+        events = list((await handle.fetch_history()).events)
+        runs.append((run_id or (await handle.describe()).run_id, events))
+        previous = events[0].workflow_execution_started_event_attributes.continued_execution_run_id
+        if not previous:
+            break
+        run_id = previous
+    runs.reverse()
+    return runs
+
+
+async def _runs_from(client: Client, workflow_id: str, run_id: str) -> list[tuple[str, list[HistoryEvent]]]:
+    runs: list[tuple[str, list[HistoryEvent]]] = []
+    current: str | None = run_id
+    while current:
+        events = list((await client.get_workflow_handle(workflow_id, run_id=current).fetch_history()).events)
+        runs.append((current, events))
+        last = events[-1] if events else None
+        current = (
+            last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id
+            if last is not None and last.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
+            else None
+        )
+    return runs
+
+
+def format_entry(entry: HistoryEntry) -> str:
+    """One line for people: ``2026-03-02 09:00:00  welcome           Sent 'demo-welcome' (message 1)``."""
+    return f"{entry.at:%Y-%m-%d %H:%M:%S}  {(entry.step_id or '-'):<16}  {entry.text}"
 
 
 class _Reader:
@@ -158,8 +221,35 @@ class _Reader:
             self.add(event, "resumed", f"Resumed by {data.resumed_by}" + (f": {data.reason}" if data.reason else ""))
         elif isinstance(data, ExitSignal):
             self.add(event, "exit_requested", f"Exit requested by {data.requested_by}: {data.reason}")
+        elif isinstance(data, ContactChangedSignal):
+            c = data.contact
+            self.add(
+                event,
+                "contact_changed",
+                f"Contact data changed: {c.subscription_status}, stage {c.lifecycle_stage or '-'}",
+                subscription_status=c.subscription_status,
+                lifecycle_stage=c.lifecycle_stage,
+            )
         else:
             self.add(event, "signal", f"Signal {attrs.signal_name}")
+
+    async def update_accepted(self, event: HistoryEvent) -> None:
+        request = event.workflow_execution_update_accepted_event_attributes.accepted_request.input
+        kind = UPDATE_TYPES.get(request.name)
+        data = await self.decode(request.args, kind) if kind else None
+        if isinstance(data, PauseUpdate):
+            self.add(
+                event,
+                "paused",
+                f"Paused by {data.paused_by} until {data.until:%Y-%m-%d %H:%M} UTC: {data.reason}",
+                paused_by=data.paused_by,
+                until=data.until.isoformat(),
+                reason=data.reason,
+            )
+        elif isinstance(data, ResumeUpdate):
+            self.add(event, "resumed", f"Resumed by {data.resumed_by}" + (f": {data.reason}" if data.reason else ""))
+        else:
+            self.add(event, "update", f"Update {request.name}")
 
     async def activity_scheduled(self, event: HistoryEvent) -> None:
         attrs = event.activity_task_scheduled_event_attributes
@@ -192,6 +282,32 @@ class _Reader:
             changes = {**data.set, **({"lifecycle_stage": data.lifecycle_stage} if data.lifecycle_stage else {})}
             cleared = f", cleared {data.clear}" if data.clear else ""
             self.add(event, "contact_updated", f"Contact updated: {changes}{cleared}")
+        elif isinstance(data, ReserveSendInput):
+            decision = await self.decode(attrs.result, SendDecision)
+            if isinstance(decision, SendDecision) and not decision.ok and decision.defer_until is not None:
+                self.add(
+                    event,
+                    "send_deferred",
+                    f"Send of '{data.template}' deferred until {decision.defer_until:%Y-%m-%d %H:%M} UTC: {decision.reason}",
+                    defer_until=decision.defer_until.isoformat(),
+                    reason=decision.reason,
+                )
+        elif isinstance(data, QuietPeriodInput):
+            if data.start:
+                self.add(event, "quiet", f"Quiet in every flow until {data.until:%Y-%m-%d %H:%M} UTC: {data.reason}")
+            else:
+                self.add(event, "quiet_ended", f"Quiet period ended: {data.reason}")
+        elif name in ACTION_NAMES:
+            result = await self.decode(attrs.result, ActionResult)
+            if isinstance(result, ActionResult):
+                self.add(
+                    event,
+                    "action",
+                    f"{ACTION_NAMES[name]} {result.status}: {result.detail}",
+                    activity=name,
+                    outcome=result.status,
+                    record_id=result.record_id,
+                )
 
     async def activity_failed(self, event: HistoryEvent) -> None:
         attrs = event.activity_task_failed_event_attributes
@@ -241,9 +357,17 @@ class _Reader:
         self._timer_end(event, event.timer_canceled_event_attributes.timer_id, "early")
 
     def _timer_end(self, event: HistoryEvent, timer_id: str, how: str) -> None:
-        start, duration, summary = self.timers.get(timer_id, (None, None, None))
-        planned = f" (planned {start + duration:%Y-%m-%d %H:%M} UTC)" if start and duration else ""
-        self.add(event, "wait_ended", f"Wait ended {how}{planned}", planned_end=(start + duration).isoformat() if start and duration else None)
+        start, duration, _ = self.timers.get(timer_id, (None, None, None))
+        actual = event.event_time.ToDatetime().replace(tzinfo=_UTC)
+        planned_end = start + duration if start is not None and duration is not None else None
+        planned = f", planned {planned_end:%Y-%m-%d %H:%M} UTC" if planned_end else ""
+        self.add(
+            event,
+            "wait_ended",
+            f"Wait ended {how} at {actual:%Y-%m-%d %H:%M} UTC{planned}",
+            planned_end=planned_end.isoformat() if planned_end else None,
+            actual_end=actual.isoformat(),
+        )
 
     async def _summary(self, event: HistoryEvent) -> str | None:
         if not event.HasField("user_metadata") or not event.user_metadata.HasField("summary"):
@@ -279,6 +403,7 @@ class _Reader:
 _HANDLERS = {
     EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED: _Reader.started,
     EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED: _Reader.signaled,
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED: _Reader.update_accepted,
     EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED: _Reader.activity_scheduled,
     EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED: _Reader.activity_started,
     EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED: _Reader.activity_completed,

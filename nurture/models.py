@@ -146,13 +146,20 @@ class EnrollmentStatus(StrEnum):
 
 class Enrollment(SQLModel, table=True):
     __tablename__ = "enrollments"
-    __table_args__ = (sa.UniqueConstraint("flow_id", "contact_id"),)
+    # A re-enrollment is a new row (sequence + 1) and a new run of the same workflow id.
+    __table_args__ = (
+        sa.UniqueConstraint("flow_id", "contact_id", "sequence"),
+        sa.UniqueConstraint("workflow_id", "run_id"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     flow_id: int = Field(foreign_key="flows.id", index=True)
     flow_version: int
     contact_id: int = Field(foreign_key="contacts.id", index=True)
-    workflow_id: str = Field(sa_column=sa.Column(sa.String(200), unique=True, nullable=False))
+    sequence: int = 1
+    workflow_id: str = Field(sa_column=sa.Column(sa.String(200), nullable=False, index=True))
+    # The first run id of the workflow's run chain: which enrollment of the workflow id this row is.
+    run_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(100), nullable=True))
     status: str = Field(default=EnrollmentStatus.active, index=True)
     current_step: str | None = None
     paused: bool = False
@@ -214,7 +221,7 @@ class StepVisit(SQLModel, table=True):
     __tablename__ = "step_visits"
 
     id: int | None = Field(default=None, primary_key=True)
-    workflow_id: str = Field(sa_column=sa.Column(sa.String(200), nullable=False, index=True))
+    enrollment_id: int = Field(foreign_key="enrollments.id", index=True)
     flow_id: int = Field(index=True)
     flow_version: int
     contact_id: int = Field(foreign_key="contacts.id", index=True)

@@ -6,6 +6,7 @@ import asyncio
 import signal
 from datetime import timedelta
 
+from prometheus_client import start_http_server
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -39,6 +40,10 @@ async def run(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if settings.worker_metrics_port:
+        # The worker's own registry (activities, sends, latency); the API serves GET /metrics.
+        start_http_server(settings.worker_metrics_port)
+        log.info("worker_metrics", port=settings.worker_metrics_port, path="/metrics")
     log.info("worker_started", task_queue=settings.temporal_task_queue, provider=settings.email_provider)
     async with worker:
         await stop.wait()

@@ -712,6 +712,7 @@ class EnrollmentWorkflow:
             "record_progress",
             RecordProgressInput(
                 workflow_id=workflow.info().workflow_id,
+                run_id=workflow.info().first_execution_run_id,
                 flow_id=self._input.flow_id,
                 flow_version=self._input.flow_version,
                 contact_id=self._input.contact_id,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response, status
@@ -7,20 +8,26 @@ from sqlalchemy import func
 from sqlmodel import col, select
 
 from api import crud
-from api.deps import MAX_ID, EnrollerDep, PaginationDep, SessionDep
+from fastapi.exceptions import RequestValidationError
+
+from api.deps import MAX_ID, ClientDep, EnrollerDep, PaginationDep, SessionDep, SettingsDep
 from api.schemas.common import Page
 from api.schemas.contacts import (
     ContactOut,
     ContactUpdate,
     ContactUpsert,
     MessageOut,
+    PausedContactOut,
+    PausedEnrollmentOut,
     PauseIn,
+    PauseLogOut,
     PauseOut,
     ResumeIn,
 )
 from api.schemas.enrollments import EnrollmentOut
 from nurture.logging import get_logger
-from nurture.models import Contact, Enrollment, Message, utcnow
+from nurture.models import Contact, Enrollment, Message, PauseLog, utcnow
+from nurture.pausing import Pauser
 
 router = APIRouter(prefix="/contacts", tags=["contacts"])
 
@@ -111,33 +118,66 @@ async def contact_enrollments(contact_id: ContactId, session: SessionDep, page: 
 
 
 @router.post("/{contact_id}/pause", response_model=PauseOut)
-async def pause_contact(contact_id: ContactId, body: PauseIn, session: SessionDep, enroller: EnrollerDep) -> PauseOut:
-    """A sales pause: no email goes to the contact until it ends; sends falling due are held, not skipped."""
+async def pause_contact(
+    contact_id: ContactId, body: PauseIn, session: SessionDep, client: ClientDep, settings: SettingsDep
+) -> PauseOut:
+    """A sales pause, in all flows or the named ones. Sends that fall due are held, not skipped.
+
+    Pausing a paused contact again extends (or shortens) the pause. Every affected enrollment
+    confirms its new state before anything is stored.
+    """
     contact = await crud.contact_or_404(session, contact_id)
     until = body.ends_at()
-    contact.paused_until, contact.pause_reason, contact.paused_by = until, body.reason, body.paused_by
-    contact.updated_at = utcnow()
-    session.add(contact)
-    told = await enroller.pause(session, contact, until, body.reason, body.paused_by)
+    if until - utcnow() > timedelta(days=settings.max_pause_days):
+        field = "until" if body.until is not None else "duration"
+        raise RequestValidationError(
+            [{"loc": ("body", field), "msg": f"a pause lasts at most {settings.max_pause_days} days", "type": "value_error"}]
+        )
+    confirmed = await Pauser(client).pause(session, contact, until, body.reason, body.paused_by, body.flow_ids)
     await session.commit()
-    get_logger(contact_id=contact.id).info("contact_paused", until=until.isoformat(), by=body.paused_by, enrollments=len(told))
-    return PauseOut(
-        contact_id=contact_id,
-        paused_until=contact.paused_until,
-        pause_reason=contact.pause_reason,
-        paused_by=contact.paused_by,
-        enrollment_ids=[e.id for e in told],
+    get_logger(contact_id=contact.id).info(
+        "contact_paused", until=until.isoformat(), by=body.paused_by, flows=body.flow_ids, enrollments=len(confirmed)
     )
+    return _pause_out(contact, confirmed, body.flow_ids, until if body.flow_ids else None, body)
 
 
 @router.post("/{contact_id}/resume", response_model=PauseOut)
-async def resume_contact(contact_id: ContactId, body: ResumeIn, session: SessionDep, enroller: EnrollerDep) -> PauseOut:
-    """End the pause now; held sends go out."""
+async def resume_contact(contact_id: ContactId, body: ResumeIn, session: SessionDep, client: ClientDep) -> PauseOut:
+    """End the pause now (in all flows or the named ones); held sends go out."""
     contact = await crud.contact_or_404(session, contact_id)
-    contact.paused_until = contact.pause_reason = contact.paused_by = None
-    contact.updated_at = utcnow()
-    session.add(contact)
-    told = await enroller.resume(session, contact, body.resumed_by, body.reason)
+    confirmed = await Pauser(client).resume(session, contact, body.resumed_by, body.reason, body.flow_ids)
     await session.commit()
-    get_logger(contact_id=contact.id).info("contact_resumed", by=body.resumed_by, enrollments=len(told))
-    return PauseOut(contact_id=contact_id, paused_until=None, pause_reason=None, paused_by=None, enrollment_ids=[e.id for e in told])
+    get_logger(contact_id=contact.id).info("contact_resumed", by=body.resumed_by, enrollments=len(confirmed))
+    return _pause_out(contact, confirmed, body.flow_ids, None, None)
+
+
+@router.get("/{contact_id}/pauses", response_model=list[PauseLogOut])
+async def pause_history(contact_id: ContactId, session: SessionDep) -> list[PauseLog]:
+    """The audit trail: who paused, extended or resumed this contact, until when and why."""
+    await crud.contact_or_404(session, contact_id)
+    rows = await session.exec(select(PauseLog).where(PauseLog.contact_id == contact_id).order_by(PauseLog.id))
+    return list(rows.all())
+
+
+def _pause_out(contact: Contact, confirmed, flow_ids, flow_until, body) -> PauseOut:
+    per_flow = flow_ids is not None
+    return PauseOut(
+        contact_id=contact.id,
+        paused_until=flow_until if per_flow and body else contact.paused_until,
+        pause_reason=body.reason if per_flow and body else contact.pause_reason,
+        paused_by=body.paused_by if per_flow and body else contact.paused_by,
+        flow_ids=flow_ids,
+        enrollment_ids=[c.enrollment.id for c in confirmed],
+        enrollments=[
+            PausedEnrollmentOut(
+                enrollment_id=c.enrollment.id,
+                flow_id=c.enrollment.flow_id,
+                workflow_id=c.enrollment.workflow_id,
+                current_step=c.state.current_step,
+                paused_until=c.state.paused.until if c.state.paused else None,
+                send_deferred=c.state.send_deferred,
+                waiting_until=c.state.waiting_until,
+            )
+            for c in confirmed
+        ],
+    )

@@ -29,7 +29,6 @@ def _stage(value: str) -> str:
 TimeZone = Annotated[str, AfterValidator(_timezone)]
 LifecycleStage = Annotated[str, AfterValidator(_stage)]
 Text = Annotated[str, Field(max_length=500)]
-MAX_PAUSE = timedelta(days=3650)
 
 
 class ContactFields(Strict):
@@ -93,23 +92,22 @@ class PauseIn(Strict):
     duration: str | None = Field(default=None, description="Or how long it lasts: 14d, 36h, 2w, P14D.")
     reason: NonEmpty
     paused_by: NonEmpty = Field(description="The rep's id.")
+    flow_ids: list[Annotated[int, Field(ge=1)]] | None = Field(
+        default=None, min_length=1, description="Pause only these flows; all flows (and flows entered later) when omitted."
+    )
 
     @field_validator("until")
     @classmethod
     def _in_future(cls, value: datetime | None) -> datetime | None:
         if value is not None and value <= utcnow():
             raise ValueError("must be in the future")
-        if value is not None and value - utcnow() > MAX_PAUSE:
-            raise ValueError("a pause lasts at most 3650 days")
         return value
 
     @field_validator("duration")
     @classmethod
     def _duration(cls, value: str | None) -> str | None:
         if value is not None:
-            delta = parse_duration(value)  # ValueError names the problem
-            if delta > MAX_PAUSE:
-                raise ValueError("a pause lasts at most 3650 days")
+            parse_duration(value)  # ValueError names the problem
         return value
 
     @model_validator(mode="after")
@@ -125,6 +123,38 @@ class PauseIn(Strict):
 class ResumeIn(Strict):
     resumed_by: NonEmpty
     reason: NonEmpty | None = None
+    flow_ids: list[Annotated[int, Field(ge=1)]] | None = Field(default=None, min_length=1)
+
+
+class PausedEnrollmentOut(Out):
+    """One affected enrollment, as the workflow confirmed it."""
+
+    enrollment_id: int
+    flow_id: int
+    workflow_id: str
+    current_step: str | None
+    paused_until: datetime | None
+    send_deferred: bool
+    waiting_until: datetime | None
+
+
+class PauseLogOut(Out):
+    id: int
+    action: str
+    until: datetime | None
+    reason: str | None
+    actor: str
+    flow_ids: list[int]
+    enrollment_ids: list[int]
+    at: datetime
+
+
+class PausedContactOut(Out):
+    contact_id: int
+    email: str
+    name: str | None
+    paused_until: datetime
+    pause_reason: str | None
 
 
 class PauseOut(Out):
@@ -132,7 +162,9 @@ class PauseOut(Out):
     paused_until: datetime | None
     pause_reason: str | None
     paused_by: str | None
+    flow_ids: list[int] | None = None
     enrollment_ids: list[int] = Field(description="Active enrollments that were told.")
+    enrollments: list[PausedEnrollmentOut] = Field(default_factory=list, description="Their confirmed new state.")
 
 
 class MessageOut(Out):

@@ -22,6 +22,7 @@ from nurture.flow.language import (
     SwitchStep,
     UpdateContactStep,
 )
+from nurture.flow.trigger_checks import trigger_problems
 
 
 class Problem(BaseModel):
@@ -147,6 +148,7 @@ def semantic_problems(flow: FlowDefinition, known_templates: set[str] | None = N
         problems += _reachability_problems(flow)
     if flow.goal is not None:
         problems += _goal_problems(flow)
+    problems += [Problem(path=path, message=message) for path, message in trigger_problems(flow)]
     return problems
 
 

@@ -1,0 +1,246 @@
+"""Stand-ins for every enrollment activity, for the flow simulator.
+
+They are registered under the same names as the real activities, so the real
+EnrollmentWorkflow runs unchanged. They work on one in-memory world per
+simulation (a copy of the contact, the templates, the events): they render
+what would be sent with the real rendering code, and send and write nothing.
+
+Times: the simulator's private Temporal test server has its own clock. The
+world keeps ``shift`` (server time minus simulated time) so that calendar
+waits are resolved against the simulated calendar, not the server's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from jinja2 import TemplateError
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.contacts import _apply as apply_members
+from activities.email.rendering import render
+from activities.scheduling import resolve
+from activities.webhooks import render_body
+from nurture.contracts import (
+    ActionResult,
+    ContactSnapshot,
+    CreateTaskInput,
+    EnrollInFlowInput,
+    LoadContactInput,
+    NotifyOwnerInput,
+    RecentEvents,
+    RecentEventsInput,
+    RecordProgressInput,
+    ResolvedTime,
+    ResolveTimeInput,
+    SendEmailInput,
+    SendEmailResult,
+    SendSmsInput,
+    UpdateContactInput,
+    WebhookInput,
+)
+from nurture.flow.conditions import EventFact
+
+
+@dataclass
+class TemplateText:
+    subject: str
+    html: str
+    text: str | None = None
+
+
+@dataclass
+class Outgoing:
+    """Something the flow would have sent or done, as the simulator reports it."""
+
+    channel: str  # email, sms, internal, task, webhook, enrollment, contact_update
+    step_id: str
+    at: datetime  # server time
+    status: str
+    to: str | None = None
+    template: str | None = None
+    variant: str | None = None
+    subject: str | None = None
+    text: str | None = None
+    detail: str | None = None
+    message_id: int | None = None
+
+
+@dataclass
+class World:
+    """Everything one simulation's activities see and change."""
+
+    contact: ContactSnapshot
+    templates: dict[str, TemplateText]
+    shift: timedelta
+    default_send_time: str = "09:00"
+    events: list[EventFact] = field(default_factory=list)
+    outgoing: list[Outgoing] = field(default_factory=list)
+
+    def messages_of(self, step_id: str) -> list[Outgoing]:
+        return [o for o in self.outgoing if o.channel == "email" and o.step_id == step_id and o.message_id is not None]
+
+    def _next_message_id(self) -> int:
+        return 1 + sum(1 for o in self.outgoing if o.message_id is not None)
+
+    def context(self) -> dict[str, Any]:
+        return {"contact": self.contact.fields()}
+
+
+class SimulationActivities:
+    def __init__(self, world: World):
+        self.world = world
+
+    @activity.defn(name="load_contact")
+    async def load_contact(self, input: LoadContactInput) -> ContactSnapshot:
+        return self.world.contact.model_copy(deep=True)
+
+    @activity.defn(name="update_contact")
+    async def update_contact(self, input: UpdateContactInput) -> ContactSnapshot:
+        contact = self.world.contact
+        properties = {**contact.properties, **input.set}
+        for name in input.clear:
+            properties.pop(name, None)
+        changes: dict[str, Any] = {
+            "properties": properties,
+            "lists": apply_members(contact.lists, input.add_to_lists, input.remove_from_lists),
+            "tags": apply_members(contact.tags, input.add_tags, input.remove_tags),
+        }
+        if input.lifecycle_stage is not None:
+            changes["lifecycle_stage"] = input.lifecycle_stage
+        self.world.contact = contact.model_copy(update=changes)
+        self.world.outgoing.append(
+            Outgoing(channel="contact_update", step_id=_step_of(input.idempotency_key), at=_now(), status="done",
+                     detail=_describe_update(input))
+        )
+        return self.world.contact.model_copy(deep=True)
+
+    @activity.defn(name="send_email")
+    async def send_email(self, input: SendEmailInput) -> SendEmailResult:
+        world = self.world
+        sent = Outgoing(channel="email", step_id=input.step_id, at=input.scheduled_at, status="sent",
+                        to=world.contact.email, template=input.template, variant=input.variant)
+        world.outgoing.append(sent)
+        if not world.contact.reachable:
+            sent.status, sent.detail = "refused", f"contact is {world.contact.subscription_status}"
+            return SendEmailResult(message_id=None, status="refused", detail=sent.detail)
+        template = world.templates.get(input.template)
+        if template is None:
+            sent.status, sent.detail = "failed", f"template '{input.template}' does not exist"
+            raise ApplicationError(sent.detail, type="TemplateError", non_retryable=True)
+        try:
+            rendered = render(template.subject, template.html, template.text, world.context())
+        except TemplateError as exc:
+            sent.status, sent.detail = "failed", f"template '{input.template}' does not render: {exc}"
+            raise ApplicationError(sent.detail, type="TemplateError", non_retryable=True) from exc
+        sent.subject, sent.text, sent.message_id = rendered.subject, rendered.text, world._next_message_id()
+        return SendEmailResult(message_id=sent.message_id, status="sent", provider_message_id="simulated")
+
+    @activity.defn(name="record_progress")
+    async def record_progress(self, input: RecordProgressInput) -> None:
+        return None  # the simulated enrollment has no row to keep current
+
+    @activity.defn(name="resolve_time")
+    async def resolve_time(self, input: ResolveTimeInput) -> ResolvedTime:
+        world = self.world
+        simulated = input.model_copy(update={"now": input.now - world.shift})
+        resolved = resolve(simulated, world.contact.fields(), world.contact.timezone, world.default_send_time)
+        if resolved.at is not None:
+            resolved.at = resolved.at + world.shift
+        return resolved
+
+    @activity.defn(name="recent_events")
+    async def recent_events(self, input: RecentEventsInput) -> RecentEvents:
+        return RecentEvents(
+            events=[e for e in self.world.events if e.type in input.types and e.at >= input.since]
+        )
+
+    @activity.defn(name="notify_owner")
+    async def notify_owner(self, input: NotifyOwnerInput) -> ActionResult:
+        contact = self.world.contact
+        to = contact.owner if contact.owner and "@" in contact.owner else input.fallback_to
+        if not to:
+            return self._record("internal", input.step_id, input.at, "skipped", "the contact has no owner with an email address")
+        subject = render(input.subject, "", None, self.world.context()).subject
+        self.world.outgoing.append(
+            Outgoing(channel="internal", step_id=input.step_id, at=input.at, status="sent", to=to, subject=subject)
+        )
+        return ActionResult(status="done", detail=f"owner notified ({to})")
+
+    @activity.defn(name="create_task")
+    async def create_task(self, input: CreateTaskInput) -> ActionResult:
+        contact = self.world.contact
+        assignee = (contact.owner or "unassigned") if input.assignee == "owner" else input.assignee
+        title = render(input.title, "", None, self.world.context()).subject
+        self.world.outgoing.append(
+            Outgoing(channel="task", step_id=input.step_id, at=input.at, status="done", to=assignee, subject=title,
+                     detail=f"{input.kind}, {input.priority} priority" + (f", due {_iso(input.due_at)}" if input.due_at else ""))
+        )
+        return ActionResult(status="done", detail=f"{input.kind} '{title}' for {assignee}")
+
+    @activity.defn(name="call_webhook")
+    async def call_webhook(self, input: WebhookInput) -> ActionResult:
+        body = render_body(input.body, self.world.context())
+        detail = f"{input.method} {input.url} (not called in a simulation)"
+        self.world.outgoing.append(
+            Outgoing(channel="webhook", step_id=input.step_id, at=input.at, status="simulated", to=input.url,
+                     text=str(body), detail=detail)
+        )
+        return ActionResult(status="done", detail=detail)
+
+    @activity.defn(name="send_sms")
+    async def send_sms(self, input: SendSmsInput) -> ActionResult:
+        contact = self.world.contact
+        if not contact.reachable or contact.properties.get("sms_opt_out"):
+            return self._record("sms", input.step_id, input.at, "skipped", "the contact does not receive SMS")
+        if not contact.phone:
+            return self._record("sms", input.step_id, input.at, "skipped", "the contact has no phone number")
+        text = render(input.text, "", input.text, self.world.context()).text
+        self.world.outgoing.append(
+            Outgoing(channel="sms", step_id=input.step_id, at=input.at, status="sent", to=contact.phone, text=text)
+        )
+        return ActionResult(status="done", detail=f"sms sent to {contact.phone}")
+
+    @activity.defn(name="enroll_in_flow")
+    async def enroll_in_flow(self, input: EnrollInFlowInput) -> ActionResult:
+        detail = f"would enroll in flow {input.target_flow_id} (not simulated)"
+        return self._record("enrollment", input.step_id, input.at, "simulated", detail)
+
+    def _record(self, channel: str, step_id: str, at: datetime, status: str, detail: str) -> ActionResult:
+        self.world.outgoing.append(Outgoing(channel=channel, step_id=step_id, at=at, status=status, detail=detail))
+        return ActionResult(status="skipped" if status == "skipped" else "done", detail=detail)
+
+    def all(self) -> list:
+        return [
+            self.load_contact, self.update_contact, self.send_email, self.record_progress, self.resolve_time,
+            self.recent_events, self.notify_owner, self.create_task, self.call_webhook, self.send_sms,
+            self.enroll_in_flow,
+        ]
+
+
+def _now() -> datetime:
+    return activity.info().current_attempt_scheduled_time
+
+
+def _step_of(idempotency_key: str) -> str:
+    """Keys are ``<workflow>/<run>/<step>/<visit>``."""
+    parts = idempotency_key.split("/")
+    return parts[-2] if len(parts) >= 2 else idempotency_key
+
+
+def _iso(value: datetime | None) -> str:
+    return value.isoformat() if value else ""
+
+
+def _describe_update(input: UpdateContactInput) -> str:
+    parts = []
+    if input.lifecycle_stage:
+        parts.append(f"lifecycle stage {input.lifecycle_stage}")
+    parts += [f"set {k}={v!r}" for k, v in input.set.items()]
+    parts += [f"clear {k}" for k in input.clear]
+    parts += [f"add to list {m}" for m in input.add_to_lists] + [f"remove from list {m}" for m in input.remove_from_lists]
+    parts += [f"add tag {m}" for m in input.add_tags] + [f"remove tag {m}" for m in input.remove_tags]
+    return ", ".join(parts)
