@@ -7,6 +7,7 @@ from activities.contacts import ContactActivities
 from activities.email.activities import EmailActivities
 from activities.email.providers import EmailProvider
 from activities.email.tracking import LinkTracker
+from activities.enrolling import EnrollingActivities
 from activities.governance import GovernanceActivities
 from activities.progress import ProgressActivities
 from activities.scheduling import SchedulingActivities
@@ -32,6 +33,7 @@ def build_activities(
     webhooks = WebhookActivities(db, settings)
     texts = SmsActivities(db, sms or SmsOutboxProvider(settings.sms_outbox_dir))
     governance = GovernanceActivities(db, settings, client)
+    enrolling = EnrollingActivities(db, client, settings)
     # Every activity is timed into nurture_activity_seconds (nurture/metrics.py).
     return instrumented([
         contacts.load_contact,
@@ -47,4 +49,7 @@ def build_activities(
         texts.send_sms,
         governance.reserve_send,
         governance.quiet_period,
+        enrolling.list_scan_flows,
+        enrolling.scan_trigger_page,
+        enrolling.bulk_enroll_page,
     ])

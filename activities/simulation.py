@@ -12,17 +12,20 @@ waits are resolved against the simulated calendar, not the server's.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
 from jinja2 import TemplateError
 from temporalio import activity
+from temporalio.common import RawValue
 from temporalio.exceptions import ApplicationError
 
 from activities.contacts import _apply as apply_members
 from activities.email.rendering import render
-from activities.scheduling import resolve
+from activities.governance import next_open_slot
+from activities.scheduling import parse_clock, resolve, zone_for
 from activities.webhooks import render_body
 from nurture.contracts import (
     ActionResult,
@@ -31,11 +34,14 @@ from nurture.contracts import (
     EnrollInFlowInput,
     LoadContactInput,
     NotifyOwnerInput,
+    QuietPeriodInput,
     RecentEvents,
     RecentEventsInput,
     RecordProgressInput,
+    ReserveSendInput,
     ResolvedTime,
     ResolveTimeInput,
+    SendDecision,
     SendEmailInput,
     SendEmailResult,
     SendSmsInput,
@@ -70,6 +76,28 @@ class Outgoing:
 
 
 @dataclass
+class SendRules:
+    """The deployment's send governance (settings), applied to simulated sends as to real ones."""
+
+    quiet_hours: tuple[time, time] | None = None
+    holidays: set[date] = field(default_factory=set)
+    frequency_cap: int = 0
+    cap_window: timedelta = timedelta(hours=168)
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> SendRules:
+        quiet = None
+        if settings.quiet_hours_start and settings.quiet_hours_end:
+            quiet = parse_clock(settings.quiet_hours_start), parse_clock(settings.quiet_hours_end)
+        return cls(
+            quiet_hours=quiet,
+            holidays=set(settings.holidays),
+            frequency_cap=settings.frequency_cap,
+            cap_window=timedelta(hours=settings.frequency_cap_window_hours),
+        )
+
+
+@dataclass
 class World:
     """Everything one simulation's activities see and change."""
 
@@ -77,8 +105,12 @@ class World:
     templates: dict[str, TemplateText]
     shift: timedelta
     default_send_time: str = "09:00"
+    rules: SendRules = field(default_factory=SendRules)
     events: list[EventFact] = field(default_factory=list)
     outgoing: list[Outgoing] = field(default_factory=list)
+    # Calendar waits resolved so far and sends deferred, in simulated time, in the order they happened.
+    planned: list[datetime] = field(default_factory=list)
+    deferrals: list[datetime] = field(default_factory=list)
 
     def messages_of(self, step_id: str) -> list[Outgoing]:
         return [o for o in self.outgoing if o.channel == "email" and o.step_id == step_id and o.message_id is not None]
@@ -100,18 +132,16 @@ class SimulationActivities:
 
     @activity.defn(name="update_contact")
     async def update_contact(self, input: UpdateContactInput) -> ContactSnapshot:
-        contact = self.world.contact
-        properties = {**contact.properties, **input.set}
-        for name in input.clear:
-            properties.pop(name, None)
-        changes: dict[str, Any] = {
-            "properties": properties,
-            "lists": apply_members(contact.lists, input.add_to_lists, input.remove_from_lists),
-            "tags": apply_members(contact.tags, input.add_tags, input.remove_tags),
-        }
-        if input.lifecycle_stage is not None:
-            changes["lifecycle_stage"] = input.lifecycle_stage
-        self.world.contact = contact.model_copy(update=changes)
+        self.world.contact = updated_contact(
+            self.world.contact,
+            set=input.set,
+            clear=input.clear,
+            add_to_lists=input.add_to_lists,
+            remove_from_lists=input.remove_from_lists,
+            add_tags=input.add_tags,
+            remove_tags=input.remove_tags,
+            fields={"lifecycle_stage": input.lifecycle_stage},
+        )
         self.world.outgoing.append(
             Outgoing(channel="contact_update", step_id=_step_of(input.idempotency_key), at=_now(), status="done",
                      detail=_describe_update(input))
@@ -139,6 +169,51 @@ class SimulationActivities:
         sent.subject, sent.text, sent.message_id = rendered.subject, rendered.text, world._next_message_id()
         return SendEmailResult(message_id=sent.message_id, status="sent", provider_message_id="simulated")
 
+    @activity.defn(name="reserve_send")
+    async def reserve_send(self, input: ReserveSendInput) -> SendDecision:
+        """Windows, quiet hours, holidays and the cap, as the real gate; the cap sees this flow's sends only."""
+        world, rules = self.world, self.world.rules
+        now = input.now - world.shift
+        zone = zone_for(world.contact.timezone, input.flow_timezone)
+        quiet = None if input.transactional else rules.quiet_hours
+        holidays = set() if input.transactional else rules.holidays
+        slot = next_open_slot(now, zone, input.window, quiet, holidays)
+        if slot > now:
+            reason = "outside the send window" if input.window else "quiet hours or a holiday"
+            return self._defer(slot, reason)
+        if rules.frequency_cap and not input.transactional:
+            recent = sorted(
+                o.at - world.shift for o in world.outgoing
+                if o.channel == "email" and o.status == "sent" and o.at - world.shift > now - rules.cap_window
+            )
+            if len(recent) >= rules.frequency_cap:
+                hours = int(rules.cap_window.total_seconds() // 3600)
+                reason = f"frequency cap: {rules.frequency_cap} in {hours}h"
+                return self._defer(recent[len(recent) - rules.frequency_cap] + rules.cap_window, reason)
+        return SendDecision(ok=True)
+
+    def _defer(self, until: datetime, reason: str) -> SendDecision:
+        self.world.deferrals.append(until)
+        return SendDecision(ok=False, defer_until=until + self.world.shift, reason=reason)
+
+    @activity.defn(name="quiet_period")
+    async def quiet_period(self, input: QuietPeriodInput) -> None:
+        detail = (
+            f"quiet period in every flow until {_iso(input.until - self.world.shift)}" if input.start
+            else "quiet period ended"
+        )
+        self.world.outgoing.append(
+            Outgoing(channel="quiet_period", step_id="", at=_now(), status="simulated", detail=f"{detail}: {input.reason}")
+        )
+
+    @activity.defn(dynamic=True)
+    async def unknown(self, args: Sequence[RawValue]) -> None:
+        # Fail the simulation at once rather than retrying an activity that will never be registered.
+        raise ApplicationError(
+            f"the simulator has no stand-in for the activity '{activity.info().activity_type}'",
+            type="NotSimulated", non_retryable=True,
+        )
+
     @activity.defn(name="record_progress")
     async def record_progress(self, input: RecordProgressInput) -> None:
         return None  # the simulated enrollment has no row to keep current
@@ -149,6 +224,7 @@ class SimulationActivities:
         simulated = input.model_copy(update={"now": input.now - world.shift})
         resolved = resolve(simulated, world.contact.fields(), world.contact.timezone, world.default_send_time)
         if resolved.at is not None:
+            world.planned.append(resolved.at)
             resolved.at = resolved.at + world.shift
         return resolved
 
@@ -217,8 +293,32 @@ class SimulationActivities:
         return [
             self.load_contact, self.update_contact, self.send_email, self.record_progress, self.resolve_time,
             self.recent_events, self.notify_owner, self.create_task, self.call_webhook, self.send_sms,
-            self.enroll_in_flow,
+            self.enroll_in_flow, self.reserve_send, self.quiet_period, self.unknown,
         ]
+
+
+def updated_contact(
+    contact: ContactSnapshot,
+    *,
+    set: dict[str, Any] | None = None,
+    clear: list[str] | None = None,
+    add_to_lists: list[str] | None = None,
+    remove_from_lists: list[str] | None = None,
+    add_tags: list[str] | None = None,
+    remove_tags: list[str] | None = None,
+    fields: dict[str, Any] | None = None,
+) -> ContactSnapshot:
+    """A changed copy of the contact, with the same list and tag rules as the real update_contact."""
+    properties = {**contact.properties, **(set or {})}
+    for name in clear or []:
+        properties.pop(name, None)
+    changes: dict[str, Any] = {
+        "properties": properties,
+        "lists": apply_members(contact.lists, add_to_lists or [], remove_from_lists or []),
+        "tags": apply_members(contact.tags, add_tags or [], remove_tags or []),
+    }
+    changes.update({name: value for name, value in (fields or {}).items() if value is not None})
+    return contact.model_copy(update=changes)
 
 
 def _now() -> datetime:

@@ -6,12 +6,30 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 from temporalio.client import Client
 
+from api.auth import authorize
 from api.errors import install_error_handlers
-from api.routers import contacts, enrollments, events, flows, health, pauses, templates
+from api.routers import (
+    api_keys,
+    bulk_enrollments,
+    contacts,
+    enrollments,
+    events,
+    flows,
+    health,
+    history,
+    metrics,
+    pauses,
+    playbooks,
+    simulations,
+    stats,
+    templates,
+    tracking,
+    visibility,
+)
 from api.state import TemporalConnection
 from nurture.db import Database
 from nurture.enrolling import TemporalUnavailable
@@ -58,13 +76,22 @@ def create_app(
                 await owned_db.dispose()
                 app.state.db = None
 
-    app = FastAPI(title="Nurture", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="Nurture",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        dependencies=[Depends(authorize)],
+    )
     app.state.settings = settings
     app.state.db = db
     app.state.temporal = TemporalConnection(settings, client)
 
     install_error_handlers(app)
-    for module in (health, contacts, pauses, templates, flows, events, enrollments):
+    for module in (
+        health, api_keys, contacts, pauses, templates, flows, events, enrollments, bulk_enrollments,
+        history, visibility, stats, tracking, metrics, simulations, playbooks,
+    ):
         app.include_router(module.router)
     app.openapi = _openapi_with_flow_schema(app)  # type: ignore[method-assign]
     return app

@@ -30,6 +30,8 @@ from temporalio.client import Client
 
 from nurture.logging import configure_logging, get_logger
 from nurture.search_attributes import SEARCH_ATTRIBUTES, SearchAttribute
+from nurture.api_keys import Role, create_key
+from nurture.db import Database
 from nurture.settings import Settings, get_settings
 from nurture.temporal import connect
 
@@ -346,7 +348,43 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a Temporal dev server (state kept in <data_dir>/temporal.db), the worker and the API "
         "as one supervised process tree. Configure with NURTURE_* environment variables. Ctrl-C stops it all.",
     )
+    key = commands.add_parser(
+        "create-api-key",
+        help="create an API key (shown once) straight in the database, e.g. the first admin key",
+    )
+    key.add_argument("--name", required=True)
+    key.add_argument("--role", required=True, choices=[r.value for r in Role])
+    key.add_argument("--owner", help="for sales keys: the rep id whose contacts the key may see")
+    shown = commands.add_parser(
+        "history",
+        help="print an enrollment's timeline, read from its Temporal history",
+        description="Read one enrollment's Temporal workflow history (across continue-as-new runs) "
+        "and print it as a timeline. Give the workflow id or the enrollment id (a number).",
+    )
+    shown.add_argument("enrollment", metavar="WORKFLOW_ID_OR_ENROLLMENT_ID")
+    shown.add_argument("--json", action="store_true", help="the entries as JSON")
+    playbooks = commands.add_parser(
+        "load-playbooks",
+        help="install the shipped playbooks (flows/ and their templates) into the database",
+        description="Create each playbook's missing templates and its flow as a draft (docs/playbooks.md). "
+        "Flows that exist by name and templates that exist by key are left as they are.",
+    )
+    playbooks.add_argument("names", nargs="*", metavar="NAME", help="only these playbooks (default: all)")
+    playbooks.add_argument("--activate", action="store_true", help="also activate the flows")
     return parser
+
+
+async def create_api_key(
+    settings: Settings, name: str, role: str, owner: str | None, db: Database | None = None
+) -> str:
+    database = db or Database(settings.resolved_database_url)
+    await database.create_all()
+    async with database.session() as session:
+        _, secret = await create_key(session, name, Role(role), owner)
+        await session.commit()
+    if db is None:
+        await database.dispose()
+    return secret
 
 
 def run_stack(settings: Settings) -> int:
@@ -359,6 +397,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_json)
     if args.command == "stack":
         return run_stack(settings)
+    if args.command == "history":
+        from nurture.history_command import show_history
+
+        return asyncio.run(show_history(settings, args.enrollment, sys.stdout, sys.stderr, as_json=args.json))
+    if args.command == "load-playbooks":
+        from nurture.playbooks_command import load_playbooks_command
+
+        return asyncio.run(
+            load_playbooks_command(settings, sys.stdout, sys.stderr, activate=args.activate, names=args.names)
+        )
+    if args.command == "create-api-key":
+        if args.role == Role.sales and not args.owner:
+            build_parser().error("a sales key needs --owner")
+        sys.stdout.write(asyncio.run(create_api_key(settings, args.name, args.role, args.owner)) + "\n")
+        return 0
     raise AssertionError(f"unhandled command {args.command}")  # argparse rejects unknown commands
 
 

@@ -122,6 +122,8 @@ class CarriedState(BaseModel):
     step_deadline: datetime | None = None
     visits: dict[str, int] = Field(default_factory=dict)
     engagement: dict[str, list[str]] = Field(default_factory=dict)
+    # Opens and clicks on a message whose send result has not come back yet, by message id.
+    early_engagement: dict[str, list[str]] = Field(default_factory=dict)
     # A/B variants and random split paths drawn, per step: fixed for the whole enrollment.
     choices: dict[str, str] = Field(default_factory=dict)
     sends: list[SentEmail] = Field(default_factory=list)

@@ -140,6 +140,19 @@ async def _runs_from(client: Client, workflow_id: str, run_id: str) -> list[tupl
     return runs
 
 
+def _describe_event(event: ContactEventSignal) -> str:
+    """Engagement names its email (and link); other events show their properties."""
+    props = event.properties
+    if event.type.startswith("email_") and "message_id" in props:
+        text = f"{event.type} of message {props['message_id']}"
+        if props.get("step_id"):
+            text += f" (step {props['step_id']})"
+        if props.get("url"):
+            text += f" -> {props['url']}"
+        return text
+    return f"{event.type} {props}" if props else event.type
+
+
 def format_entry(entry: HistoryEntry) -> str:
     """One line for people: ``2026-03-02 09:00:00  welcome           Sent 'demo-welcome' (message 1)``."""
     return f"{entry.at:%Y-%m-%d %H:%M:%S}  {(entry.step_id or '-'):<16}  {entry.text}"
@@ -206,8 +219,7 @@ class _Reader:
         kind = SIGNAL_TYPES.get(attrs.signal_name)
         data = await self.decode(attrs.input, kind) if kind else None
         if isinstance(data, ContactEventSignal):
-            props = f" {data.properties}" if data.properties else ""
-            self.add(event, "event", f"Event received: {data.type}{props}", event_id=data.event_id, type=data.type)
+            self.add(event, "event", f"Event received: {_describe_event(data)}", event_id=data.event_id, type=data.type)
         elif isinstance(data, PauseSignal):
             self.add(
                 event,

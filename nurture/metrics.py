@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Histogram, start_http_server
 from temporalio import activity
 from temporalio.client import (
     Client,
@@ -49,11 +49,23 @@ ACTIVITY_SECONDS = Histogram(
 TRACKING_HITS = Counter(
     "nurture_tracking_hits", "Open pixel and click hits by kind and whether they looked like a bot.", ["kind", "bot"]
 )
-TRACKING_REFUSED = Counter("nurture_tracking_refused", "Tracking hits refused, by reason (invalid, expired).", ["reason"])
+TRACKING_UNRECORDED = Counter(
+    "nurture_tracking_unrecorded",
+    "Tracking hits not recorded, by reason (invalid, expired, unknown_message, temporal_unavailable).",
+    ["reason"],
+)
 EMAIL_WEBHOOK_EVENTS = Counter(
     "nurture_email_webhook_events", "Provider webhook events recorded, by provider and type.", ["provider", "type"]
 )
 FLOW_ANOMALIES = Counter("nurture_flow_anomalies", "Anomalies found when a flow's stats were computed.", ["kind"])
+
+
+def serve_worker_metrics(port: int, host: str = "0.0.0.0"):
+    """The worker's own /metrics on ``port`` (a thread); None when the port is 0 (off)."""
+    if not port:
+        return None
+    server, _ = start_http_server(port, addr=host)
+    return server
 
 
 # --- activities --------------------------------------------------------------

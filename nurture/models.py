@@ -305,3 +305,19 @@ class PauseLog(SQLModel, table=True):
     flow_ids: list[int] = _json_list()
     enrollment_ids: list[int] = _json_list()
     at: datetime = _when(nullable=False, default=utcnow)
+
+
+class ApiKey(SQLModel, table=True):
+    """An API key: only its hash is stored; the key itself is shown once, when created."""
+
+    __tablename__ = "api_keys"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str
+    role: str = Field(index=True)  # admin, marketer, sales, read_only
+    owner: str | None = Field(default=None, description="For sales keys: the rep whose contacts it may see.")
+    prefix: str = Field(sa_column=sa.Column(sa.String(16), unique=True, nullable=False))
+    secret_hash: str
+    created_at: datetime = _when(nullable=False, default=utcnow)
+    last_used_at: datetime | None = _when()
+    revoked_at: datetime | None = _when()

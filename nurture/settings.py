@@ -6,6 +6,7 @@ Every field can be set from the environment with the ``NURTURE_`` prefix
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import lru_cache
 from datetime import date
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from nurture.flow.durations import Duration
 
 
 class SmtpSettings(BaseModel):
@@ -75,6 +78,12 @@ class Settings(BaseSettings):
     # Date waits on a date-only property go out at this local time when the flow names none.
     default_send_time: str = "09:00"
 
+    # The shipped playbooks (docs/playbooks.md); the repository's flows/ directory when unset.
+    playbooks_dir: Path | None = None
+
+    # Date and inactivity triggers are checked by a Temporal Schedule this often (docs/triggers.md).
+    trigger_scan_interval: Duration = Field(default=timedelta(hours=1), ge=timedelta(minutes=1))
+
     # --- observability (docs/observability.md) ---
     # Tracking links and the open pixel point here; tokens are signed with tracking_secret.
     public_base_url: str = "http://127.0.0.1:8000"
@@ -100,6 +109,9 @@ class Settings(BaseSettings):
     anomaly_min_sample: int = Field(default=20, ge=1)
     # The worker serves Prometheus metrics on this port (0: off); the API serves GET /metrics.
     worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+
+    # Every API call but health, docs, tracking links and signed provider webhooks needs a key.
+    auth_required: bool = True
 
     log_level: str = "INFO"
     log_json: bool = False

@@ -140,7 +140,7 @@ class SimulatedMessage(BaseModel):
 
 class SimulatedWait(BaseModel):
     step_id: str
-    type: str
+    type: str = Field(description="The step type, or send_deferred for a send held by the send rules.")
     started_at: datetime
     ended_at: datetime
     start_offset: str
@@ -151,7 +151,7 @@ class SimulatedWait(BaseModel):
 
 class SimulatedAction(BaseModel):
     step_id: str
-    kind: Literal["task", "webhook", "enrollment", "contact_update"]
+    kind: Literal["task", "webhook", "enrollment", "contact_update", "quiet_period"]
     at: datetime
     offset: str
     status: str

@@ -117,9 +117,12 @@ def decode_page_token(token: str | None) -> bytes | None:
     if not token:
         return None
     try:
-        return base64.urlsafe_b64decode(token.encode())
+        decoded = base64.b64decode(token.encode(), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError) as exc:
         raise BadPageToken("not a page token from a previous answer") from exc
+    if not decoded:
+        raise BadPageToken("not a page token from a previous answer")
+    return decoded
 
 
 async def search(

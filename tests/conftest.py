@@ -15,16 +15,13 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 from sqlmodel import SQLModel
-from sqlmodel import select
-from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.service import RPCError
+from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.email.providers import EmailProvider, OutboxProvider
 from nurture.db import Database
-from nurture.models import Enrollment
 from nurture.settings import Settings
 from worker.main import build_worker
 
@@ -69,34 +66,28 @@ def postgres_schema() -> Iterator[str]:
         conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
-async def _end_workflows_of(request, database: Database) -> None:
-    """Whatever a test started on the shared test server ends with the test, worker or not."""
-    if "temporal_env" in request.fixturenames:
-        await terminate_leftovers(request.getfixturevalue("temporal_env").client, database)
-
-
 @pytest.fixture(params=BACKENDS)
 async def db(request, tmp_path) -> AsyncIterator[Database]:
     if request.param == "sqlite":
         database = Database(f"sqlite:///{tmp_path / 'nurture.db'}")
         await database.create_all()
         yield database
-        await _end_workflows_of(request, database)
         await database.dispose()
         return
     schema = request.getfixturevalue("postgres_schema")
     database = Database(POSTGRES_URL, connect_args={"options": f"-csearch_path={schema}"})
     await database.create_all()
     yield database
-    await _end_workflows_of(request, database)
     async with database.engine.begin() as conn:
         tables = ", ".join(f'"{t.name}"' for t in SQLModel.metadata.sorted_tables)
         await conn.execute(sa.text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
     await database.dispose()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A fresh time-skipping server per test (it starts in about 0.1 s): its clock is global,
+    so a workflow one test leaves waiting would otherwise hold up time for the next."""
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=_binary("temporal-test-server"), data_converter=pydantic_data_converter
     )
@@ -120,6 +111,8 @@ def settings(tmp_path, db: Database) -> Settings:
         workflow_id_prefix=f"enrollment-{uuid.uuid4().hex[:8]}",
         temporal_search_attributes=False,
         email_provider="outbox",
+        # Roles are tested in test_auth.py; the other API tests act as an unrestricted caller.
+        auth_required=False,
     )
 
 
@@ -132,34 +125,6 @@ def outbox(settings: Settings) -> OutboxProvider:
 async def worker(client: Client, db: Database, outbox: EmailProvider, settings: Settings) -> AsyncIterator[Worker]:
     async with build_worker(client, db, outbox, settings) as running:
         yield running
-        # While the worker still runs, so activities in flight finish instead of hanging on
-        # the test server (which then refuses to skip time for every later test).
-        await terminate_leftovers(client, db)
-
-
-async def terminate_leftovers(client: Client, db: Database) -> None:
-    """The test server skips time globally: a workflow left waiting with no worker stalls later tests.
-
-    It also never releases its time-skipping lock for an activity that was running when its
-    workflow ended, so wait (briefly) for in-flight activities before terminating.
-    """
-    async with db.session() as s:
-        workflow_ids = (await s.exec(select(Enrollment.workflow_id))).all()
-    for workflow_id in workflow_ids:
-        handle = client.get_workflow_handle(workflow_id)
-        try:
-            idle_checks = 0
-            for _ in range(200):
-                description = await handle.describe()
-                if description.status != WorkflowExecutionStatus.RUNNING:
-                    break
-                idle_checks = 0 if description.raw_description.pending_activities else idle_checks + 1
-                if idle_checks >= 3:  # quiet for a moment: waiting on a timer, not mid-activity
-                    await handle.terminate("test finished")
-                    break
-                await asyncio.sleep(0.05)
-        except RPCError:
-            pass  # already gone
 
 
 def dev_server_path() -> str:
@@ -184,3 +149,11 @@ async def result_of(env: WorkflowEnvironment, handle):
     """Await a workflow's result with time skipping on (handles from get_workflow_handle lack it)."""
     async with env.time_skipping_unlocked():
         return await handle.result()
+
+
+async def timer_running(handle, step_id: str) -> bool:
+    """The enrollment waits at ``step_id`` with its timer started: safe to skip time now."""
+    from nurture.contracts import EnrollmentState
+
+    state = await handle.query("state", result_type=EnrollmentState)
+    return state.current_step == step_id and state.waiting_until is not None

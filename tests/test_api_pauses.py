@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from nurture.models import PauseLog
 from tests.api_support import active_example_flow, api, count_rows, locs, post_event  # noqa: F401
 from tests.conftest import eventually
@@ -20,19 +22,27 @@ async def waiting(api, enrollment_id):
     return detail if detail["workflow"] and detail["workflow"]["current_step"] == "wait-2d" else None
 
 
-async def test_pause_extend_list_resume_and_the_audit_trail(api, worker):
+async def server_days_ahead(temporal_env, settings, days: int) -> str:
+    """A pause end on the test server's clock (years ahead of the wall clock the API checks)."""
+    settings.max_pause_days = 365 * 200
+    return (await temporal_env.get_current_time() + timedelta(days=days)).isoformat()
+
+
+async def test_pause_extend_list_resume_and_the_audit_trail(api, worker, temporal_env, settings):
     contact_id, enrollment_id = await enrolled_contact(api)
     await eventually(lambda: waiting(api, enrollment_id))
 
     paused = await api.post(f"/contacts/{contact_id}/pause",
-                            json={"duration": "14d", "reason": "Demo call on Thursday", "paused_by": "rep-jane"})
+                            json={"until": await server_days_ahead(temporal_env, settings, 14),
+                                  "reason": "Demo call on Thursday", "paused_by": "rep-jane"})
     assert paused.status_code == 200
     [confirmed] = paused.json()["enrollments"]
     assert confirmed["enrollment_id"] == enrollment_id and confirmed["current_step"] == "wait-2d"
     assert confirmed["paused_until"] == paused.json()["paused_until"]
 
     extended = await api.post(f"/contacts/{contact_id}/pause",
-                              json={"duration": "21d", "reason": "Legal review", "paused_by": "rep-jane"})
+                              json={"until": await server_days_ahead(temporal_env, settings, 21),
+                                    "reason": "Legal review", "paused_by": "rep-jane"})
     assert extended.json()["paused_until"] > paused.json()["paused_until"]
     listed = (await api.get("/pauses", params={"rep": "rep-jane"})).json()
     assert [(p["contact_id"], p["pause_reason"]) for p in listed] == [(contact_id, "Legal review")]
@@ -67,14 +77,15 @@ async def test_a_pause_longer_than_allowed_writes_nothing(api, worker, db, setti
     assert state["paused"] is None
 
 
-async def test_pausing_named_flows_leaves_the_others_running(api, worker, db):
+async def test_pausing_named_flows_leaves_the_others_running(api, worker, db, temporal_env, settings):
     contact_id, nurture_enrollment = await enrolled_contact(api)
     other = await add_active_flow(db, manual_flow({"id": "wait", "type": "delay", "duration": "5d"}, name="Onboarding"))
     enrolled = await api.post(f"/flows/{other.id}/enrollments", json={"contact_id": contact_id})
     other_enrollment = enrolled.json()["id"]
 
     paused = await api.post(f"/contacts/{contact_id}/pause",
-                            json={"duration": "7d", "reason": "only the nurture", "paused_by": "rep", "flow_ids": [other.id]})
+                            json={"until": await server_days_ahead(temporal_env, settings, 7), "reason": "only the nurture",
+                                  "paused_by": "rep", "flow_ids": [other.id]})
 
     assert [e["enrollment_id"] for e in paused.json()["enrollments"]] == [other_enrollment]
     assert (await api.get(f"/contacts/{contact_id}")).json()["paused_until"] is None  # not contact-wide

@@ -15,7 +15,7 @@ from nurture.contracts import EnrollmentState, PauseUpdate, ResumeUpdate
 from nurture.enrolling import Enroller
 from nurture.flow.language import SendWindow
 from nurture.models import Contact, Event, utcnow
-from tests.conftest import eventually, result_of
+from tests.conftest import eventually, result_of, timer_running
 from tests.factories import add_contact, add_templates, messages_of
 from tests.flow_runner import manual_flow, run_flow, start
 
@@ -193,7 +193,7 @@ async def test_unsubscribe_mid_delay_exits_three_flows_at_once(db, client, setti
                            {"id": "again", "type": "send_email", "template": "case-study"}, name=f"flow {n}")
         handles.append((await start(db, client, settings, flow, contact=contact))[2])
     for handle in handles:
-        await eventually(lambda: _at_step(handle, "wait"))
+        await eventually(lambda: timer_running(handle, "wait"))
     await temporal_env.sleep(timedelta(days=1))
 
     async with db.session() as s:

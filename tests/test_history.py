@@ -9,7 +9,7 @@ from nurture.contracts import enrollment_workflow_id
 from nurture.flow import load_flow
 from nurture.history import read_history
 from nurture.models import utcnow
-from tests.conftest import eventually, result_of
+from tests.conftest import eventually, result_of, timer_running
 from tests.factories import add_active_flow, add_contact, add_templates, messages_of
 from tests.test_workflow_example import enroll
 from nurture.enrolling import Enroller
@@ -21,6 +21,7 @@ async def test_timeline_tells_what_happened_and_why(db, client, settings, worker
     enrollment = await enroll(db, Enroller(client, settings), flow, contact)
     handle = client.get_workflow_handle(enrollment.workflow_id, result_type=EnrollmentResult)
     welcome = (await eventually(lambda: messages_of(db, contact.id)))[0]
+    await eventually(lambda: timer_running(handle, "wait-2d"))
     now = await temporal_env.get_current_time()
     await handle.signal("pause", PauseSignal(until=now + timedelta(days=30), reason="demo call", paused_by="rep-9"))
     await temporal_env.sleep(timedelta(days=3))

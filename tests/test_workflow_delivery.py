@@ -13,7 +13,7 @@ from nurture.contracts import EnrollmentResult
 from nurture.enrolling import Enroller
 from nurture.models import Contact, Flow
 from nurture.settings import SmtpSettings
-from tests.conftest import result_of, terminate_leftovers
+from tests.conftest import result_of
 from tests.factories import add_active_flow, add_contact, add_templates, messages_of
 from worker.main import build_worker
 
@@ -64,7 +64,6 @@ async def run_example(db, client, settings, temporal_env, port) -> tuple[Enrollm
             ).enrollment
             await s.commit()
         result = await result_of(temporal_env, client.get_workflow_handle(enrollment.workflow_id, result_type=EnrollmentResult))
-    await terminate_leftovers(client, db)
     return result, contact
 
 

@@ -6,7 +6,6 @@ import asyncio
 from datetime import timedelta
 
 from sqlmodel import select
-from temporalio.worker import Worker
 
 from activities.email.providers import OutboxProvider, OutgoingEmail
 from nurture.contracts import (
@@ -19,7 +18,7 @@ from nurture.contracts import (
 )
 from nurture.flow import load_flow
 from nurture.models import Message, utcnow
-from tests.conftest import eventually, result_of, terminate_leftovers
+from tests.conftest import eventually, result_of
 from tests.factories import add_active_flow, add_contact, add_templates, messages_of
 from tests.test_workflow_example import enroll
 from worker.main import build_worker
@@ -59,7 +58,6 @@ async def test_worker_replaced_mid_send_sends_each_email_once(db, client, settin
 
     async with build_worker(client, db, OutboxProvider(settings.outbox_dir), settings):
         result = await result_of(temporal_env, client.get_workflow_handle(enrollment.workflow_id, result_type=EnrollmentResult))
-    await terminate_leftovers(client, db)
 
     assert result.status == "completed"
     messages = await messages_of(db, contact.id)

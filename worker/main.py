@@ -6,7 +6,6 @@ import asyncio
 import signal
 from datetime import timedelta
 
-from prometheus_client import start_http_server
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -14,6 +13,7 @@ from activities import build_activities
 from activities.email.providers import EmailProvider, provider_from_settings
 from nurture.db import Database
 from nurture.logging import configure_logging, get_logger
+from nurture.metrics import serve_worker_metrics
 from nurture.settings import Settings, get_settings
 from nurture.temporal import connect
 from workflows import WORKFLOWS
@@ -40,9 +40,8 @@ async def run(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    if settings.worker_metrics_port:
-        # The worker's own registry (activities, sends, latency); the API serves GET /metrics.
-        start_http_server(settings.worker_metrics_port)
+    # The worker's own counters (activities, sends, latency); the API serves its own on GET /metrics.
+    if serve_worker_metrics(settings.worker_metrics_port) is not None:
         log.info("worker_metrics", port=settings.worker_metrics_port, path="/metrics")
     log.info("worker_started", task_queue=settings.temporal_task_queue, provider=settings.email_provider)
     async with worker:

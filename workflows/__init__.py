@@ -1,5 +1,7 @@
+from workflows.bulk import BulkEnrollmentWorkflow
 from workflows.enrollment import EnrollmentWorkflow
+from workflows.scans import TriggerScanWorkflow
 
-WORKFLOWS = [EnrollmentWorkflow]
+WORKFLOWS = [EnrollmentWorkflow, TriggerScanWorkflow, BulkEnrollmentWorkflow]
 
-__all__ = ["WORKFLOWS", "EnrollmentWorkflow"]
+__all__ = ["WORKFLOWS", "BulkEnrollmentWorkflow", "EnrollmentWorkflow", "TriggerScanWorkflow"]

@@ -286,6 +286,7 @@ class EnrollmentWorkflow:
                     await self._enter(step)
                 next_step = await self._run_step(step)
                 self._state.step_deadline = None
+                self._matched_event = None
                 self._state.current_step = next_step
             self._status = "completed"
             self._note("completed")
@@ -294,7 +295,9 @@ class EnrollmentWorkflow:
             self._note("exited", detail=self._exit_reason)
         except _ContinueAsNew:
             await workflow.wait_condition(workflow.all_handlers_finished)
+            workflow.logger.info("continuing as new", extra=self._log_fields())
             workflow.continue_as_new(input.model_copy(update={"carried": self._state}))
+        workflow.logger.info(f"enrollment {self._status}", extra={**self._log_fields(), "exit_reason": self._exit_reason})
 
         self._waiting_for = None
         await self._record_progress()
@@ -328,7 +331,9 @@ class EnrollmentWorkflow:
             await self._wait(step, step.duration, f"delay {format_duration(step.duration)}")
             return default_next
         if isinstance(step, WaitForEventStep):
-            self._matched_event = None
+            # An event that arrives while the step is being entered counts; older runs reset here.
+            if not workflow.patched("keep-events-during-step-entry"):
+                self._matched_event = None
             arrived = await self._wait(step, step.timeout, f"event {step.event}", lambda: self._matched_event is not None)
             self._note("wait_ended", step_id=step.id, detail="event arrived" if arrived else "timed out")
             return (step.on_event if arrived else step.on_timeout) or default_next
@@ -547,6 +552,8 @@ class EnrollmentWorkflow:
         self._state.sends.append(
             SentEmail(step_id=step.id, message_id=result.message_id, status=result.status, at=workflow.now())
         )
+        for kind in self._state.early_engagement.pop(str(result.message_id), []):
+            self._engage(step.id, kind)
         self._note("email", step_id=step.id, detail=f"{result.status}" + (f": {result.detail}" if result.detail else ""))
         if result.status == "refused":
             self._request_exit("unsubscribed")
@@ -619,7 +626,6 @@ class EnrollmentWorkflow:
                 retry_policy=ACTION_RETRY,
             )
             await self._quiet_period(True, self._state.step_deadline, "sales handoff")
-        self._matched_event = None
         arrived = await self._wait(step, limit, "sales outcome", lambda: self._sales_outcome() is not None)
         outcome = self._sales_outcome() if arrived else "silence"
         await self._quiet_period(False, workflow.now(), f"sales outcome: {outcome}")
@@ -743,6 +749,14 @@ class EnrollmentWorkflow:
 
     # --- helpers -----------------------------------------------------------
 
+    def _log_fields(self) -> dict:
+        return {
+            "flow_id": self._input.flow_id,
+            "enrollment_id": workflow.info().workflow_id,
+            "contact_id": self._input.contact_id,
+            "step_id": self._state.current_step if self._state else None,
+        }
+
     def _idempotency_key(self, step: Step) -> str:
         """Stable through retries, worker crashes and continue-as-new; new for a re-enrollment."""
         assert self._state is not None
@@ -770,13 +784,22 @@ class EnrollmentWorkflow:
 
     def _record_engagement(self, event: ContactEventSignal) -> None:
         assert self._state is not None
-        message_id = event.properties.get("message_id")
+        message_id = str(event.properties.get("message_id"))
+        kind = ENGAGEMENT_EVENTS[event.type]
         for send in self._state.sends:
-            if send.message_id is not None and str(send.message_id) == str(message_id):
-                seen = self._state.engagement.setdefault(send.step_id, [])
-                kind = ENGAGEMENT_EVENTS[event.type]
-                if kind not in seen:
-                    seen.append(kind)
+            if send.message_id is not None and str(send.message_id) == message_id:
+                self._engage(send.step_id, kind)
+                return
+        # The provider can report an open before the send activity's result reaches us.
+        early = self._state.early_engagement.setdefault(message_id, [])
+        if kind not in early:
+            early.append(kind)
+
+    def _engage(self, step_id: str, kind: str) -> None:
+        assert self._state is not None
+        seen = self._state.engagement.setdefault(step_id, [])
+        if kind not in seen:
+            seen.append(kind)
 
     def _request_exit(self, reason: str, detail: str | None = None) -> None:
         if self._exit_reason is None and self._status == "active":

@@ -10,7 +10,7 @@ from sqlmodel import col, select
 from api import crud
 from fastapi.exceptions import RequestValidationError
 
-from api.deps import MAX_ID, ClientDep, EnrollerDep, PaginationDep, SessionDep, SettingsDep
+from api.deps import MAX_ID, ClientDep, DatabaseDep, EnrollerDep, PaginationDep, SessionDep, SettingsDep
 from api.schemas.common import Page
 from api.schemas.contacts import (
     ContactOut,
@@ -28,6 +28,7 @@ from api.schemas.enrollments import EnrollmentOut
 from nurture.logging import get_logger
 from nurture.models import Contact, Enrollment, Message, PauseLog, utcnow
 from nurture.pausing import Pauser
+from nurture.snapshots import contact_snapshot
 
 router = APIRouter(prefix="/contacts", tags=["contacts"])
 
@@ -40,19 +41,34 @@ ContactId = Annotated[int, Path(ge=1, le=MAX_ID)]
     status_code=status.HTTP_201_CREATED,
     responses={200: {"model": ContactOut, "description": "An existing contact (same email) was updated"}},
 )
-async def upsert_contact(body: ContactUpsert, session: SessionDep, enroller: EnrollerDep, response: Response) -> Contact:
+async def upsert_contact(
+    body: ContactUpsert, session: SessionDep, db: DatabaseDep, enroller: EnrollerDep, response: Response
+) -> Contact:
     """Create the contact, or update the one with this email (case-insensitive): 201 created, 200 updated.
 
     Only the fields sent are changed; properties are merged. An unsubscribed contact stays
-    unsubscribed whatever the import says. Running enrollments are told about the change.
+    unsubscribed whatever the import says. Running enrollments are told about the change, and
+    flows with a property trigger enroll the contact when it starts to match.
     """
     contact, created = await crud.get_or_create_contact(session, body.email)
+    previous = None if created else contact_snapshot(contact)
     changed = crud.apply_contact_changes(contact, body.model_dump(exclude_unset=True, exclude={"email"}), explicit_edit=False)
     session.add(contact)
     await session.flush()
-    if changed and not created:
-        await enroller.contact_changed(session, contact)
-    await session.commit()
+    committed_early = created and bool(await enroller.property_trigger_flows(session))
+    if committed_early:
+        # An enrollment workflow loads the contact on its own connection: it must exist first. Undone on failure.
+        await session.commit()
+    contact_id = contact.id  # read now: a rollback expires the instance
+    try:
+        if changed or created:
+            await enroller.contact_changed(session, contact, previous, created=created)
+        await session.commit()
+    except BaseException:
+        if committed_early and contact_id is not None:
+            await session.rollback()
+            await crud.forget_new_contact(db, contact_id)
+        raise
     get_logger(contact_id=contact.id).info("contact_upserted", created=created, changed=changed)
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     return contact
@@ -81,6 +97,7 @@ async def get_contact(contact_id: ContactId, session: SessionDep) -> Contact:
 async def update_contact(contact_id: ContactId, body: ContactUpdate, session: SessionDep, enroller: EnrollerDep) -> Contact:
     """Change the fields sent. Subscribing an unsubscribed contact is refused with 409."""
     contact = await crud.contact_or_404(session, contact_id)
+    previous = contact_snapshot(contact)
     changes = body.model_dump(exclude_unset=True)
     if changes.get("email") and changes["email"] != contact.email:
         other = await crud.contact_by_email(session, changes["email"])
@@ -90,7 +107,7 @@ async def update_contact(contact_id: ContactId, body: ContactUpdate, session: Se
     if changed:
         session.add(contact)
         await session.flush()
-        await enroller.contact_changed(session, contact)
+        await enroller.contact_changed(session, contact, previous)
         await session.commit()
         get_logger(contact_id=contact.id).info("contact_updated", changed=changed)
     return contact

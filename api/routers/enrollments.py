@@ -48,7 +48,7 @@ async def enrollment_or_404(session, enrollment_id: int) -> Enrollment:
     status_code=status.HTTP_201_CREATED,
     responses={
         200: {"model": EnrollmentOut, "description": "The contact was already enrolled in this flow"},
-        409: {"description": "The flow is not active, or the contact cannot receive email"},
+        409: {"description": "The flow is not active, the contact cannot receive email, or the flow suppresses it"},
     },
 )
 async def enroll_contact(
@@ -72,6 +72,11 @@ async def enroll_contact(
     if contact.subscription_status != SubscriptionStatus.subscribed:
         raise HTTPException(
             status_code=409, detail=f"contact {contact.id} is {contact.subscription_status} and cannot be enrolled"
+        )
+    suppressed_by = await enroller.suppressed(session, flow, contact)
+    if suppressed_by is not None:
+        raise HTTPException(
+            status_code=409, detail=f"contact {contact.id} matches the flow's suppression criteria (enrollment.suppress[{suppressed_by}])"
         )
     outcome = await enroller.enroll(session, flow, contact)
     await session.commit()

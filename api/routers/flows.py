@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from sqlalchemy import func
 from sqlmodel import select
 
+from activities.estimates import estimate
 from api import crud
 from api.deps import MAX_ID, PaginationDep, SessionDep, SettingsDep, TemporalDep
 from api.errors import flow_problems_error
@@ -21,10 +22,13 @@ from api.schemas.flows import (
     ValidationOut,
     VersionSummary,
 )
+from api.schemas.triggers import EstimateIn, EstimateOut
 from nurture.enrolling import Enroller
 from nurture.flow import FlowDefinition, FlowInvalid, Problem, load_flow, parse_flow_text
+from nurture.flow.triggers import SCANNED_TRIGGER_TYPES
 from nurture.logging import get_logger
 from nurture.models import Enrollment, EnrollmentStatus, Flow, FlowStatus, FlowVersion, utcnow
+from nurture.trigger_schedule import ensure_trigger_scan_schedule
 
 router = APIRouter(prefix="/flows", tags=["flows"])
 
@@ -175,11 +179,18 @@ async def get_version(flow_id: FlowId, version: VersionNumber, session: SessionD
 
 
 @router.post("/{flow_id}/activate", response_model=FlowDetail)
-async def activate_flow(flow_id: FlowId, session: SessionDep, body: ActivateIn | None = None) -> FlowDetail:
+async def activate_flow(
+    flow_id: FlowId,
+    session: SessionDep,
+    settings: SettingsDep,
+    temporal: TemporalDep,
+    body: ActivateIn | None = None,
+) -> FlowDetail:
     """Make a version (default: the latest) the one new contacts enroll in.
 
     The version is validated in full, including that every template exists (create assets
     first): problems are a 422 whose `loc` starts with "definition", and the flow is unchanged.
+    A date or inactivity trigger also needs Temporal, for the schedule that checks it (503 when down).
     """
     flow = await crud.flow_or_404(session, flow_id)
     number = body.version if body is not None and body.version is not None else flow.latest_version
@@ -188,6 +199,8 @@ async def activate_flow(flow_id: FlowId, session: SessionDep, body: ActivateIn |
         definition = load_flow(row.definition, known_templates=await crud.template_keys(session))
     except FlowInvalid as exc:
         raise flow_problems_error(exc.problems, "definition") from exc
+    if definition.trigger.type in SCANNED_TRIGGER_TYPES:
+        await ensure_trigger_scan_schedule(await temporal.get(), settings)
     flow.status = FlowStatus.active
     flow.active_version = number
     flow.trigger_event = crud.trigger_event(definition)
@@ -227,3 +240,36 @@ async def deactivate_flow(
     await session.commit()
     get_logger(flow_id=flow.id).info("flow_deactivated", exited=len(exited))
     return DeactivateOut(flow=FlowOut.model_validate(flow), exited=exited)
+
+
+# --- before going live: how many would enroll -------------------------------------
+
+
+@router.post("/estimate", response_model=EstimateOut, openapi_extra=FLOW_BODY)
+async def estimate_unsaved_flow(request: Request, session: SessionDep, settings: SettingsDep) -> EstimateOut:
+    """How many existing contacts the flow in the body would enroll now (nothing is saved).
+
+    Structural problems are a 422 listing each with its path, as for POST /flows.
+    """
+    definition = await parse_flow_request(request)
+    found = await estimate(session, definition, None, utcnow(), settings)
+    return EstimateOut(**found.model_dump(), flow_id=None, version=None)
+
+
+@router.post("/{flow_id}/estimate", response_model=EstimateOut)
+async def estimate_flow(
+    flow_id: FlowId, session: SessionDep, settings: SettingsDep, body: EstimateIn | None = None
+) -> EstimateOut:
+    """How many existing contacts a version (default: the active one, else the latest) would enroll now.
+
+    Per trigger: event, contacts who had the event in the last 30 days; property, those who
+    match now; date, those whose date fell within the last day; inactivity, those inactive
+    long enough and not enrolled since. Unsubscribed, suppressed and already enrolled
+    contacts are counted apart in `excluded`.
+    """
+    flow = await crud.flow_or_404(session, flow_id)
+    number = body.version if body is not None and body.version is not None else (flow.active_version or flow.latest_version)
+    row = await crud.version_or_404(session, flow_id, number)
+    definition = FlowDefinition.model_validate(row.definition)
+    found = await estimate(session, definition, flow_id, utcnow(), settings)
+    return EstimateOut(**found.model_dump(), flow_id=flow_id, version=number)

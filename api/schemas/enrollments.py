@@ -13,7 +13,9 @@ class EnrollmentOut(Out):
     flow_id: int
     flow_version: int
     contact_id: int
+    sequence: int = Field(default=1, description="1 for the contact's first enrollment in the flow, 2 for a re-enrollment ...")
     workflow_id: str
+    run_id: str | None = Field(default=None, description="The first run id of this enrollment's workflow run chain.")
     status: str
     current_step: str | None
     paused: bool

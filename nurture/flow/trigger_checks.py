@@ -26,9 +26,9 @@ def trigger_problems(flow: FlowDefinition) -> list[tuple[str, str]]:
         for i, condition in enumerate(trigger.where):
             problems += _operand_problems(condition, f"trigger.where[{i}]")
     if isinstance(trigger, PropertyTrigger):
-        problems += _contact_condition_problems(trigger.condition, "trigger.condition", allow_events=False)
+        problems += contact_condition_problems(trigger.condition, "trigger.condition", allow_events=False)
     if isinstance(trigger, (DateTrigger, InactivityTrigger)) and trigger.condition is not None:
-        problems += _contact_condition_problems(trigger.condition, "trigger.condition", allow_events=True)
+        problems += contact_condition_problems(trigger.condition, "trigger.condition", allow_events=True)
     if isinstance(trigger, DateTrigger) and trigger.property.lower() in NOT_DATES:
         problems.append(("trigger.property", f"'{trigger.property}' is not a date: name a date property like renewal_date"))
 
@@ -44,18 +44,18 @@ def trigger_problems(flow: FlowDefinition) -> list[tuple[str, str]]:
             ("enrollment.reenroll", "a yearly date trigger enrolls every year: set reenroll to after_exit or after_days")
         )
     for i, condition in enumerate(policy.suppress):
-        problems += _contact_condition_problems(condition, f"enrollment.suppress[{i}]", allow_events=True)
+        problems += contact_condition_problems(condition, f"enrollment.suppress[{i}]", allow_events=True)
     if policy.unenroll_when_trigger_stops_matching and trigger.type not in UNENROLLING_TRIGGERS:
         problems.append(
             (
                 "enrollment.unenroll_when_trigger_stops_matching",
-                f"only property and inactivity triggers can stop matching, not a {trigger.type} trigger",
+                f"only property and inactivity triggers can stop matching; this flow's trigger is '{trigger.type}'",
             )
         )
     return problems
 
 
-def _contact_condition_problems(condition, path: str, *, allow_events: bool) -> list[tuple[str, str]]:
+def contact_condition_problems(condition, path: str, *, allow_events: bool) -> list[tuple[str, str]]:
     problems = []
     for leaf in iter_conditions(condition):
         if isinstance(leaf, EmailCondition):

@@ -1,0 +1,118 @@
+"""Bulk enrollment of a segment: a durable, rate-limited batch workflow with readable progress."""
+
+from __future__ import annotations
+
+from temporalio.api.enums.v1 import EventType
+
+from nurture.batch_contracts import BulkProgress
+from tests.api_support import api, locs  # noqa: F401  (fixtures)
+from tests.conftest import eventually
+from tests.factories import add_active_flow, add_contact, add_templates
+from tests.trigger_support import TEMPLATES, batches, enrolled_contacts, one_email_flow  # noqa: F401
+
+WEBINAR = {"tag": "webinar-2026"}
+
+
+async def webinar_audience(db):
+    """Three who attended, one unsubscribed attendee, one attendee who is a customer, two others."""
+    attendees = [await add_contact(db, f"attendee{i}@example.com", tags=["webinar-2026"]) for i in range(3)]
+    await add_contact(db, "gone@example.com", tags=["webinar-2026"], subscription_status="unsubscribed")
+    await add_contact(db, "customer@example.com", tags=["webinar-2026"], lifecycle_stage="customer")
+    await add_contact(db, "other@example.com", tags=["ebook"])
+    await add_contact(db, "nobody@example.com")
+    return attendees
+
+
+CUSTOMERS = {"suppress": [{"property": "lifecycle_stage", "op": "eq", "value": "customer"}]}
+
+
+async def test_bulk_enrollment_enrolls_the_segment_at_the_rate_and_reports_progress_while_it_runs(api, db, batches):
+    await add_templates(db, TEMPLATES)
+    flow = await add_active_flow(db, one_email_flow({"type": "manual"}, enrollment=CUSTOMERS))
+    attendees = await webinar_audience(db)
+
+    response = await api.post(
+        f"/flows/{flow.id}/bulk-enrollments", json={"segment": WEBINAR, "rate_per_second": 2, "requested_by": "marketer-1"}
+    )
+    assert response.status_code == 202, response.text
+    started = response.json()
+    assert started["status"] == "running" and started["flow_id"] == flow.id and started["enrolled"] == 0
+    handle = batches.track(started["workflow_id"])
+
+    async def partly_done():
+        progress = (await api.get(f"/bulk-enrollments/{started['id']}")).json()
+        return progress if progress["status"] == "running" and progress["enrolled"] >= 1 else None
+
+    # At two a second it is still running after the first two enrollments: progress shows it.
+    running = await eventually(partly_done)
+    assert running["enrolled"] < 3 and running["requested_by"] == "marketer-1"
+
+    result: BulkProgress = await batches.result(handle.id)
+    final = (await api.get(f"/bulk-enrollments/{started['id']}")).json()
+    assert final["status"] == "completed" and final["finished_at"] is not None
+    assert (final["examined"], final["matched"], final["enrolled"]) == (7, 5, 3)
+    assert final["skipped"] == {"unsubscribed": 1, "suppressed": 1}
+    assert result.enrolled == 3
+    assert await enrolled_contacts(db, flow.id) == [c.id for c in attendees]
+
+    # The rate limit: after each page of (at most) one second's worth of enrollments, a durable wait.
+    history = await handle.fetch_history()
+    waits = [
+        e.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta().total_seconds()
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_TIMER_STARTED
+    ]
+    assert waits == [1.0]  # two enrolled (a second at 2/s), a wait, then the last one ends the segment
+
+
+async def test_bulk_enrollment_can_be_stopped_and_keeps_who_it_enrolled(api, db, batches):
+    await add_templates(db, TEMPLATES)
+    flow = await add_active_flow(db, one_email_flow({"type": "manual"}))
+    await webinar_audience(db)
+    started = (await api.post(f"/flows/{flow.id}/bulk-enrollments", json={"segment": WEBINAR, "rate_per_second": 0.01})).json()
+    handle = batches.track(started["workflow_id"])
+
+    async def first_enrolled():
+        progress = (await api.get(f"/bulk-enrollments/{started['id']}")).json()
+        return progress["enrolled"] == 1
+
+    await eventually(first_enrolled)  # now waiting 100 s before the next one
+    stop = await api.post(f"/bulk-enrollments/{started['id']}/stop", json={"requested_by": "marketer-2", "reason": "wrong list"})
+    assert stop.status_code == 202, stop.text
+    result: BulkProgress = await batches.result(handle.id)
+    assert result.status == "stopped" and result.enrolled == 1
+    assert result.detail == "stopped by marketer-2: wrong list"
+    assert len(await enrolled_contacts(db, flow.id)) == 1
+    again = await api.post(f"/bulk-enrollments/{started['id']}/stop", json={"requested_by": "marketer-2"})
+    assert again.status_code == 409
+
+
+async def test_long_bulk_enrollment_continues_as_new_and_finishes_the_segment(db, batches):
+    await add_templates(db, TEMPLATES)
+    flow = await add_active_flow(db, one_email_flow({"type": "manual"}))
+    everyone = [await add_contact(db, f"c{i}@example.com") for i in range(5)]
+
+    handle = await batches.start_bulk(flow.id, rate_per_second=100, scan_limit=2, pages_per_run=1)
+    result: BulkProgress = await batches.result(handle.id)
+
+    assert result.status == "completed" and result.runs >= 3
+    assert (result.examined, result.enrolled) == (5, 5)
+    assert await enrolled_contacts(db, flow.id) == [c.id for c in everyone]
+
+
+async def test_bulk_enrollment_input_is_checked(api, db):
+    await add_templates(db, TEMPLATES)
+    active = await add_active_flow(db, one_email_flow({"type": "manual"}))
+    draft = (await api.post("/flows", json=one_email_flow({"type": "manual"}))).json()
+
+    engagement = await api.post(f"/flows/{active.id}/bulk-enrollments", json={"segment": {"step": "send", "engagement": "opened"}})
+    assert engagement.status_code == 422 and locs(engagement) == [["body", "segment"]]
+    no_rate = await api.post(f"/flows/{active.id}/bulk-enrollments", json={"rate_per_second": 0})
+    assert no_rate.status_code == 422 and locs(no_rate) == [["body", "rate_per_second"]]
+    misspelt = await api.post(f"/flows/{active.id}/bulk-enrollments", json={"segmnt": WEBINAR})
+    assert misspelt.status_code == 422 and locs(misspelt) == [["body", "segmnt"]]
+    not_live = await api.post(f"/flows/{draft['id']}/bulk-enrollments", json={"segment": WEBINAR})
+    assert not_live.status_code == 409 and "draft" in not_live.json()["detail"]
+    assert (await api.post("/flows/4242/bulk-enrollments", json={})).status_code == 404
+    assert (await api.get(f"/bulk-enrollments/{'0' * 32}")).status_code == 404
+    assert (await api.get("/bulk-enrollments/not-an-id")).status_code == 422
