@@ -26,11 +26,11 @@ def date_occurrences(
     default_time: str,
 ) -> list[datetime]:
     """The instants in (start, end] at which the trigger falls for this contact, oldest first."""
-    parsed = parse_date_value(fields.get(trigger.property))
+    zone = zone_for(contact_zone, flow_zone)
+    parsed = parse_date_value(fields.get(trigger.property), zone)
     if parsed is None:
         return []
     base_day, base_clock = parsed
-    zone = zone_for(contact_zone, flow_zone)
     clock = parse_clock(trigger.time) if trigger.time else (base_clock or parse_clock(default_time))
     offset = trigger.offset
     months, seconds = (offset.months, offset.seconds) if offset is not None else (0, 0)

@@ -58,22 +58,25 @@ def parse_clock(text: str) -> time:
     return time(int(hours), int(minutes))
 
 
-def parse_date_value(value) -> tuple[date, time | None] | None:
-    """A contact date property: '2026-03-01', an ISO datetime, or a datetime."""
+def parse_date_value(value, zone: ZoneInfo) -> tuple[date, time | None] | None:
+    """A contact date property ('2026-03-01', an ISO datetime, a datetime) as a local date and time.
+
+    A datetime with an offset is an instant: it is moved into the contact's zone first.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        try:
+            value = date.fromisoformat(text) if len(text) == 10 else datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            return None
     if isinstance(value, datetime):
-        return value.date(), value.timetz().replace(tzinfo=None)
+        local = value.astimezone(zone) if value.tzinfo else value
+        return local.date(), local.time().replace(tzinfo=None)
     if isinstance(value, date):
         return value, None
-    if not isinstance(value, str) or not value.strip():
-        return None
-    text = value.strip()
-    try:
-        if len(text) == 10:
-            return date.fromisoformat(text), None
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        return parsed.date(), parsed.time()
-    except ValueError:
-        return None
+    return None
 
 
 def resolve(spec: ResolveTimeInput, contact_fields: dict, contact_zone: str | None, default_time: str) -> ResolvedTime:
@@ -94,7 +97,7 @@ def resolve(spec: ResolveTimeInput, contact_fields: dict, contact_zone: str | No
         base_local = base.astimezone(zone)
         base_day, base_clock, label = base_local.date(), base_local.time(), spec.date.isoformat()
     else:
-        parsed = parse_date_value(contact_fields.get(spec.property or ""))
+        parsed = parse_date_value(contact_fields.get(spec.property or ""), zone)
         if parsed is None:
             return ResolvedTime(at=None, timezone=zone.key, detail=f"the contact has no usable '{spec.property}'")
         base_day, base_clock = parsed

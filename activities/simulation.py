@@ -62,7 +62,7 @@ class TemplateText:
 class Outgoing:
     """Something the flow would have sent or done, as the simulator reports it."""
 
-    channel: str  # email, sms, internal, task, webhook, enrollment, contact_update
+    channel: str  # email, sms, internal, task, webhook, enrollment, contact_update, quiet_period
     step_id: str
     at: datetime  # server time
     status: str
@@ -73,6 +73,7 @@ class Outgoing:
     text: str | None = None
     detail: str | None = None
     message_id: int | None = None
+    due_at: datetime | None = None  # server time, like ``at``
 
 
 @dataclass
@@ -253,7 +254,8 @@ class SimulationActivities:
         title = render(input.title, "", None, self.world.context()).subject
         self.world.outgoing.append(
             Outgoing(channel="task", step_id=input.step_id, at=input.at, status="done", to=assignee, subject=title,
-                     detail=f"{input.kind}, {input.priority} priority" + (f", due {_iso(input.due_at)}" if input.due_at else ""))
+                     detail=f"{input.kind}, {input.priority} priority",
+                     due_at=input.due_at)
         )
         return ActionResult(status="done", detail=f"{input.kind} '{title}' for {assignee}")
 

@@ -52,7 +52,8 @@ from nurture.models import (
 from nurture.settings import Settings
 from nurture.snapshots import contact_snapshot
 
-ENGAGEMENT_EVENTS = {"email_opened", "email_clicked"}
+# Events about one message concern only the enrollment that sent it.
+ENGAGEMENT_EVENTS = {"email_opened", "email_clicked", "email_delivered", "email_bounced", "email_complained"}
 # The exit reason when a flow's trigger no longer matches a contact it enrolled.
 CRITERIA_NO_LONGER_MATCH = "criteria_no_longer_match"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from typing import TextIO
 
-from sqlmodel import col, select
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 

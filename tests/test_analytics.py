@@ -20,7 +20,7 @@ from nurture.contracts import EnrollmentResult
 from nurture.models import Enrollment
 from tests.api_support import create_template, wait_for_step
 from tests.conftest import eventually, result_of
-from tests.test_tracking import first_message, links_of
+from tests.tracking_support import first_message, links_of
 
 STATS_FLOW = {
     "name": "Stats",

@@ -128,3 +128,15 @@ def test_paths_name_fields_that_share_a_name_with_their_union_member():
     flow["steps"][2]["condition"] = {"step": "welcome", "engagement": "forwarded"}
     problems = problems_of(flow)
     assert set(problems) == {"trigger.event", "steps[2].condition.engagement"}
+
+
+def test_a_date_property_with_an_offset_is_an_instant_in_the_contacts_zone():
+    from datetime import UTC, datetime
+
+    from activities.scheduling import resolve
+    from nurture.contracts import ResolveTimeInput
+
+    spec = ResolveTimeInput(contact_id=1, flow_timezone="UTC", now=datetime(2026, 3, 1, tzinfo=UTC),
+                            kind="delay_until", property="webinar_at", offset_seconds=-3600)
+    resolved = resolve(spec, {"webinar_at": "2026-03-20T15:00:00Z"}, "Europe/Berlin", "09:00")
+    assert resolved.at == datetime(2026, 3, 20, 14, 0, tzinfo=UTC)  # an hour before, whatever the zone

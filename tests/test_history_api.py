@@ -9,6 +9,7 @@ from datetime import timedelta
 import httpx
 
 from api.main import create_app
+from nurture import cli
 from nurture.contracts import ContactEventSignal, EnrollmentInput, PauseUpdate, ResumeUpdate, enrollment_workflow_id
 from nurture.flow import load_flow
 from nurture.history import read_history
@@ -135,3 +136,8 @@ async def test_one_enrollment_chain_is_read_forwards_from_its_first_run(db, clie
     assert len(forwards.runs) >= 2 and forwards.runs[0] == handle.first_execution_run_id
     assert forwards == backwards
     assert [e.kind for e in forwards.entries].count("event") == 20
+
+
+def test_the_history_command_is_on_the_command_line():
+    args = cli.build_parser().parse_args(["history", "12", "--json"])
+    assert (args.command, args.enrollment, args.json) == ("history", "12", True)

@@ -12,7 +12,7 @@ from tests.api_support import active_example_flow, api, enroll_by_event, post_ev
 from tests.conftest import eventually
 from tests.factories import add_templates
 from tests.flow_runner import manual_flow, run_flow
-from tests.test_tracking import first_message, links_of
+from tests.tracking_support import first_message, links_of
 
 
 def samples(text: str) -> dict[tuple[str, tuple], float]:

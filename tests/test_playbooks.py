@@ -113,6 +113,9 @@ async def test_playbook_runs_its_main_path_on_simulated_time(simulator, name):
     assert result.ended_at == scenario.at(scenario.end)
     tasks = [(a.at, a.detail) for a in result.actions if a.kind == "task"]
     assert tasks == [(scenario.at(when), title) for when, title in scenario.tasks]
+    for task in (a for a in result.actions if a.kind == "task"):
+        step = next(s for s in playbook.flow.steps if s.id == task.step_id)
+        assert task.due_at == task.at + step.due_in
     assert result.warnings == []
     assert all(m.status == "sent" and m.subject for m in result.messages if m.channel == "email")
 

@@ -12,16 +12,15 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from sqlmodel import select
-
 from activities.email.tracking import LinkTracker
 from activities.webhooks import sign as sign_like_our_webhooks
 from api.main import create_app
-from nurture.models import Contact, Event, Message
+from nurture.models import Contact, Message
 from nurture.signatures import SignatureInvalid, signature_header, verify
 from nurture.tracking import TokenExpired, TokenInvalid, click_token, open_token, read_token
 from tests.api_support import active_example_flow, api, enroll_by_event, wait_for_step, workflow_state  # noqa: F401
 from tests.conftest import eventually
+from tests.tracking_support import events_of, first_message, links_of
 
 SECRET = "s3cret"
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -99,27 +98,6 @@ async def tracking_api(db, client, settings) -> AsyncIterator[httpx.AsyncClient]
     app = create_app(settings.model_copy(update={"prefetch_open_seconds": 0.0}), db=db, client=client)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
         yield http
-
-
-def links_of(message: Message) -> tuple[str, list[str]]:
-    """The pixel path and the click paths in a sent email, as the reader's client would request them."""
-    pixel = re.search(r'src="http://127\.0\.0\.1:8000(/t/o/[^"]+\.gif)"', message.html)
-    clicks = re.findall(r'href="http://127\.0\.0\.1:8000(/t/c/[^"]+)"', message.html)
-    assert pixel, message.html
-    return pixel.group(1), [html.unescape(c) for c in clicks]
-
-
-async def first_message(db, contact_id: int) -> Message:
-    async def sent():
-        async with db.session() as s:
-            return (await s.exec(select(Message).where(Message.contact_id == contact_id, Message.status == "sent"))).first()
-
-    return await eventually(sent)
-
-
-async def events_of(db, contact_id: int, kind: str) -> list[Event]:
-    async with db.session() as s:
-        return list((await s.exec(select(Event).where(Event.contact_id == contact_id, Event.type == kind))).all())
 
 
 LINK_TEMPLATE = {

@@ -7,6 +7,7 @@ import signal
 from datetime import timedelta
 
 from temporalio.client import Client
+from temporalio.service import RPCError
 from temporalio.worker import Worker
 
 from activities import build_activities
@@ -16,6 +17,7 @@ from nurture.logging import configure_logging, get_logger
 from nurture.metrics import serve_worker_metrics
 from nurture.settings import Settings, get_settings
 from nurture.temporal import connect
+from nurture.trigger_schedule import ensure_trigger_scan_schedule
 from workflows import WORKFLOWS
 
 
@@ -36,6 +38,11 @@ async def run(settings: Settings) -> None:
     await db.create_all()
     client = await connect(settings)
     worker = build_worker(client, db, provider_from_settings(settings), settings)
+    try:
+        # Activation creates it too; this heals a schedule deleted by hand or a changed interval.
+        await ensure_trigger_scan_schedule(client, settings)
+    except RPCError as exc:
+        log.warning("trigger_scan_schedule_unavailable", error=str(exc))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -204,6 +204,7 @@ class EnrollmentWorkflow:
     async def pause_enrollment(self, request: PauseUpdate) -> EnrollmentState:
         """Pause (or extend a pause) and answer with the state the rep will see."""
         self.pause(PauseSignal(until=request.until, reason=request.reason, paused_by=request.paused_by))
+        await self._publish_pause()
         return self.state()
 
     @pause_enrollment.validator
@@ -218,7 +219,17 @@ class EnrollmentWorkflow:
     @workflow.update
     async def resume_enrollment(self, request: ResumeUpdate) -> EnrollmentState:
         self.resume(ResumeSignal(resumed_by=request.resumed_by, reason=request.reason))
+        await self._publish_pause()
         return self.state()
+
+    async def _publish_pause(self) -> None:
+        """Visibility shows a pause at once, not at the next step.
+
+        The database flag is the caller's to write (in its own transaction): an activity
+        here would wait on the caller's SQLite write lock while the caller waits on us.
+        """
+        if self._state is not None and workflow.patched("publish-pause"):
+            await self._upsert_search_attributes()
 
     @resume_enrollment.validator
     def _check_resume(self, request: ResumeUpdate) -> None:

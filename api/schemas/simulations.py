@@ -36,7 +36,9 @@ class SimulationScript(Strict):
 
 
 class SimulateIn(SimulationScript):
-    flow: dict[str, Any] | None = Field(default=None, description="A flow definition, as POST /flows takes it.")
+    flow: dict[str, Any] | None = Field(
+        default=None, description="A flow definition, as a JSON object (the shape POST /flows takes)."
+    )
     flow_id: Id | None = Field(default=None, description="A stored flow instead of 'flow'.")
     version: Id | None = Field(default=None, description="With flow_id: the version (default: active, else latest).")
     templates: dict[TemplateKey, TemplateBody] = Field(
