@@ -9,22 +9,16 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
+from activities.common import require_contact
 from activities.email.providers import EmailProvider, OutgoingEmail
 from activities.email.rendering import render
 from nurture.contracts import ActionResult, CreateTaskInput, EnrollInFlowInput, NotifyOwnerInput
 from nurture.db import Database
 from nurture.enrolling import Enroller
 from nurture.logging import get_logger
-from nurture.models import Contact, Event, Flow, FlowStatus, Message, MessageStatus, Task, utcnow
+from nurture.models import Event, Flow, FlowStatus, Message, MessageStatus, Task, utcnow
 from nurture.settings import Settings
 from nurture.snapshots import contact_snapshot
-
-
-async def _contact(session, contact_id: int) -> Contact:
-    contact = await session.get(Contact, contact_id)
-    if contact is None:
-        raise ApplicationError(f"contact {contact_id} does not exist", type="ContactMissing", non_retryable=True)
-    return contact
 
 
 class ActionActivities:
@@ -41,7 +35,7 @@ class ActionActivities:
             done = (await session.exec(select(Message).where(Message.idempotency_key == input.idempotency_key))).first()
             if done is not None and done.status == MessageStatus.sent:
                 return ActionResult(status="done", detail=f"owner notified ({done.to_email})", record_id=done.id)
-            contact = await _contact(session, input.contact_id)
+            contact = await require_contact(session, input.contact_id)
             to = contact.owner if contact.owner and "@" in contact.owner else input.fallback_to
             if not to:
                 return ActionResult(status="skipped", detail="the contact has no owner with an email address")
@@ -96,7 +90,7 @@ class ActionActivities:
             existing = (await session.exec(select(Task).where(Task.idempotency_key == input.idempotency_key))).first()
             if existing is not None:
                 return ActionResult(status="done", detail=f"{existing.kind} for {existing.assignee}", record_id=existing.id)
-            contact = await _contact(session, input.contact_id)
+            contact = await require_contact(session, input.contact_id)
             assignee = (contact.owner or "unassigned") if input.assignee == "owner" else input.assignee
             fields = contact_snapshot(contact).fields()
             title = render(input.title, "", None, {"contact": fields}).subject
@@ -129,7 +123,7 @@ class ActionActivities:
             flow = await session.get(Flow, input.target_flow_id)
             if flow is None or flow.status != FlowStatus.active:
                 return ActionResult(status="skipped", detail=f"flow {input.target_flow_id} is not active")
-            contact = await _contact(session, input.contact_id)
+            contact = await require_contact(session, input.contact_id)
             if contact.subscription_status != "subscribed":
                 return ActionResult(status="skipped", detail=f"contact is {contact.subscription_status}")
             outcome = await Enroller(self.client, self.settings).enroll(session, flow, contact)

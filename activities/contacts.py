@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
+from activities.common import require_contact
 from nurture.contracts import ContactSnapshot, LoadContactInput, UpdateContactInput
 from nurture.db import Database
 from nurture.logging import get_logger
-from nurture.models import Contact, utcnow
+from nurture.models import utcnow
 from nurture.snapshots import contact_snapshot
 
 
@@ -19,18 +19,14 @@ class ContactActivities:
     @activity.defn(name="load_contact")
     async def load_contact(self, input: LoadContactInput) -> ContactSnapshot:
         async with self.db.session() as session:
-            contact = await session.get(Contact, input.contact_id)
-            if contact is None:
-                raise ApplicationError(f"contact {input.contact_id} does not exist", type="ContactMissing", non_retryable=True)
+            contact = await require_contact(session, input.contact_id)
             return contact_snapshot(contact)
 
     @activity.defn(name="update_contact")
     async def update_contact(self, input: UpdateContactInput) -> ContactSnapshot:
         # Setting and clearing are idempotent, so a retry with the same key changes nothing more.
         async with self.db.session() as session:
-            contact = await session.get(Contact, input.contact_id)
-            if contact is None:
-                raise ApplicationError(f"contact {input.contact_id} does not exist", type="ContactMissing", non_retryable=True)
+            contact = await require_contact(session, input.contact_id)
             properties = dict(contact.properties or {})
             properties.update(input.set)
             for name in input.clear:

@@ -10,12 +10,12 @@ from __future__ import annotations
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-import sqlalchemy as sa
 from sqlmodel import select
 from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
+from activities.common import require_contact
 from activities.scheduling import local_instant, parse_clock, zone_for
 from nurture.contracts import QuietPeriodInput, ReserveSendInput, SendDecision
 from nurture.db import Database
@@ -154,9 +154,7 @@ class GovernanceActivities:
         enroller = Enroller(self.client, self.settings)
         by = f"handoff:{input.workflow_id}"
         async with self.db.session() as session:
-            contact = await session.get(Contact, input.contact_id)
-            if contact is None:
-                raise ApplicationError(f"contact {input.contact_id} does not exist", type="ContactMissing", non_retryable=True)
+            contact = await require_contact(session, input.contact_id)
             if input.start:
                 contact.paused_until, contact.pause_reason, contact.paused_by = input.until, input.reason, by
                 await enroller.pause(session, contact, input.until, input.reason, by, exclude=input.workflow_id)

@@ -14,11 +14,12 @@ from sqlmodel import select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.common import require_contact
 from nurture.contracts import RecentEvents, RecentEventsInput, ResolvedTime, ResolveTimeInput
 from nurture.db import Database
 from nurture.flow.conditions import EventFact
 from nurture.flow.language import WEEKDAYS
-from nurture.models import Contact, Event
+from nurture.models import Event
 from nurture.snapshots import contact_snapshot
 
 
@@ -131,9 +132,7 @@ class SchedulingActivities:
     @activity.defn(name="resolve_time")
     async def resolve_time(self, input: ResolveTimeInput) -> ResolvedTime:
         async with self.db.session() as session:
-            contact = await session.get(Contact, input.contact_id)
-            if contact is None:
-                raise ApplicationError(f"contact {input.contact_id} does not exist", type="ContactMissing", non_retryable=True)
+            contact = await require_contact(session, input.contact_id)
             return resolve(input, contact_snapshot(contact).fields(), contact.timezone, self.default_send_time)
 
     @activity.defn(name="recent_events")

@@ -8,13 +8,13 @@ from typing import Protocol
 
 from sqlmodel import select
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
+from activities.common import require_contact
 from activities.email.providers import _safe_name
 from activities.email.rendering import render
 from nurture.contracts import ActionResult, SendSmsInput
 from nurture.db import Database
-from nurture.models import Contact, MessageStatus, SmsMessage, utcnow
+from nurture.models import MessageStatus, SmsMessage, utcnow
 from nurture.snapshots import contact_snapshot
 
 
@@ -50,9 +50,7 @@ class SmsActivities:
             sms = (await session.exec(select(SmsMessage).where(SmsMessage.idempotency_key == input.idempotency_key))).first()
             if sms is not None and sms.status == MessageStatus.sent:
                 return ActionResult(status="done", detail=f"sms sent to {sms.to_phone}", record_id=sms.id)
-            contact = await session.get(Contact, input.contact_id)
-            if contact is None:
-                raise ApplicationError(f"contact {input.contact_id} does not exist", type="ContactMissing", non_retryable=True)
+            contact = await require_contact(session, input.contact_id)
             if contact.subscription_status != "subscribed" or contact.properties.get("sms_opt_out"):
                 return ActionResult(status="skipped", detail="the contact does not receive SMS")
             if not contact.phone:

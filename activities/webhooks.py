@@ -18,9 +18,10 @@ from sqlmodel import select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.common import require_contact
 from nurture.contracts import ActionResult, WebhookInput
 from nurture.db import Database
-from nurture.models import Contact, WebhookCall, utcnow
+from nurture.models import WebhookCall, utcnow
 from nurture.settings import Settings
 from nurture.snapshots import contact_snapshot
 
@@ -78,9 +79,7 @@ class WebhookActivities:
             call = (await session.exec(select(WebhookCall).where(WebhookCall.idempotency_key == input.idempotency_key))).first()
             if call is not None and call.completed_at is not None:
                 return ActionResult(status="done", detail=f"{input.method} {input.url} -> {call.status_code}", record_id=call.id)
-            contact = await session.get(Contact, input.contact_id)
-            if contact is None:
-                raise ApplicationError(f"contact {input.contact_id} does not exist", type="ContactMissing", non_retryable=True)
+            contact = await require_contact(session, input.contact_id)
             if not self.settings.webhook_allow_private_networks:
                 await refuse_private_target(input.url)
             payload = {

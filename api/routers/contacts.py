@@ -17,7 +17,6 @@ from api.schemas.contacts import (
     ContactUpdate,
     ContactUpsert,
     MessageOut,
-    PausedContactOut,
     PausedEnrollmentOut,
     PauseIn,
     PauseLogOut,
