@@ -5,6 +5,7 @@ from temporalio.client import Client
 from activities.actions import ActionActivities
 from activities.contacts import ContactActivities
 from activities.email.activities import EmailActivities
+from activities.email.consent import ConsentLinks
 from activities.email.providers import EmailProvider
 from activities.email.tracking import LinkTracker
 from activities.enrolling import EnrollingActivities
@@ -26,7 +27,8 @@ def build_activities(
     sms: SmsProvider | None = None,
 ) -> list:
     contacts = ContactActivities(db)
-    email = EmailActivities(db, provider, settings.email_from, LinkTracker.from_settings(settings))
+    email = EmailActivities(db, provider, settings.email_from, LinkTracker.from_settings(settings),
+                            ConsentLinks.from_settings(settings))
     progress = ProgressActivities(db)
     scheduling = SchedulingActivities(db, settings.default_send_time)
     actions = ActionActivities(db, provider, client, settings)

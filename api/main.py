@@ -15,6 +15,7 @@ from api.errors import install_error_handlers
 from api.routers import (
     api_keys,
     bulk_enrollments,
+    consent,
     contacts,
     enrollments,
     events,
@@ -90,7 +91,7 @@ def create_app(
     install_error_handlers(app)
     for module in (
         health, api_keys, contacts, pauses, templates, flows, events, enrollments, bulk_enrollments,
-        history, visibility, stats, tracking, metrics, simulations, playbooks,
+        history, visibility, stats, tracking, consent, metrics, simulations, playbooks,
     ):
         app.include_router(module.router)
     app.openapi = _openapi_with_flow_schema(app)  # type: ignore[method-assign]

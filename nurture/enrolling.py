@@ -267,6 +267,17 @@ class Enroller:
                     outcome.enrolled.append(admission.enrollment)
         return outcome
 
+    async def forward_event(self, session: AsyncSession, contact: Contact, event: Event) -> list[Enrollment]:
+        """Tell the running enrollments only, no trigger: for an event routed before whose signals
+        may have been lost (the workflows ignore an event id they already heard)."""
+        signal = ContactEventSignal(
+            event_id=event.event_id, type=event.type, properties=event.properties, occurred_at=event.occurred_at
+        )
+        recipients = await self._event_recipients(session, contact, event)
+        for enrollment in recipients:
+            await self._signal(enrollment.workflow_id, "contact_event", signal)
+        return recipients
+
     async def _unenroll_active_again(self, session: AsyncSession, contact: Contact, event: Event) -> None:
         """Any event since the enrollment began is activity: inactivity flows that unenroll when their
         trigger stops matching let the contact go."""

@@ -90,6 +90,12 @@ class Settings(BaseSettings):
     tracking_enabled: bool = True
     tracking_secret: str = "change-me-tracking"
     tracking_token_days: int = Field(default=365, ge=1)
+    # Consent links (docs/consent.md), signed with tracking_secret: one-click unsubscribe in every
+    # marketing email, and the double opt-in confirmation link ({{ optin_url }}).
+    unsubscribe_token_days: int = Field(default=365, ge=1)
+    optin_token_days: int = Field(default=30, ge=1)
+    # Also offered in List-Unsubscribe as a mailto: address when set (e.g. unsubscribe@example.com).
+    unsubscribe_mailto: str | None = None
     # Provider webhooks (POST /webhooks/email/{provider}) are signed with this secret.
     email_webhook_secret: str = "change-me-email-webhooks"
     email_webhook_tolerance_seconds: int = Field(default=300, ge=1)

@@ -5,6 +5,9 @@ message, the kind of hit and, for a click, the target URL; the signature is an
 HMAC-SHA256 of the payload with the tracking secret. The redirect target is read
 from the signed payload only, so a changed URL breaks the signature and is refused:
 the click endpoint can never be used as an open redirect.
+
+Consent links (unsubscribe, double opt-in confirmation; docs/consent.md) use the same format
+under their own signing context and name the contact with the message or the flow.
 """
 
 from __future__ import annotations
@@ -95,6 +98,64 @@ def read_token(secret: str, token: str, kind: Literal["open", "click"], now: dat
         raise TokenInvalid(f"unreadable payload: {exc}") from exc
     if parsed.kind != kind or (kind == "click" and not trackable_url(parsed.url or "")):
         raise TokenInvalid(f"not a {kind} token")
+    if parsed.expires < now.timestamp():
+        raise TokenExpired(f"expired at {datetime.fromtimestamp(parsed.expires).isoformat()}")
+    return parsed
+
+
+# --- consent links: one-click unsubscribe and double opt-in confirmation ----------------------
+# Signed under their own context, so neither a tracking token nor one of the other consent kind
+# ever verifies as one of these.
+_CONSENT_CONTEXT = b"nurture-consent-v1."
+
+
+class ConsentToken(BaseModel):
+    kind: Literal["unsubscribe", "optin"]
+    contact_id: int
+    message_id: int | None = None  # unsubscribe: the email the link came in
+    flow_id: int | None = None  # optin: the flow that asked for the confirmation
+    expires: int  # unix seconds
+
+
+def _consent_signature(secret: str, payload: str) -> str:
+    return _b64(hmac.new(secret.encode(), _CONSENT_CONTEXT + payload.encode(), hashlib.sha256).digest())
+
+
+def _make_consent(secret: str, short: dict) -> str:
+    payload = _b64(json.dumps(short, separators=(",", ":")).encode())
+    return f"{payload}.{_consent_signature(secret, payload)}"
+
+
+def unsubscribe_token(secret: str, contact_id: int, message_id: int, expires_at: datetime) -> str:
+    return _make_consent(secret, {"k": "u", "c": contact_id, "m": message_id, "x": int(expires_at.timestamp())})
+
+
+def optin_token(secret: str, contact_id: int, flow_id: int, expires_at: datetime) -> str:
+    return _make_consent(secret, {"k": "i", "c": contact_id, "f": flow_id, "x": int(expires_at.timestamp())})
+
+
+def read_consent_token(
+    secret: str, token: str, kind: Literal["unsubscribe", "optin"], now: datetime
+) -> ConsentToken:
+    """The verified token; TokenInvalid unless we signed it for this kind, TokenExpired when too old."""
+    payload, dot, signature = token.partition(".")
+    if not dot or not payload or not hmac.compare_digest(
+        signature.encode(), _consent_signature(secret, payload).encode()
+    ):
+        raise TokenInvalid("bad signature")
+    try:
+        short = json.loads(_unb64(payload))
+        parsed = ConsentToken(
+            kind={"u": "unsubscribe", "i": "optin"}[short["k"]],
+            contact_id=short["c"],
+            message_id=short.get("m"),
+            flow_id=short.get("f"),
+            expires=short["x"],
+        )
+    except (binascii.Error, ValueError, KeyError, TypeError, ValidationError) as exc:
+        raise TokenInvalid(f"unreadable payload: {exc}") from exc
+    if parsed.kind != kind:
+        raise TokenInvalid(f"not an {kind} token")
     if parsed.expires < now.timestamp():
         raise TokenExpired(f"expired at {datetime.fromtimestamp(parsed.expires).isoformat()}")
     return parsed

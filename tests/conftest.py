@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import SQLModel
 from temporalio.client import Client
+from temporalio.service import RPCError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -132,16 +133,24 @@ def dev_server_path() -> str:
 
 
 async def eventually(check, timeout: float = 10.0, interval: float = 0.05):
-    """Poll ``check`` (sync or async) until it returns something truthy."""
+    """Poll ``check`` (sync or async) until it returns something truthy.
+
+    A Temporal RPC error counts as "not yet" (a query can time out while a run is handing over
+    to its continued-as-new successor); it is reported if the condition is never met.
+    """
     deadline = asyncio.get_running_loop().time() + timeout
+    last_error: Exception | None = None
     while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
+        try:
+            result = check()
+            if asyncio.iscoroutine(result):
+                result = await result
+        except RPCError as exc:
+            result, last_error = None, exc
         if result:
             return result
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
+            raise AssertionError(f"condition not met within {timeout}s" + (f" (last error: {last_error})" if last_error else ""))
         await asyncio.sleep(interval)
 
 

@@ -187,7 +187,7 @@ SCENARIOS = [
     Scenario(
         "welcome-double-opt-in",
         contact={"name": "Sophie"},
-        events=[{"at": "3h", "type": "subscription_confirmed"}],
+        events=[{"at": "3h", "type": "optin_confirmed"}],
         path=["confirm-request", "wait-confirm", "confirmed", "welcome", "wait-2d", "best-content", "wait-2w", "feedback"],
         sends=[("0s", "welcome-confirm-request"), ("3h", "welcome-confirmed"), ("2d3h", "welcome-best-content"),
                ("16d3h", "welcome-feedback-request")],

@@ -6,6 +6,7 @@ import asyncio
 from datetime import timedelta
 
 from sqlmodel import select
+from temporalio.service import RPCError
 
 from activities.email.providers import OutboxProvider, OutgoingEmail
 from nurture.contracts import (
@@ -108,7 +109,10 @@ async def test_continue_as_new_mid_wait_keeps_events_pause_and_deadline(db, clie
     await handle.signal("pause", PauseSignal(until=entered + timedelta(days=12), reason="call", paused_by="rep-1"))
 
     async def continued():
-        state = await client.get_workflow_handle(workflow_id).query("state", result_type=EnrollmentState)
+        try:
+            state = await client.get_workflow_handle(workflow_id).query("state", result_type=EnrollmentState)
+        except RPCError:
+            return None  # the new run has not had its first task yet: ask again
         return state if state.runs > 1 and state.paused is not None else None
 
     state = await eventually(continued)

@@ -7,6 +7,8 @@ from sqlmodel import select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.common import require_contact
+from activities.email.consent import ConsentLinks, with_unsubscribe_footer
 from activities.email.providers import (
     EmailProvider,
     OutgoingEmail,
@@ -18,18 +20,26 @@ from activities.email.tracking import LinkTracker
 from nurture.contracts import SendEmailInput, SendEmailResult
 from nurture.db import Database
 from nurture.logging import get_logger
-from nurture.models import Contact, Message, MessageStatus, Template, utcnow
+from nurture.models import Message, MessageStatus, Template, utcnow
 from nurture.snapshots import contact_snapshot
 
 FINAL = {MessageStatus.sent, MessageStatus.refused, MessageStatus.failed}
 
 
 class EmailActivities:
-    def __init__(self, db: Database, provider: EmailProvider, sender: str, tracker: LinkTracker | None = None):
+    def __init__(
+        self,
+        db: Database,
+        provider: EmailProvider,
+        sender: str,
+        tracker: LinkTracker | None = None,
+        consent: ConsentLinks | None = None,
+    ):
         self.db = db
         self.provider = provider
         self.sender = sender
         self.tracker = tracker
+        self.consent = consent
 
     @activity.defn(name="send_email")
     async def send_email(self, input: SendEmailInput) -> SendEmailResult:
@@ -44,10 +54,8 @@ class EmailActivities:
                 log.info("send_already_done", message_id=message.id, status=message.status)
                 return _result(message)
 
-            contact = await session.get(Contact, input.contact_id)
+            contact = await require_contact(session, input.contact_id)
             template = (await session.exec(select(Template).where(Template.key == input.template))).first()
-            if contact is None:
-                raise ApplicationError(f"contact {input.contact_id} does not exist", type="ContactMissing", non_retryable=True)
             if message is None:
                 message = Message(
                     idempotency_key=input.idempotency_key,
@@ -73,15 +81,24 @@ class EmailActivities:
                 message.error = f"template '{input.template}' does not exist"
                 await _save(session, message, log, "send_failed")
                 raise ApplicationError(message.error, type="TemplateError", non_retryable=True)
+            context: dict = {"contact": contact_snapshot(contact).fields()}
+            links: dict[str, str] = {}
+            if self.consent is not None:
+                session.add(message)
+                await session.flush()  # the message id goes into the unsubscribe link
+                links = self.consent.context(contact.id, message.id, input.flow_id, input.scheduled_at)
+                context.update(links)
             try:
-                rendered = render(
-                    template.subject, template.html, template.text, {"contact": contact_snapshot(contact).fields()}
-                )
+                rendered = render(template.subject, template.html, template.text, context)
             except TemplateError as exc:
                 message.status = MessageStatus.failed
                 message.error = f"template '{input.template}' does not render: {exc}"
                 await _save(session, message, log, "send_failed")
                 raise ApplicationError(message.error, type="TemplateError", non_retryable=True) from exc
+            headers: dict[str, str] = {}
+            if self.consent is not None and message.kind == "marketing":
+                rendered = with_unsubscribe_footer(rendered, links["unsubscribe_url"])
+                headers = self.consent.headers(links["unsubscribe_url"])
             if self.tracker is not None:
                 session.add(message)
                 await session.flush()  # the message id goes into the tracking links
@@ -104,6 +121,7 @@ class EmailActivities:
                         subject=rendered.subject,
                         html=rendered.html,
                         text=rendered.text,
+                        headers=headers,
                     )
                 )
             except PermanentDeliveryError as exc:

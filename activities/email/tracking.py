@@ -37,7 +37,9 @@ class LinkTracker:
             start, quote, raw = match.groups()
             target = html.unescape(raw).strip()
             tag = match.string[match.start() : match.string.find(">", match.end())]
-            if NO_TRACK in tag.lower() or not trackable_url(target):
+            # Links to this service (unsubscribe, opt-in confirmation) stay as they are.
+            own = target.startswith(self.base_url + "/")
+            if NO_TRACK in tag.lower() or not trackable_url(target) or own:
                 return match.group(0)
             tracked = f"{self.base_url}/t/c/{click_token(self.secret, message_id, target, expires)}"
             return f"{start}{quote}{html.escape(tracked)}{quote}"
