@@ -159,6 +159,9 @@ async def test_marketing_email_has_one_click_headers_and_footer_and_internal_mai
     mime = eml(settings, marketing)
     assert mime["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     url = "http://127.0.0.1:8000" + unsubscribe_path(mime)
+    # On the wire the header is the plain <url> mail clients act on, not an RFC 2047 encoded word.
+    raw = OutboxProvider(settings.outbox_dir).path_for(marketing.idempotency_key).read_bytes()
+    assert f"List-Unsubscribe: <{url}>".encode() in raw
     html_part = mime.get_body(("html",)).get_content()
     text_part = mime.get_body(("plain",)).get_content()
     assert f'<a href="{html.escape(url)}">Unsubscribe</a>' in html_part  # not rewritten into a click link

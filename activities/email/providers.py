@@ -6,6 +6,7 @@ import hashlib
 import os
 import re
 from email.message import EmailMessage
+from email.policy import default as default_policy
 from email.utils import formataddr
 from pathlib import Path
 from typing import Protocol
@@ -54,8 +55,13 @@ def _safe_name(key: str) -> str:
     return f"{re.sub(r'[^A-Za-z0-9._-]', '_', key)[:150]}.{digest}"
 
 
+_MIME_POLICY = default_policy.clone(max_line_length=998)
+
+
 def build_mime(email: OutgoingEmail) -> EmailMessage:
-    mime = EmailMessage()
+    # Long header values (List-Unsubscribe URLs) stay plain: RFC 5322 allows 998 characters a
+    # line, and mail clients do not decode an encoded-word URL.
+    mime = EmailMessage(policy=_MIME_POLICY)
     mime["From"] = email.sender
     mime["To"] = formataddr((email.to_name, email.to)) if email.to_name else email.to
     mime["Subject"] = email.subject
