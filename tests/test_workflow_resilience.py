@@ -115,7 +115,7 @@ async def test_continue_as_new_mid_wait_keeps_events_pause_and_deadline(db, clie
             return None  # the new run has not had its first task yet: ask again
         return state if state.runs > 1 and state.paused is not None else None
 
-    state = await eventually(continued)
+    state = await eventually(continued, timeout=60)  # generous: the whole suite may be loading the machine
     assert sum(1 for e in state.timeline if e.kind == "event") == 60
     assert state.current_step == "wait"
     assert abs(state.waiting_until - (entered + timedelta(days=10))) < timedelta(seconds=5)

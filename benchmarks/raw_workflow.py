@@ -1,0 +1,84 @@
+"""The baseline for benchmarks/enrollments.py: the least a Temporal workflow of the same shape costs.
+
+Start → one activity that does nothing → a timer → one activity → complete, with a signal the
+query reflects (for the round trip) and a signal that ends the wait early (the analogue of a goal
+event). Kept in its own module so the workflow sandbox imports only temporalio and pydantic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from pydantic import BaseModel
+from temporalio import activity, workflow
+
+RAW_WORKFLOW = "BenchmarkRawWorkflow"
+
+
+class RawInput(BaseModel):
+    timer_seconds: float
+
+
+class NoopInput(BaseModel):
+    step: int
+
+
+class PingSignal(BaseModel):
+    value: int
+
+
+class FinishSignal(BaseModel):
+    reason: str
+
+
+class PingsQuery(BaseModel):
+    """Nothing to ask for: the query answers the last ping it heard."""
+
+
+class Pings(BaseModel):
+    last: int
+    waiting: bool
+
+
+class RawResult(BaseModel):
+    finished_early: bool
+
+
+@activity.defn(name="benchmark_noop")
+async def noop(input: NoopInput) -> None:
+    return None
+
+
+@workflow.defn(name=RAW_WORKFLOW)
+class RawWorkflow:
+    def __init__(self) -> None:
+        self._last_ping = -1
+        self._finish = False
+        self._waiting = False
+
+    @workflow.run
+    async def run(self, input: RawInput) -> RawResult:
+        await workflow.execute_activity(noop, NoopInput(step=1), start_to_close_timeout=timedelta(seconds=30))
+        self._waiting = True
+        try:
+            await workflow.wait_condition(lambda: self._finish, timeout=timedelta(seconds=input.timer_seconds))
+        except asyncio.TimeoutError:
+            pass
+        self._waiting = False
+        if self._finish:
+            return RawResult(finished_early=True)
+        await workflow.execute_activity(noop, NoopInput(step=2), start_to_close_timeout=timedelta(seconds=30))
+        return RawResult(finished_early=False)
+
+    @workflow.signal
+    def ping(self, signal: PingSignal) -> None:
+        self._last_ping = signal.value
+
+    @workflow.signal
+    def finish(self, signal: FinishSignal) -> None:
+        self._finish = True
+
+    @workflow.query
+    def pings(self, query: PingsQuery) -> Pings:
+        return Pings(last=self._last_ping, waiting=self._waiting)
