@@ -220,17 +220,8 @@ class _Reader:
         data = await self.decode(attrs.input, kind) if kind else None
         if isinstance(data, ContactEventSignal):
             self.add(event, "event", f"Event received: {_describe_event(data)}", event_id=data.event_id, type=data.type)
-        elif isinstance(data, PauseSignal):
-            self.add(
-                event,
-                "paused",
-                f"Paused by {data.paused_by} until {data.until:%Y-%m-%d %H:%M} UTC: {data.reason}",
-                paused_by=data.paused_by,
-                until=data.until.isoformat(),
-                reason=data.reason,
-            )
-        elif isinstance(data, ResumeSignal):
-            self.add(event, "resumed", f"Resumed by {data.resumed_by}" + (f": {data.reason}" if data.reason else ""))
+        elif isinstance(data, (PauseSignal, ResumeSignal)):
+            self.pause_changed(event, data)
         elif isinstance(data, ExitSignal):
             self.add(event, "exit_requested", f"Exit requested by {data.requested_by}: {data.reason}")
         elif isinstance(data, ContactChangedSignal):
@@ -245,11 +236,9 @@ class _Reader:
         else:
             self.add(event, "signal", f"Signal {attrs.signal_name}")
 
-    async def update_accepted(self, event: HistoryEvent) -> None:
-        request = event.workflow_execution_update_accepted_event_attributes.accepted_request.input
-        kind = UPDATE_TYPES.get(request.name)
-        data = await self.decode(request.args, kind) if kind else None
-        if isinstance(data, PauseUpdate):
+    def pause_changed(self, event: HistoryEvent, data: PauseSignal | PauseUpdate | ResumeSignal | ResumeUpdate) -> None:
+        """A sales pause or resume, whether it came as a signal or as a confirmed update."""
+        if isinstance(data, (PauseSignal, PauseUpdate)):
             self.add(
                 event,
                 "paused",
@@ -258,8 +247,15 @@ class _Reader:
                 until=data.until.isoformat(),
                 reason=data.reason,
             )
-        elif isinstance(data, ResumeUpdate):
+        else:
             self.add(event, "resumed", f"Resumed by {data.resumed_by}" + (f": {data.reason}" if data.reason else ""))
+
+    async def update_accepted(self, event: HistoryEvent) -> None:
+        request = event.workflow_execution_update_accepted_event_attributes.accepted_request.input
+        kind = UPDATE_TYPES.get(request.name)
+        data = await self.decode(request.args, kind) if kind else None
+        if isinstance(data, (PauseUpdate, ResumeUpdate)):
+            self.pause_changed(event, data)
         else:
             self.add(event, "update", f"Update {request.name}")
 
