@@ -132,6 +132,21 @@ def dev_server_path() -> str:
     return _binary("temporal")
 
 
+@pytest.fixture(scope="session")
+async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
+    """One real dev server for the tests that need visibility or Schedules (the test server has
+    neither); workflow ids carry each test's own prefix, so tests do not meet."""
+    from workflows.enrollment import SEARCH_ATTRIBUTES
+
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=dev_server_path(),
+        data_converter=pydantic_data_converter,
+        search_attributes=SEARCH_ATTRIBUTES,
+    )
+    yield env
+    await env.shutdown()
+
+
 async def eventually(check, timeout: float = 10.0, interval: float = 0.05):
     """Poll ``check`` (sync or async) until it returns something truthy.
 

@@ -4,28 +4,14 @@ benchmark's to report."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 
 import pytest
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
 from benchmarks.enrollments import Options, measure_engine, measure_raw, parse, ratios, table
-from tests.conftest import dev_server_path
-from workflows.enrollment import SEARCH_ATTRIBUTES
 
 TINY = Options(n=3, signal_samples=3, event_samples=2, concurrency=3, postgres=False)
 
 
-@pytest.fixture(scope="module")
-async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=dev_server_path(),
-        data_converter=pydantic_data_converter,
-        search_attributes=SEARCH_ATTRIBUTES,
-    )
-    yield env
-    await env.shutdown()
 
 
 @pytest.fixture(scope="module")

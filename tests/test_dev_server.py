@@ -3,21 +3,16 @@ current, so enrollments can be found by flow, step and status through Temporal v
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 
-import pytest
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
 from activities.email.providers import OutboxProvider
 from nurture.contracts import EnrollmentResult
 from nurture.enrolling import Enroller
 from nurture.models import Contact, Flow
-from tests.conftest import dev_server_path, eventually
+from tests.conftest import eventually
 from tests.factories import add_active_flow, add_contact, add_templates, messages_of
 from worker.main import build_worker
-from workflows.enrollment import SEARCH_ATTRIBUTES
 
 SHORT_FLOW = {
     "name": "Short",
@@ -30,15 +25,6 @@ SHORT_FLOW = {
 }
 
 
-@pytest.fixture(scope="module")
-async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=dev_server_path(),
-        data_converter=pydantic_data_converter,
-        search_attributes=SEARCH_ATTRIBUTES,
-    )
-    yield env
-    await env.shutdown()
 
 
 async def count(client: Client, query: str) -> int:

@@ -6,33 +6,22 @@ The time-skipping test server has no Schedules; the scan workflow itself is test
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import httpx
-import pytest
 from temporalio.client import Client, ScheduleActionStartWorkflow
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
 from activities.email.providers import OutboxProvider
 from api.main import create_app
 from nurture.batch_contracts import TRIGGER_SCAN_WORKFLOW, trigger_scan_schedule_id
 from nurture.models import utcnow
 from nurture.trigger_schedule import ensure_trigger_scan_schedule
-from tests.conftest import dev_server_path, eventually
+from tests.conftest import eventually
 from tests.factories import add_contact, add_templates
 from tests.trigger_support import TEMPLATES, enrolled_contacts, one_email_flow
 from worker.main import build_worker
 
 
-@pytest.fixture(scope="module")
-async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=dev_server_path(), data_converter=pydantic_data_converter
-    )
-    yield env
-    await env.shutdown()
 
 
 async def schedule_of(client: Client, settings):

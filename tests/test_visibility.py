@@ -4,19 +4,14 @@ custom search attributes), checked against the database index the API's own page
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import httpx
-import pytest
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
 from activities.email.providers import OutboxProvider
 from api.main import create_app
 from tests.api_support import create_template
-from tests.conftest import dev_server_path, eventually
+from tests.conftest import eventually
 from worker.main import build_worker
-from workflows.enrollment import SEARCH_ATTRIBUTES
 
 FLOW = {
     "name": "Visible",
@@ -31,13 +26,6 @@ FLOW = {
 }
 
 
-@pytest.fixture(scope="module")
-async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=dev_server_path(), data_converter=pydantic_data_converter, search_attributes=SEARCH_ATTRIBUTES
-    )
-    yield env
-    await env.shutdown()
 
 
 async def database_groups(api: httpx.AsyncClient, flow_id: int) -> Counter:
