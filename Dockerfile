@@ -29,4 +29,4 @@ ENV NURTURE_DATA_DIR=/data \
 VOLUME ["/data"]
 EXPOSE 8000
 
-CMD ["uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8000", "--no-proxy-headers"]

@@ -65,10 +65,18 @@ async def authorize(request: Request) -> None:
     if token is None:
         raise HTTPException(401, "an API key is required: Authorization: Bearer <key>",
                             headers={"WWW-Authenticate": "Bearer"})
+    # Abuse limits (api/rate_limits.py): a client that spent its failed-auth budget may not try
+    # another key, right or wrong, until the window moves on; every authenticated call counts
+    # against its key's budget.
+    limits = request.app.state.rate_limits
+    client = limits.client_address(request.scope)
+    await limits.ensure_left(limits.failed_auth, client)
     async with request.app.state.db.session() as session:
         key = await authenticate(session, token)
         if key is None:
+            await limits.spend(limits.failed_auth, client)
             raise HTTPException(401, "unknown or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+        await limits.spend(limits.per_key, f"key:{key.id}")
         if Role(key.role) not in roles:
             raise HTTPException(403, f"a {key.role} key may not {request.method} {template}")
         if key.role == Role.sales:

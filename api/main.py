@@ -12,6 +12,7 @@ from temporalio.client import Client
 
 from api.auth import authorize
 from api.errors import install_error_handlers
+from api.rate_limits import install_rate_limits
 from api.routers import (
     api_keys,
     bulk_enrollments,
@@ -89,6 +90,7 @@ def create_app(
     app.state.temporal = TemporalConnection(settings, client)
 
     install_error_handlers(app)
+    install_rate_limits(app, settings)
     for module in (
         health, api_keys, contacts, pauses, templates, flows, events, enrollments, bulk_enrollments,
         history, visibility, stats, tracking, consent, metrics, simulations, playbooks,

@@ -127,6 +127,8 @@ def api_command(settings: Settings) -> list[str]:
         settings.api_host,
         "--port",
         str(settings.api_port),
+        # uvicorn would take X-Forwarded-For from loopback peers; the app decides (trusted_proxies).
+        "--no-proxy-headers",
     ]
 
 

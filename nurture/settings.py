@@ -12,7 +12,8 @@ from datetime import date
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+import limits
+from pydantic import BaseModel, Field, IPvAnyNetwork, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from nurture.flow.durations import Duration
@@ -118,6 +119,39 @@ class Settings(BaseSettings):
 
     # Every API call but health, docs, tracking links and signed provider webhooks needs a key.
     auth_required: bool = True
+
+    # --- abuse limits (docs/api.md, "Rate limits") ---
+    # Budgets in the `limits` notation: "600/minute", several with ";" ("20/second;600/minute").
+    # Over budget the API answers 429 with Retry-After and names the setting.
+    rate_limit_enabled: bool = True
+    # Authenticated calls per API key (a site tracker posting events is one key).
+    rate_limit_per_key: str = "600/minute"
+    # Calls to the API (not the public links below) per client address, whatever the key.
+    rate_limit_per_client: str = "1200/minute"
+    # Wrong or revoked keys per client address; once spent, that client cannot authenticate
+    # until the window moves on, so key guessing slows down at once.
+    rate_limit_failed_auth: str = "10/minute"
+    # Tracking links, consent links, provider webhooks, health and metrics, per client address.
+    # Mail clients and link scanners hit these (an image proxy fetches many opens): generous.
+    rate_limit_public: str = "6000/minute"
+    rate_limit_strategy: Literal["sliding-window-counter", "moving-window", "fixed-window"] = "sliding-window-counter"
+    # redis://host:port/db: counters shared by every API process and replica. Unset: in process.
+    # Should Redis fail, each process falls back to its own counters until it answers again.
+    rate_limit_redis_url: str | None = None
+    rate_limit_key_prefix: str = "nurture-rate"
+    rate_limit_redis_timeout_seconds: float = Field(default=0.5, gt=0)
+    # Peers (addresses or networks, e.g. ["10.0.0.0/8"]) whose X-Forwarded-For names the client.
+    # Empty: the connecting address is the client, whatever the header says.
+    trusted_proxies: list[IPvAnyNetwork] = Field(default_factory=list)
+
+    @field_validator("rate_limit_per_key", "rate_limit_per_client", "rate_limit_failed_auth", "rate_limit_public")
+    @classmethod
+    def _rate_limit_parses(cls, value: str) -> str:
+        try:
+            limits.parse_many(value)
+        except ValueError as exc:
+            raise ValueError(f'not a rate limit such as "600/minute" or "20/second;600/minute": {exc}') from None
+        return value
 
     log_level: str = "INFO"
     log_json: bool = False

@@ -71,7 +71,7 @@ def test_children_run_on_this_interpreter():
     settings = Settings(_env_file=None, api_host="0.0.0.0", api_port=8123)
     assert cli.worker_command() == [sys.executable, "-m", "worker"]
     assert cli.api_command(settings) == [
-        sys.executable, "-m", "uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8123",
+        sys.executable, "-m", "uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8123", "--no-proxy-headers",
     ]
 
 

@@ -74,7 +74,8 @@ def test_dockerfile_basics():
     assert dockerfile.startswith("# ") and "FROM python:3.11-slim" in dockerfile
     users = re.findall(r"^USER (\S+)$", dockerfile, flags=re.M)
     assert users and users[-1] not in ("root", "0")
-    assert 'CMD ["uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8000"]' in dockerfile
+    # X-Forwarded-For is the app's to trust (setting trusted_proxies), not uvicorn's.
+    assert 'CMD ["uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8000", "--no-proxy-headers"]' in dockerfile
 
 
 def test_script_registers_the_project_attributes():
