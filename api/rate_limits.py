@@ -47,7 +47,8 @@ class RateLimited(HTTPException):
     def __init__(self, budget: Budget, item: RateLimitItem, retry_after: int) -> None:
         super().__init__(
             429,
-            f"rate limit exceeded: {item} {budget.counts} (setting {budget.setting}); retry in {retry_after} s",
+            f"rate limit exceeded: {budget.counts} are limited to {item} (setting {budget.setting}); "
+            f"retry in {retry_after} s",
             headers={"Retry-After": str(retry_after)},
         )
 
@@ -115,7 +116,7 @@ class RateLimits:
     async def _refusal(self, budget: Budget, item: RateLimitItem, who: str) -> RateLimited:
         stats = await self._call("get_window_stats", item, budget.setting, who)
         retry_after = max(1, math.ceil(stats.reset_time - time.time()))
-        log.warning("rate_limited", limit=budget.setting, rate=str(item), who=who, retry_after=retry_after)
+        log.info("rate_limited", limit=budget.setting, rate=str(item), who=who, retry_after=retry_after)
         return RateLimited(budget, item, retry_after)
 
     async def _call(self, operation: str, item: RateLimitItem, *identifiers: str):
