@@ -1,7 +1,8 @@
 """Who may do what: one policy table, checked before every endpoint.
 
 A route that the table does not cover is refused, so a new endpoint cannot be
-left open by accident (the tests walk every route against this table).
+left open by accident (the tests walk every route against this table). Which
+contacts a sales key reaches is decided on the parsed id, by ``api.deps.ContactDep``.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
 
+from api.deps import NOT_YOURS, Caller, resolve_contact
 from nurture.api_keys import Role, authenticate
-from nurture.models import Contact
 
 ALL = frozenset(Role)
 WRITERS = frozenset({Role.admin, Role.marketer})
@@ -54,7 +55,12 @@ def roles_for(method: str, path: str) -> frozenset[Role] | None:
 
 
 async def authorize(request: Request) -> None:
-    """The app-wide dependency: resolve the key, check the role, scope sales keys to their contacts."""
+    """The app-wide dependency: resolve the key and check its role; leave it on ``request.state.caller``.
+
+    It runs before FastAPI parses the path, so it decides nothing on raw path values: a sales key's
+    scope is checked on the parsed id, by the ``ContactDep`` every contact route takes.
+    """
+    request.state.caller = None
     settings = request.app.state.settings
     route = request.scope.get("route")
     template = getattr(route, "path", request.url.path)
@@ -77,23 +83,26 @@ async def authorize(request: Request) -> None:
             await limits.spend(limits.failed_auth, client)
             raise HTTPException(401, "unknown or revoked API key", headers={"WWW-Authenticate": "Bearer"})
         await limits.spend(limits.per_key, f"key:{key.id}")
-        if Role(key.role) not in roles:
-            raise HTTPException(403, f"a {key.role} key may not {request.method} {template}")
-        if key.role == Role.sales:
-            await _scope_sales(request, session, key.owner)
-    request.state.api_key = key
+        caller = Caller.of(key)
+    if caller.role not in roles:
+        raise HTTPException(403, f"a {caller.role} key may not {request.method} {template}")
+    if caller.is_sales and "{contact_id}" in template and not resolves_contact(route):
+        # A contact route that does not check the owner itself is closed to sales keys, not open.
+        raise HTTPException(403, NOT_YOURS)
+    request.state.caller = caller
 
 
-async def _scope_sales(request: Request, session, owner: str | None) -> None:
-    """Sales keys see and pause the contacts they own, and list only their own pauses."""
-    contact_id = request.path_params.get("contact_id")
-    if contact_id is not None:
-        contact = await session.get(Contact, int(contact_id)) if str(contact_id).isdigit() else None
-        if contact is not None and (owner is None or contact.owner != owner):
-            raise HTTPException(403, "a sales key may only act on the contacts its rep owns")
-    rep = request.query_params.get("rep")
-    if rep is not None and rep != owner:
-        raise HTTPException(403, "a sales key may only list its own pauses")
+def resolves_contact(route) -> bool:
+    """Whether the route takes its contact through ``resolve_contact`` (which scopes sales keys)."""
+    pending = [getattr(route, "dependant", None)]
+    while pending:
+        dependant = pending.pop()
+        if dependant is None:
+            continue
+        if dependant.call is resolve_contact:
+            return True
+        pending.extend(dependant.dependencies)
+    return False
 
 
 def _token(request: Request) -> str | None:

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Query, Request
+from fastapi import Depends, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 
 from api.state import TemporalConnection
+from nurture.api_keys import Role
 from nurture.db import Database
 from nurture.enrolling import Enroller
+from nurture.models import ApiKey, Contact
+from nurture.pausing import Actor
 from nurture.settings import Settings
 
 # Ids are 32-bit integer columns on PostgreSQL: a larger number is simply unknown.
@@ -55,6 +60,82 @@ def get_enroller(client: ClientDep, settings: SettingsDep) -> Enroller:
 
 
 EnrollerDep = Annotated[Enroller, Depends(get_enroller)]
+
+
+# --- who is asking ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The API key behind a request, as ``authorize`` resolved it (plain values: its session is closed)."""
+
+    key_id: int
+    name: str
+    role: Role
+    owner: str | None
+
+    @classmethod
+    def of(cls, key: ApiKey) -> Caller:
+        return cls(key_id=key.id, name=key.name, role=Role(key.role), owner=key.owner)  # type: ignore[arg-type]
+
+    @property
+    def is_sales(self) -> bool:
+        return self.role == Role.sales
+
+
+def get_caller(request: Request) -> Caller | None:
+    """None when the route is public or the API runs without keys (``auth_required=false``)."""
+    return getattr(request.state, "caller", None)
+
+
+CallerDep = Annotated[Caller | None, Depends(get_caller)]
+
+NOT_YOURS = "a sales key may only act on the contacts its rep owns"
+
+ContactId = Annotated[int, Path(ge=1, le=MAX_ID)]
+
+
+async def resolve_contact(contact_id: ContactId, session: SessionDep, caller: CallerDep) -> Contact:
+    """The contact a route acts on, found by its parsed id and checked against a sales key's rep.
+
+    Every route with ``{contact_id}`` in its path takes its contact through this dependency
+    (``authorize`` refuses sales keys on any that does not). For a sales key, a contact that does
+    not exist answers like another rep's, so a key cannot probe which ids exist.
+    """
+    contact = await session.get(Contact, contact_id)
+    if caller is not None and caller.is_sales:
+        if contact is None or caller.owner is None or contact.owner != caller.owner:
+            raise HTTPException(status_code=403, detail=NOT_YOURS)
+    if contact is None:
+        raise HTTPException(status_code=404, detail=f"contact {contact_id} does not exist")
+    return contact
+
+
+ContactDep = Annotated[Contact, Depends(resolve_contact)]
+
+
+def acting_as(caller: Caller | None, claimed: str | None, field: str) -> Actor:
+    """Whom a pause or resume is recorded for, from the key and the rep the body names (``field``).
+
+    A sales key acts as its own rep only; an admin or marketer key may act for a rep (or, naming
+    nobody, as itself) and is recorded as the one who asked; without keys the body is all there is.
+    """
+    if caller is None:
+        if claimed is None:
+            raise RequestValidationError(
+                [{"type": "missing", "loc": ("body", field), "msg": "Field required without an API key"}]
+            )
+        return Actor(rep=claimed)
+    if caller.is_sales:
+        if caller.owner is None:
+            raise HTTPException(status_code=403, detail="this sales key has no rep to act as")
+        if claimed is not None and claimed != caller.owner:
+            raise HTTPException(
+                status_code=403,
+                detail=f"{field}: a sales key acts as its own rep '{caller.owner}', not '{claimed}'; leave {field} out",
+            )
+        return Actor(rep=caller.owner, requested_by=caller.name, api_key_id=caller.key_id, authenticated=True)
+    return Actor(rep=claimed or caller.name, requested_by=caller.name, api_key_id=caller.key_id, authenticated=True)
 
 
 class Pagination:

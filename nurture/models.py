@@ -301,7 +301,13 @@ class PauseLog(SQLModel, table=True):
     action: str  # pause, extend, resume
     until: datetime | None = _when()
     reason: str | None = None
-    actor: str = Field(index=True)
+    actor: str = Field(index=True)  # the rep the pause is for (a handoff's workflow when the engine paused)
+    # Who asked: the API key's name and id; None when the API ran without keys or the engine paused.
+    requested_by: str | None = None
+    api_key_id: int | None = None
+    # True: an API key asked; False: the API ran without keys, so `actor` is only what the body said;
+    # None: the engine itself (a handoff's quiet period).
+    authenticated: bool | None = None
     flow_ids: list[int] = _json_list()
     enrollment_ids: list[int] = _json_list()
     at: datetime = _when(nullable=False, default=utcnow)

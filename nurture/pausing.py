@@ -15,6 +15,21 @@ from nurture.enrolling import TemporalUnavailable
 from nurture.models import Contact, Enrollment, EnrollmentStatus, PauseLog, utcnow
 
 
+@dataclass(frozen=True)
+class Actor:
+    """Whom a pause or resume is recorded for, and who asked.
+
+    ``rep`` is the rep the pause belongs to (the contact's ``paused_by``, what ``/pauses?rep=``
+    lists and what the enrollments are told). ``requested_by`` is the API key that asked (its name)
+    and ``authenticated`` is False when the API ran without keys, so the rep is only a claim.
+    """
+
+    rep: str
+    requested_by: str | None = None
+    api_key_id: int | None = None
+    authenticated: bool = False
+
+
 @dataclass
 class Confirmed:
     enrollment: Enrollment
@@ -31,33 +46,33 @@ class Pauser:
         contact: Contact,
         until: datetime,
         reason: str,
-        paused_by: str,
+        actor: Actor,
         flow_ids: list[int] | None = None,
     ) -> list[Confirmed]:
         """Pause (or extend) in every flow, or in the named ones; nothing is committed here."""
         extending = contact.paused_until is not None and contact.paused_until > utcnow()
         confirmed = await self._update_all(
-            session, contact, flow_ids, "pause_enrollment", PauseUpdate(until=until, reason=reason, paused_by=paused_by)
+            session, contact, flow_ids, "pause_enrollment", PauseUpdate(until=until, reason=reason, paused_by=actor.rep)
         )
         if flow_ids is None:
             # A contact-wide pause also holds flows the contact enters later.
-            contact.paused_until, contact.pause_reason, contact.paused_by = until, reason, paused_by
+            contact.paused_until, contact.pause_reason, contact.paused_by = until, reason, actor.rep
             contact.updated_at = utcnow()
             session.add(contact)
-        self._log(session, contact, "extend" if extending else "pause", until, reason, paused_by, flow_ids, confirmed)
+        self._log(session, contact, "extend" if extending else "pause", until, reason, actor, flow_ids, confirmed)
         return confirmed
 
     async def resume(
-        self, session: AsyncSession, contact: Contact, resumed_by: str, reason: str | None, flow_ids: list[int] | None = None
+        self, session: AsyncSession, contact: Contact, actor: Actor, reason: str | None, flow_ids: list[int] | None = None
     ) -> list[Confirmed]:
         confirmed = await self._update_all(
-            session, contact, flow_ids, "resume_enrollment", ResumeUpdate(resumed_by=resumed_by, reason=reason)
+            session, contact, flow_ids, "resume_enrollment", ResumeUpdate(resumed_by=actor.rep, reason=reason)
         )
         if flow_ids is None:
             contact.paused_until = contact.pause_reason = contact.paused_by = None
             contact.updated_at = utcnow()
             session.add(contact)
-        self._log(session, contact, "resume", None, reason, resumed_by, flow_ids, confirmed)
+        self._log(session, contact, "resume", None, reason, actor, flow_ids, confirmed)
         return confirmed
 
     async def _update_all(self, session, contact, flow_ids, name, payload) -> list[Confirmed]:
@@ -91,7 +106,10 @@ class Pauser:
                 action=action,
                 until=until,
                 reason=reason,
-                actor=actor,
+                actor=actor.rep,
+                requested_by=actor.requested_by,
+                api_key_id=actor.api_key_id,
+                authenticated=actor.authenticated,
                 flow_ids=flow_ids or [],
                 enrollment_ids=[c.enrollment.id for c in confirmed],
                 at=utcnow(),

@@ -7,7 +7,7 @@ from datetime import timedelta
 from nurture.models import PauseLog
 from tests.api_support import active_example_flow, api, count_rows, locs, post_event  # noqa: F401
 from tests.conftest import eventually
-from tests.factories import add_active_flow
+from tests.factories import add_active_flow, add_contact
 from tests.flow_runner import manual_flow
 
 
@@ -91,3 +91,21 @@ async def test_pausing_named_flows_leaves_the_others_running(api, worker, db, te
     assert (await api.get(f"/contacts/{contact_id}")).json()["paused_until"] is None  # not contact-wide
     nurture_state = (await api.get(f"/enrollments/{nurture_enrollment}")).json()["workflow"]
     assert nurture_state["paused"] is None
+
+
+async def test_without_api_keys_the_body_names_the_rep_and_the_trail_says_it_was_unauthenticated(api, db):
+    contact_id = (await add_contact(db, email="open@example.com", owner="rep-jane")).id
+    nobody = await api.post(f"/contacts/{contact_id}/pause", json={"duration": "2d", "reason": "call"})
+    assert nobody.status_code == 422 and locs(nobody) == [["body", "paused_by"]]
+
+    paused = await api.post(f"/contacts/{contact_id}/pause",
+                            json={"duration": "2d", "reason": "call", "paused_by": "rep-jane"})
+    assert (paused.json()["paused_by"], paused.json()["requested_by"]) == ("rep-jane", None)
+    assert [p["contact_id"] for p in (await api.get("/pauses", params={"rep": "rep-jane"})).json()] == [contact_id]
+    assert locs(await api.get("/pauses")) == [["query", "rep"]]
+    assert locs(await api.post(f"/contacts/{contact_id}/resume", json={})) == [["body", "resumed_by"]]
+
+    trail = (await api.get(f"/contacts/{contact_id}/pauses")).json()
+    assert [(t["actor"], t["requested_by"], t["api_key_id"], t["authenticated"]) for t in trail] == [
+        ("rep-jane", None, None, False)
+    ]

@@ -3,14 +3,24 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query, Response, status
+from fastapi import APIRouter, HTTPException, Query, Response, status
 from sqlalchemy import func
 from sqlmodel import col, select
 
 from api import crud
 from fastapi.exceptions import RequestValidationError
 
-from api.deps import MAX_ID, ClientDep, DatabaseDep, EnrollerDep, PaginationDep, SessionDep, SettingsDep
+from api.deps import (
+    CallerDep,
+    ClientDep,
+    ContactDep,
+    DatabaseDep,
+    EnrollerDep,
+    PaginationDep,
+    SessionDep,
+    SettingsDep,
+    acting_as,
+)
 from api.schemas.common import Page
 from api.schemas.contacts import (
     ContactOut,
@@ -26,12 +36,10 @@ from api.schemas.contacts import (
 from api.schemas.enrollments import EnrollmentOut
 from nurture.logging import get_logger
 from nurture.models import Contact, Enrollment, Message, PauseLog, utcnow
-from nurture.pausing import Pauser
+from nurture.pausing import Actor, Pauser
 from nurture.snapshots import contact_snapshot
 
 router = APIRouter(prefix="/contacts", tags=["contacts"])
-
-ContactId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 @router.post(
@@ -88,14 +96,13 @@ async def list_contacts(
 
 
 @router.get("/{contact_id}", response_model=ContactOut)
-async def get_contact(contact_id: ContactId, session: SessionDep) -> Contact:
-    return await crud.contact_or_404(session, contact_id)
+async def get_contact(contact: ContactDep) -> Contact:
+    return contact
 
 
 @router.patch("/{contact_id}", response_model=ContactOut)
-async def update_contact(contact_id: ContactId, body: ContactUpdate, session: SessionDep, enroller: EnrollerDep) -> Contact:
+async def update_contact(contact: ContactDep, body: ContactUpdate, session: SessionDep, enroller: EnrollerDep) -> Contact:
     """Change the fields sent. Subscribing an unsubscribed contact is refused with 409."""
-    contact = await crud.contact_or_404(session, contact_id)
     previous = contact_snapshot(contact)
     changes = body.model_dump(exclude_unset=True)
     if changes.get("email") and changes["email"] != contact.email:
@@ -113,10 +120,9 @@ async def update_contact(contact_id: ContactId, body: ContactUpdate, session: Se
 
 
 @router.get("/{contact_id}/messages", response_model=Page[MessageOut])
-async def contact_messages(contact_id: ContactId, session: SessionDep, page: PaginationDep) -> dict:
+async def contact_messages(contact: ContactDep, session: SessionDep, page: PaginationDep) -> dict:
     """The emails sent (or tried) to the contact, oldest first."""
-    await crud.contact_or_404(session, contact_id)
-    query = select(Message).where(Message.contact_id == contact_id)
+    query = select(Message).where(Message.contact_id == contact.id)
     count = (await session.exec(select(func.count()).select_from(query.subquery()))).one()
     items = (
         await session.exec(query.order_by(col(Message.created_at), col(Message.id)).offset(page.offset).limit(page.limit))
@@ -125,9 +131,8 @@ async def contact_messages(contact_id: ContactId, session: SessionDep, page: Pag
 
 
 @router.get("/{contact_id}/enrollments", response_model=Page[EnrollmentOut])
-async def contact_enrollments(contact_id: ContactId, session: SessionDep, page: PaginationDep) -> dict:
-    await crud.contact_or_404(session, contact_id)
-    query = select(Enrollment).where(Enrollment.contact_id == contact_id)
+async def contact_enrollments(contact: ContactDep, session: SessionDep, page: PaginationDep) -> dict:
+    query = select(Enrollment).where(Enrollment.contact_id == contact.id)
     count = (await session.exec(select(func.count()).select_from(query.subquery()))).one()
     items = (await session.exec(query.order_by(Enrollment.id).offset(page.offset).limit(page.limit))).all()
     return {"items": items, "count": count, "limit": page.limit, "offset": page.offset}
@@ -135,53 +140,59 @@ async def contact_enrollments(contact_id: ContactId, session: SessionDep, page: 
 
 @router.post("/{contact_id}/pause", response_model=PauseOut)
 async def pause_contact(
-    contact_id: ContactId, body: PauseIn, session: SessionDep, client: ClientDep, settings: SettingsDep
+    contact: ContactDep, body: PauseIn, session: SessionDep, client: ClientDep, settings: SettingsDep, caller: CallerDep
 ) -> PauseOut:
     """A sales pause, in all flows or the named ones. Sends that fall due are held, not skipped.
 
     Pausing a paused contact again extends (or shortens) the pause. Every affected enrollment
-    confirms its new state before anything is stored.
+    confirms its new state before anything is stored. The pause is recorded for the key's rep
+    (sales keys) or the rep named in `paused_by`, and the key that asked.
     """
-    contact = await crud.contact_or_404(session, contact_id)
+    actor = acting_as(caller, body.paused_by, "paused_by")
     until = body.ends_at()
     if until - utcnow() > timedelta(days=settings.max_pause_days):
         field = "until" if body.until is not None else "duration"
         raise RequestValidationError(
             [{"loc": ("body", field), "msg": f"a pause lasts at most {settings.max_pause_days} days", "type": "value_error"}]
         )
-    confirmed = await Pauser(client).pause(session, contact, until, body.reason, body.paused_by, body.flow_ids)
+    confirmed = await Pauser(client).pause(session, contact, until, body.reason, actor, body.flow_ids)
     await session.commit()
     get_logger(contact_id=contact.id).info(
-        "contact_paused", until=until.isoformat(), by=body.paused_by, flows=body.flow_ids, enrollments=len(confirmed)
+        "contact_paused", until=until.isoformat(), by=actor.rep, requested_by=actor.requested_by,
+        flows=body.flow_ids, enrollments=len(confirmed),
     )
-    return _pause_out(contact, confirmed, body.flow_ids, until if body.flow_ids else None, body)
+    return _pause_out(contact, confirmed, body.flow_ids, until if body.flow_ids else None, body, actor)
 
 
 @router.post("/{contact_id}/resume", response_model=PauseOut)
-async def resume_contact(contact_id: ContactId, body: ResumeIn, session: SessionDep, client: ClientDep) -> PauseOut:
+async def resume_contact(
+    contact: ContactDep, body: ResumeIn, session: SessionDep, client: ClientDep, caller: CallerDep
+) -> PauseOut:
     """End the pause now (in all flows or the named ones); held sends go out."""
-    contact = await crud.contact_or_404(session, contact_id)
-    confirmed = await Pauser(client).resume(session, contact, body.resumed_by, body.reason, body.flow_ids)
+    actor = acting_as(caller, body.resumed_by, "resumed_by")
+    confirmed = await Pauser(client).resume(session, contact, actor, body.reason, body.flow_ids)
     await session.commit()
-    get_logger(contact_id=contact.id).info("contact_resumed", by=body.resumed_by, enrollments=len(confirmed))
-    return _pause_out(contact, confirmed, body.flow_ids, None, None)
+    get_logger(contact_id=contact.id).info(
+        "contact_resumed", by=actor.rep, requested_by=actor.requested_by, enrollments=len(confirmed)
+    )
+    return _pause_out(contact, confirmed, body.flow_ids, None, None, actor)
 
 
 @router.get("/{contact_id}/pauses", response_model=list[PauseLogOut])
-async def pause_history(contact_id: ContactId, session: SessionDep) -> list[PauseLog]:
-    """The audit trail: who paused, extended or resumed this contact, until when and why."""
-    await crud.contact_or_404(session, contact_id)
-    rows = await session.exec(select(PauseLog).where(PauseLog.contact_id == contact_id).order_by(PauseLog.id))
+async def pause_history(contact: ContactDep, session: SessionDep) -> list[PauseLog]:
+    """The audit trail: who paused, extended or resumed this contact, for which rep, until when and why."""
+    rows = await session.exec(select(PauseLog).where(PauseLog.contact_id == contact.id).order_by(PauseLog.id))
     return list(rows.all())
 
 
-def _pause_out(contact: Contact, confirmed, flow_ids, flow_until, body) -> PauseOut:
+def _pause_out(contact: Contact, confirmed, flow_ids, flow_until, body, actor: Actor) -> PauseOut:
     per_flow = flow_ids is not None
     return PauseOut(
         contact_id=contact.id,
         paused_until=flow_until if per_flow and body else contact.paused_until,
         pause_reason=body.reason if per_flow and body else contact.pause_reason,
-        paused_by=body.paused_by if per_flow and body else contact.paused_by,
+        paused_by=actor.rep if per_flow and body else contact.paused_by,
+        requested_by=actor.requested_by,
         flow_ids=flow_ids,
         enrollment_ids=[c.enrollment.id for c in confirmed],
         enrollments=[

@@ -7,8 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from api import crud
-from api.deps import MAX_ID, SessionDep, SettingsDep
-from api.routers.contacts import ContactId
+from api.deps import MAX_ID, ContactDep, SessionDep, SettingsDep
 from api.routers.flows import FlowId
 from nurture.analytics import ContactActivity, FlowStats, contact_activity, flow_stats
 
@@ -42,8 +41,7 @@ async def get_flow_stats(
 
 
 @router.get("/contacts/{contact_id}/activity", response_model=ContactActivity)
-async def get_contact_activity(contact_id: ContactId, session: SessionDep) -> ContactActivity:
+async def get_contact_activity(contact: ContactDep, session: SessionDep) -> ContactActivity:
     """Every marketing email sent to the contact with its engagement (opens, clicks, delivery,
     bounce, complaint, unsubscribe), and the first and last activity dates."""
-    contact = await crud.contact_or_404(session, contact_id)
     return await contact_activity(session, contact)

@@ -91,7 +91,12 @@ class PauseIn(Strict):
     until: UTCDatetime | None = Field(default=None, description="When the pause ends; in the future.")
     duration: str | None = Field(default=None, description="Or how long it lasts: 14d, 36h, 2w, P14D.")
     reason: NonEmpty
-    paused_by: NonEmpty = Field(description="The rep's id.")
+    paused_by: NonEmpty | None = Field(
+        default=None,
+        description="The rep the pause is for. A sales key always pauses as its own rep (another name is refused, "
+        "403); an admin or marketer key may name a rep and is recorded as the one who asked (itself when omitted); "
+        "required when the API runs without keys.",
+    )
     flow_ids: list[Annotated[int, Field(ge=1)]] | None = Field(
         default=None, min_length=1, description="Pause only these flows; all flows (and flows entered later) when omitted."
     )
@@ -121,7 +126,9 @@ class PauseIn(Strict):
 
 
 class ResumeIn(Strict):
-    resumed_by: NonEmpty
+    resumed_by: NonEmpty | None = Field(
+        default=None, description="The rep who resumes; the same rules as a pause's `paused_by`."
+    )
     reason: NonEmpty | None = None
     flow_ids: list[Annotated[int, Field(ge=1)]] | None = Field(default=None, min_length=1)
 
@@ -143,7 +150,16 @@ class PauseLogOut(Out):
     action: str
     until: datetime | None
     reason: str | None
-    actor: str
+    actor: str = Field(description="The rep the pause or resume is for.")
+    requested_by: str | None = Field(
+        default=None, description="The API key that asked (its name); null without keys or when the engine paused."
+    )
+    api_key_id: int | None = None
+    authenticated: bool | None = Field(
+        default=None,
+        description="true: an API key asked; false: the API ran without keys, so `actor` is what the body said; "
+        "null: the engine paused (a handoff's quiet period).",
+    )
     flow_ids: list[int]
     enrollment_ids: list[int]
     at: datetime
@@ -162,6 +178,7 @@ class PauseOut(Out):
     paused_until: datetime | None
     pause_reason: str | None
     paused_by: str | None
+    requested_by: str | None = Field(default=None, description="The API key that asked (its name); null without keys.")
     flow_ids: list[int] | None = None
     enrollment_ids: list[int] = Field(description="Active enrollments that were told.")
     enrollments: list[PausedEnrollmentOut] = Field(default_factory=list, description="Their confirmed new state.")
