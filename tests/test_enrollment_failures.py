@@ -10,8 +10,10 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
-from temporalio.client import WorkflowFailureError, WorkflowUpdateStage
+from temporalio.client import WorkflowFailureError
+from temporalio.worker import Worker
 
+from activities import build_activities
 from activities.email.providers import SmtpProvider
 from nurture.contracts import EnrollmentResult, EnrollmentState, PauseUpdate
 from nurture.db import Database
@@ -23,6 +25,7 @@ from tests.factories import add_active_flow, add_contact, add_templates
 from tests.test_smtp import free_port
 from tests.test_workflow_example import enroll
 from worker.main import build_worker
+from workflows import WORKFLOWS
 
 WAIT_THEN_SEND = {
     "name": "Wait then send",
@@ -97,21 +100,31 @@ async def test_a_handoff_whose_owner_cannot_be_notified_leaves_the_row_failed(db
 async def test_a_pause_that_arrives_before_the_first_activity_is_confirmed(db, client, settings, outbox, temporal_env):
     await add_templates(db)
     flow, contact = await add_active_flow(db, WAIT_THEN_SEND), await add_contact(db)
-    # No worker yet: the enrollment has not loaded its contact when the pause arrives.
     enrollment = await enroll(db, Enroller(client, settings), flow, contact)
     handle = client.get_workflow_handle(enrollment.workflow_id, result_type=EnrollmentResult)
     now = (await handle.describe()).start_time
     request = PauseUpdate(until=now + timedelta(days=3), reason="Call on Thursday", paused_by="rep-jane")
-    update = await handle.start_update(
-        "pause_enrollment", request, wait_for_stage=WorkflowUpdateStage.ADMITTED, result_type=EnrollmentState
-    )
 
-    async with build_worker(client, db, outbox, settings):
-        answer = await asyncio.wait_for(update.result(), 30)
-        assert answer.paused is not None and answer.paused.paused_by == "rep-jane"
-        state = await handle.query("state", result_type=EnrollmentState)
-        assert state.paused is not None
-        assert await eventually(lambda: _paused_row(db, enrollment.id))
+    # Workflows only: the enrollment runs but cannot load its contact until activities are served.
+    async with Worker(client, task_queue=settings.temporal_task_queue, workflows=WORKFLOWS):
+        update = asyncio.create_task(handle.execute_update("pause_enrollment", request, result_type=EnrollmentState))
+        await eventually(lambda: update.done() or _update_accepted(handle), timeout=30)
+        async with Worker(
+            client, task_queue=settings.temporal_task_queue, activities=build_activities(db, outbox, settings, client)
+        ):
+            answer = await asyncio.wait_for(update, 30)
+            assert answer.paused is not None and answer.paused.paused_by == "rep-jane"
+            state = await handle.query("state", result_type=EnrollmentState)
+            assert state.paused is not None
+            # The workflow's own progress report agrees (the API writes the same flag on confirmation).
+            assert await eventually(lambda: _paused_row(db, enrollment.id))
+
+
+async def _update_accepted(handle) -> bool:
+    async for event in handle.fetch_history_events():
+        if event.HasField("workflow_execution_update_accepted_event_attributes"):
+            return True
+    return False
 
 
 async def _paused_row(db: Database, enrollment_id: int) -> bool:
