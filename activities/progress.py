@@ -10,7 +10,7 @@ from temporalio import activity
 from nurture.contracts import RecordProgressInput
 from nurture.db import Database
 from nurture.logging import get_logger
-from nurture.models import Enrollment, EnrollmentStatus, utcnow
+from nurture.models import Contact, Enrollment, EnrollmentStatus, utcnow
 from nurture.step_visits import add_step_visit, enters_step
 
 
@@ -24,6 +24,10 @@ class ProgressActivities:
         # writing the row, the workflow writes it. A unique-key race fails this attempt; the retry updates.
         async with self.db.session() as session:
             enrollment = await _row_of(session, input)
+            if enrollment is None and await session.get(Contact, input.contact_id) is None:
+                # Failed on a contact that is gone before any row was written: nothing to index
+                # (and a row could not refer to it).
+                return
             if enrollment is None:
                 enrollment = Enrollment(
                     flow_id=input.flow_id,

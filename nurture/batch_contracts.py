@@ -6,7 +6,7 @@ without breaking histories already recorded.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -127,6 +127,8 @@ class BulkEnrollmentInput(BaseModel):
     scan_limit: int = Field(default=500, ge=1, le=5000)
     pages_per_run: int = Field(default=200, ge=1)
     carried: BulkProgress | None = None
+    # A page whose worker died is retried elsewhere after this long (Settings.activity_heartbeat_timeout).
+    heartbeat_timeout: timedelta | None = None
 
 
 class BulkStopSignal(BaseModel):

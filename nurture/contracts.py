@@ -6,7 +6,7 @@ without breaking histories already recorded.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -133,6 +133,13 @@ class CarriedState(BaseModel):
     runs: int = 1
 
 
+class ActivityTimeouts(BaseModel):
+    """Timeouts sized from the deployment's settings (workflow code cannot read them)."""
+
+    send: timedelta = timedelta(minutes=1)
+    heartbeat: timedelta = timedelta(seconds=10)
+
+
 class EnrollmentInput(BaseModel):
     flow_id: int
     flow_version: int
@@ -143,6 +150,7 @@ class EnrollmentInput(BaseModel):
     # Continue-as-new also happens at this history length (the server's suggestion always counts).
     continue_as_new_after_events: int | None = None
     carried: CarriedState | None = None
+    timeouts: ActivityTimeouts = Field(default_factory=ActivityTimeouts)
 
 
 class EnrollmentState(BaseModel):
@@ -152,7 +160,7 @@ class EnrollmentState(BaseModel):
     flow_id: int
     flow_version: int
     contact_id: int
-    status: Literal["active", "completed", "exited"]
+    status: Literal["active", "completed", "exited", "failed"]
     current_step: str | None
     current_step_type: str | None
     waiting_until: datetime | None
@@ -226,7 +234,7 @@ class RecordProgressInput(BaseModel):
     flow_version: int
     contact_id: int
     entered_at: datetime
-    status: Literal["active", "completed", "exited"]
+    status: Literal["active", "completed", "exited", "failed"]
     current_step: str | None
     paused: bool = False
     exit_reason: str | None = None

@@ -23,6 +23,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from nurture import audience
 from nurture.contracts import (
     ENROLLMENT_WORKFLOW,
+    ActivityTimeouts,
     ContactChangedSignal,
     ContactEventSignal,
     ContactSnapshot,
@@ -159,6 +160,9 @@ class Enroller:
                     flow=definition,
                     paused=pause,
                     search_attributes=self.settings.temporal_search_attributes,
+                    timeouts=ActivityTimeouts(
+                        send=self.settings.send_activity_timeout, heartbeat=self.settings.activity_heartbeat_timeout
+                    ),
                 ),
                 id=workflow_id,
                 task_queue=self.settings.temporal_task_queue,

@@ -142,6 +142,7 @@ class EnrollmentStatus(StrEnum):
     active = "active"
     completed = "completed"
     exited = "exited"
+    failed = "failed"  # the workflow failed on an error; exit_reason says which
 
 
 class Enrollment(SQLModel, table=True):

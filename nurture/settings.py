@@ -26,7 +26,8 @@ class SmtpSettings(BaseModel):
     password: str | None = None
     start_tls: bool = False
     use_tls: bool = False
-    timeout_seconds: float = 30.0
+    # The whole exchange with the server (connect to its answer to the message) must fit in this.
+    timeout_seconds: float = Field(default=30.0, gt=0, le=600)
 
 
 class Settings(BaseSettings):
@@ -153,8 +154,26 @@ class Settings(BaseSettings):
             raise ValueError(f'not a rate limit such as "600/minute" or "20/second;600/minute": {exc}') from None
         return value
 
+    # --- durability (docs/running.md) ---
+    # Long activities heartbeat; a worker that dies is noticed after this long and its activities
+    # are retried on another worker (instead of after their start-to-close timeout).
+    activity_heartbeat_timeout_seconds: float = Field(default=10.0, ge=1, le=600)
+    # The send activity may take the SMTP timeout plus this for rendering and the database.
+    send_activity_margin_seconds: float = Field(default=30.0, ge=5, le=600)
+    # On SIGTERM the worker stops polling and lets running activities finish for this long. Keep
+    # it below the supervisor's own grace (compose stop_grace_period 30 s, `nurture stack` 15 s).
+    worker_graceful_shutdown_seconds: float = Field(default=10.0, ge=0, le=3600)
+
     log_level: str = "INFO"
     log_json: bool = False
+
+    @property
+    def activity_heartbeat_timeout(self) -> timedelta:
+        return timedelta(seconds=self.activity_heartbeat_timeout_seconds)
+
+    @property
+    def send_activity_timeout(self) -> timedelta:
+        return timedelta(seconds=self.smtp.timeout_seconds + self.send_activity_margin_seconds)
 
     @property
     def resolved_database_url(self) -> str:

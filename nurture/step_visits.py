@@ -26,6 +26,8 @@ async def add_step_visit(session: AsyncSession, enrollment: Enrollment, input: R
     await session.flush()  # the enrollment's id
     assert enrollment.id is not None and input.current_step is not None
     contact = await session.get(Contact, input.contact_id)
+    if contact is None:
+        return  # deleted under the enrollment: its next activity fails it, and a visit could not refer to it
     session.add(
         StepVisit(
             enrollment_id=enrollment.id,
@@ -33,7 +35,7 @@ async def add_step_visit(session: AsyncSession, enrollment: Enrollment, input: R
             flow_version=input.flow_version,
             contact_id=input.contact_id,
             step_id=input.current_step,
-            lifecycle_stage=contact.lifecycle_stage if contact else None,
+            lifecycle_stage=contact.lifecycle_stage,
             entered_at=input.at,
         )
     )

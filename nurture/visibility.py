@@ -21,7 +21,7 @@ from temporalio.client import Client, WorkflowExecution
 from nurture import search_attributes as attrs
 from nurture.contracts import ENROLLMENT_WORKFLOW
 
-STATUSES = ("active", "completed", "exited")
+STATUSES = ("active", "completed", "exited", "failed")
 _SAFE = re.compile(r"^[A-Za-z0-9_.:-]*$")
 
 
@@ -76,7 +76,7 @@ class VisibleEnrollment(BaseModel):
     flow_version: int | None
     contact_id: int | None
     step: str | None
-    status: str | None = Field(description="NurtureStatus: active, completed or exited.")
+    status: str | None = Field(description="NurtureStatus: active, completed, exited or failed.")
     paused: bool | None
     execution_status: str | None = Field(description="Temporal's own: Running, Completed, Terminated ...")
     started_at: datetime | None

@@ -64,7 +64,7 @@ async def test_visibility_and_the_database_index_agree_per_step_and_status(dev_e
         # Visibility catches up with the index within moments, and then they agree.
         await eventually(lambda: _equal(visibility_groups(api, flow_id), expected), timeout=20)
         counted = (await api.get(f"/flows/{flow_id}/enrollments/count")).json()
-        assert (counted["total"], counted["by_status"]) == (5, {"active": 2, "completed": 2, "exited": 1})
+        assert (counted["total"], counted["by_status"]) == (5, {"active": 2, "completed": 2, "exited": 1, "failed": 0})
         assert f"NurtureFlowId = '{flow_id}'" in counted["query"]
 
         waiting = (await api.get(f"/flows/{flow_id}/enrollments/search", params={"step": "hold", "status": "active"})).json()

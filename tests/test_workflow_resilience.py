@@ -32,8 +32,8 @@ class CrashAfterHandOff(OutboxProvider):
         super().__init__(directory)
         self.handed_off = asyncio.Event()
 
-    async def deliver(self, email: OutgoingEmail) -> str:
-        await super().deliver(email)
+    async def deliver(self, email: OutgoingEmail, accepted=None) -> str:
+        await super().deliver(email)  # written, but the acceptance never reaches the activity
         self.handed_off.set()
         await asyncio.Event().wait()  # never acknowledged: the process is gone
         raise AssertionError("unreachable")

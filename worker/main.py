@@ -11,6 +11,7 @@ from temporalio.service import RPCError
 from temporalio.worker import Worker
 
 from activities import build_activities
+from activities.heartbeat import KeepAliveInterceptor
 from activities.email.providers import EmailProvider, provider_from_settings
 from nurture.db import Database
 from nurture.logging import configure_logging, get_logger
@@ -22,7 +23,9 @@ from workflows import WORKFLOWS
 
 
 def build_worker(client: Client, db: Database, provider: EmailProvider, settings: Settings, **options) -> Worker:
-    options.setdefault("graceful_shutdown_timeout", timedelta(seconds=10))
+    # Stopping lets running activities finish for this long before they are cancelled.
+    options.setdefault("graceful_shutdown_timeout", timedelta(seconds=settings.worker_graceful_shutdown_seconds))
+    options["interceptors"] = [*options.get("interceptors", []), KeepAliveInterceptor()]
     return Worker(
         client,
         task_queue=settings.temporal_task_queue,
@@ -53,8 +56,10 @@ async def run(settings: Settings) -> None:
     log.info("worker_started", task_queue=settings.temporal_task_queue, provider=settings.email_provider)
     async with worker:
         await stop.wait()
-        log.info("worker_stopping")
+        # Leaving the block stops polling at once, then waits for the activities in flight.
+        log.info("worker_stopping", graceful_shutdown_seconds=settings.worker_graceful_shutdown_seconds)
     await db.dispose()
+    log.info("worker_stopped")
 
 
 def main() -> None:

@@ -27,6 +27,9 @@ with workflow.unsafe.imports_passed_through():
     )
 
 PAGE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_interval=timedelta(minutes=2))
+# The worker heartbeats for every running page (activities/heartbeat.py): a page whose worker
+# died moves to another worker after this long.
+PAGE_HEARTBEAT = timedelta(seconds=10)
 MAX_BATCH = 100
 
 
@@ -84,7 +87,7 @@ class BulkEnrollmentWorkflow:
                 ),
                 result_type=BulkPageResult,
                 start_to_close_timeout=timedelta(minutes=10),
-                heartbeat_timeout=timedelta(minutes=2),
+                heartbeat_timeout=input.heartbeat_timeout or PAGE_HEARTBEAT,
                 retry_policy=PAGE_RETRY,
             )
             pages += 1

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from nurture.contracts import (
@@ -203,6 +203,7 @@ class EnrollmentWorkflow:
     @workflow.update
     async def pause_enrollment(self, request: PauseUpdate) -> EnrollmentState:
         """Pause (or extend a pause) and answer with the state the rep will see."""
+        await self._until_initialised()
         self.pause(PauseSignal(until=request.until, reason=request.reason, paused_by=request.paused_by))
         await self._publish_pause()
         return self.state()
@@ -218,9 +219,16 @@ class EnrollmentWorkflow:
 
     @workflow.update
     async def resume_enrollment(self, request: ResumeUpdate) -> EnrollmentState:
+        await self._until_initialised()
         self.resume(ResumeSignal(resumed_by=request.resumed_by, reason=request.reason))
         await self._publish_pause()
         return self.state()
+
+    async def _until_initialised(self) -> None:
+        """An update that arrives before the enrollment has loaded its contact waits for that, so
+        the rep's pause is applied and confirmed rather than answered with an empty state."""
+        if self._state is None and workflow.patched("confirm-early-updates"):
+            await workflow.wait_condition(lambda: self._state is not None)
 
     async def _publish_pause(self) -> None:
         """Visibility shows a pause at once, not at the next step.
@@ -272,6 +280,17 @@ class EnrollmentWorkflow:
 
     @workflow.run
     async def run(self, input: EnrollmentInput) -> EnrollmentResult:
+        try:
+            return await self._interpret(input)
+        except (ActivityError, ApplicationError) as err:
+            # The enrollments row is the API's index: it must not say "active" about a workflow
+            # that has failed. Histories from before this change fail without the record.
+            if not workflow.patched("record-failure"):
+                raise
+            await self._record_failure(err)
+            raise
+
+    async def _interpret(self, input: EnrollmentInput) -> EnrollmentResult:
         if self._state is None:
             contact = await self._load_contact()
             self._state = CarriedState(
@@ -282,6 +301,10 @@ class EnrollmentWorkflow:
             )
             self._note("entered", detail=f"flow {input.flow_id} v{input.flow_version}")
             self._replay_early_signals()
+            if workflow.patched("confirm-early-updates"):
+                # Updates that waited for the contact apply first, so the first progress
+                # report already carries their pause.
+                await workflow.wait_condition(workflow.all_handlers_finished)
         else:
             self._state.runs += 1
         self._check_contact()
@@ -319,6 +342,15 @@ class EnrollmentWorkflow:
             steps_run=self._steps_run,
             emails_sent=sum(1 for s in self._state.sends if s.status == "sent"),
         )
+
+    async def _record_failure(self, err: Exception) -> None:
+        self._status = "failed"
+        self._exit_reason = _failure_reason(err)
+        self._waiting_for = None
+        self._note("failed", detail=self._exit_reason)
+        workflow.logger.warning("enrollment failed", extra={**self._log_fields(), "exit_reason": self._exit_reason})
+        await self._record_progress()
+        await self._upsert_search_attributes()
 
     async def _enter(self, step: Step) -> None:
         assert self._state is not None
@@ -492,7 +524,12 @@ class EnrollmentWorkflow:
             name, payload = "enroll_in_flow", EnrollInFlowInput(**common, target_flow_id=step.flow_id)
         try:
             result: ActionResult = await workflow.execute_activity(
-                name, payload, result_type=ActionResult, start_to_close_timeout=timedelta(minutes=1), retry_policy=ACTION_RETRY
+                name,
+                payload,
+                result_type=ActionResult,
+                start_to_close_timeout=timedelta(minutes=1),
+                heartbeat_timeout=self._input.timeouts.heartbeat,
+                retry_policy=ACTION_RETRY,
             )
         except ActivityError as err:
             # A failed side step is recorded and the contact goes on, as a failed send does.
@@ -553,7 +590,9 @@ class EnrollmentWorkflow:
                     scheduled_at=workflow.now(),
                 ),
                 result_type=SendEmailResult,
-                start_to_close_timeout=timedelta(minutes=2),
+                # Sized from the SMTP timeout; the heartbeat moves a dead worker's send within seconds.
+                start_to_close_timeout=self._input.timeouts.send,
+                heartbeat_timeout=self._input.timeouts.heartbeat,
                 retry_policy=SEND_RETRY,
             )
         except ActivityError as err:
@@ -634,6 +673,7 @@ class EnrollmentWorkflow:
                 ),
                 result_type=ActionResult,
                 start_to_close_timeout=timedelta(minutes=1),
+                heartbeat_timeout=self._input.timeouts.heartbeat,
                 retry_policy=ACTION_RETRY,
             )
             await self._quiet_period(True, self._state.step_deadline, "sales handoff")
@@ -724,7 +764,7 @@ class EnrollmentWorkflow:
         )
 
     async def _record_progress(self) -> None:
-        assert self._state is not None
+        state = self._state  # None only when the enrollment failed before loading its contact
         await workflow.execute_activity(
             "record_progress",
             RecordProgressInput(
@@ -733,9 +773,9 @@ class EnrollmentWorkflow:
                 flow_id=self._input.flow_id,
                 flow_version=self._input.flow_version,
                 contact_id=self._input.contact_id,
-                entered_at=self._state.entered_at,
+                entered_at=state.entered_at if state else workflow.info().start_time,
                 status=self._status,  # type: ignore[arg-type]
-                current_step=self._state.current_step,
+                current_step=state.current_step if state else None,
                 paused=self._active_pause() is not None,
                 exit_reason=self._exit_reason,
                 at=workflow.now(),
@@ -848,6 +888,17 @@ class EnrollmentWorkflow:
             return
         entry = TimelineEntry(at=workflow.now(), kind=kind, step_id=step_id or self._state.current_step, detail=detail)
         self._state.timeline = (self._state.timeline + [entry])[-TIMELINE_LIMIT:]
+
+
+def _failure_reason(err: Exception) -> str:
+    """What failed, in words an operator can act on: "reserve_send failed: ContactMissing: contact 3 does not exist"."""
+    cause = err.cause if isinstance(err, ActivityError) and err.cause is not None else err
+    kind = cause.type if isinstance(cause, ApplicationError) and cause.type else None
+    detail = cause.message if isinstance(cause, FailureError) else str(cause)
+    what = f"{kind}: {detail}" if kind else detail
+    if isinstance(err, ActivityError):
+        what = f"{err.activity_type} failed: {what}"
+    return what[:500]
 
 
 def _needs_contact(condition: Condition) -> bool:

@@ -27,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
     )
 
 PAGE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_interval=timedelta(minutes=2))
+PAGE_HEARTBEAT = timedelta(seconds=10)
 
 
 @workflow.defn(name=TRIGGER_SCAN_WORKFLOW)
@@ -72,7 +73,8 @@ class TriggerScanWorkflow:
                 ),
                 result_type=ScanPageResult,
                 start_to_close_timeout=timedelta(minutes=30),
-                heartbeat_timeout=timedelta(minutes=2),
+                # The worker heartbeats for the page while it runs (activities/heartbeat.py).
+                heartbeat_timeout=PAGE_HEARTBEAT,
                 retry_policy=PAGE_RETRY,
             )
             pages += 1

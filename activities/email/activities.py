@@ -5,7 +5,7 @@ from __future__ import annotations
 from jinja2 import TemplateError
 from sqlmodel import select
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities.common import require_contact
 from activities.email.consent import ConsentLinks, with_unsubscribe_footer
@@ -53,6 +53,14 @@ class EmailActivities:
             if message is not None and message.status in FINAL:
                 log.info("send_already_done", message_id=message.id, status=message.status)
                 return _result(message)
+            if message is not None and message.status == MessageStatus.sending:
+                # An earlier attempt handed the message over and was cut off before hearing back
+                # (its worker died or timed out): nothing tells whether the provider took it. Resend
+                # under the same key and Message-ID; only a non-idempotent provider can get it twice.
+                log.warning(
+                    "send_outcome_unknown", message_id=message.id, attempt=message.attempts,
+                    provider=self.provider.name, may_duplicate=not self.provider.idempotent,
+                )
 
             contact = await require_contact(session, input.contact_id)
             template = (await session.exec(select(Template).where(Template.key == input.template))).first()
@@ -111,6 +119,15 @@ class EmailActivities:
             session.add(message)
             await session.commit()  # the attempt is on record before the provider sees it
 
+            async def record_sent(provider_id: str) -> None:
+                # Called the moment the provider has the message: nothing may come in between.
+                message.status = MessageStatus.sent
+                message.provider_message_id = provider_id
+                message.sent_at = utcnow()
+                message.error = None
+                session.add(message)
+                await session.commit()
+
             try:
                 provider_id = await self.provider.deliver(
                     OutgoingEmail(
@@ -122,7 +139,8 @@ class EmailActivities:
                         html=rendered.html,
                         text=rendered.text,
                         headers=headers,
-                    )
+                    ),
+                    accepted=record_sent,
                 )
             except PermanentDeliveryError as exc:
                 message.status = MessageStatus.failed
@@ -130,15 +148,30 @@ class EmailActivities:
                 await _save(session, message, log, "send_rejected")
                 raise ApplicationError(str(exc), type="PermanentDeliveryFailure", non_retryable=True) from exc
             except TemporaryDeliveryError as exc:
-                message.error = str(exc)
-                await _save(session, message, log, "send_retry")
-                raise ApplicationError(str(exc), type="TemporaryDeliveryFailure") from exc
+                raise await _retry_later(session, message, log, exc) from exc
 
-            message.status = MessageStatus.sent
-            message.provider_message_id = provider_id
-            message.sent_at = utcnow()
-            message.error = None
+            if message.status != MessageStatus.sent:  # a provider that does not call back
+                await record_sent(provider_id)
             return await _save(session, message, log, "sent")
+
+
+async def _retry_later(session, message: Message, log, exc: TemporaryDeliveryError) -> ApplicationError:
+    """The provider said "not now" (4xx, no connection): it does not have the message, a retry is safe.
+
+    (A server that stops answering in the middle of the message may have taken it: the retry
+    resends it, as after a crash.) One warning line per attempt; the error is benign to Temporal, which would otherwise log its
+    own traceback for every attempt of an outage.
+    """
+    message.status = MessageStatus.reserved
+    message.error = str(exc)
+    session.add(message)
+    await session.commit()
+    log.warning("send_retry", message_id=message.id, error=message.error, attempt=message.attempts)
+    return ApplicationError(
+        f"temporary delivery failure: {exc}",
+        type="TemporaryDeliveryFailure",
+        category=ApplicationErrorCategory.BENIGN,
+    )
 
 
 async def _save(session, message: Message, log, what: str) -> SendEmailResult:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import re
+from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
 from email.policy import default as default_policy
 from email.utils import formataddr
@@ -36,11 +38,22 @@ class TemporaryDeliveryError(Exception):
     """The provider could not take the message now; a later attempt may succeed."""
 
 
+Accepted = Callable[[str], Awaitable[None]]
+
+
 class EmailProvider(Protocol):
     name: str
+    # Whether handing the same idempotency key over twice still delivers one message. When it is
+    # not, a retry after an attempt that was cut off between the provider's acceptance and our
+    # record of it sends a second copy (same Message-ID).
+    idempotent: bool
 
-    async def deliver(self, email: OutgoingEmail) -> str:
-        """Hand the message over; return the provider's message id."""
+    async def deliver(self, email: OutgoingEmail, accepted: Accepted | None = None) -> str:
+        """Hand the message over; return the provider's message id.
+
+        ``accepted`` is awaited with that id the moment the provider has taken the message,
+        before anything else (closing the connection), so the caller can record the send first.
+        """
         ...
 
 
@@ -78,6 +91,7 @@ class OutboxProvider:
     """Keeps every message as an .eml file under the data directory, one file per idempotency key."""
 
     name = "outbox"
+    idempotent = True
 
     def __init__(self, directory: Path):
         self.directory = directory
@@ -85,48 +99,83 @@ class OutboxProvider:
     def path_for(self, key: str) -> Path:
         return self.directory / f"{_safe_name(key)}.eml"
 
-    async def deliver(self, email: OutgoingEmail) -> str:
+    async def deliver(self, email: OutgoingEmail, accepted: Accepted | None = None) -> str:
         self.directory.mkdir(parents=True, exist_ok=True)
         mime = build_mime(email)
         target = self.path_for(email.idempotency_key)
         tmp = target.with_suffix(".tmp")
         tmp.write_bytes(mime.as_bytes())
         os.replace(tmp, target)  # a retry rewrites the same file: never a second copy
+        if accepted is not None:
+            await accepted(str(mime["Message-ID"]))
         return str(mime["Message-ID"])
 
 
 class SmtpProvider:
+    """Delivers through an SMTP server. Not idempotent: a server that said 250 has the message."""
+
     name = "smtp"
+    idempotent = False
 
     def __init__(self, settings: SmtpSettings):
         self.settings = settings
 
-    async def deliver(self, email: OutgoingEmail) -> str:
+    async def deliver(self, email: OutgoingEmail, accepted: Accepted | None = None) -> str:
         mime = build_mime(email)
+        message_id = str(mime["Message-ID"])
         s = self.settings
+        client = aiosmtplib.SMTP(
+            hostname=s.host,
+            port=s.port,
+            username=s.username,
+            password=s.password,
+            start_tls=s.start_tls,
+            use_tls=s.use_tls,
+            timeout=s.timeout_seconds,
+        )
         try:
-            await aiosmtplib.send(
-                mime,
-                hostname=s.host,
-                port=s.port,
-                username=s.username,
-                password=s.password,
-                start_tls=s.start_tls,
-                use_tls=s.use_tls,
-                timeout=s.timeout_seconds,
-            )
+            await self._hand_over(client, mime)
+            # The server said 250 and has the message: the caller records that before anything
+            # else, even QUIT, so a worker that dies from here on has nothing left to resend.
+            if accepted is not None:
+                await accepted(message_id)
+        finally:
+            await _close(client, s.timeout_seconds)
+        return message_id
+
+    async def _hand_over(self, client: aiosmtplib.SMTP, mime: EmailMessage) -> None:
+        timeout = self.settings.timeout_seconds
+        try:
+            # The whole exchange, not each command, within the timeout: the send activity's
+            # start-to-close timeout is sized from it (Settings.send_activity_timeout).
+            async with asyncio.timeout(timeout):
+                await client.connect()
+                await client.send_message(mime)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [r.code for r in exc.recipients]
+            reply = "; ".join(f"{r.code} {r.message}" for r in exc.recipients)
             if all(500 <= c < 600 for c in codes):
-                raise PermanentDeliveryError("; ".join(f"{r.code} {r.message}" for r in exc.recipients)) from exc
-            raise TemporaryDeliveryError(str(exc)) from exc
+                raise PermanentDeliveryError(reply) from exc
+            raise TemporaryDeliveryError(reply) from exc
         except aiosmtplib.SMTPResponseException as exc:
             if 500 <= exc.code < 600:
                 raise PermanentDeliveryError(f"{exc.code} {exc.message}") from exc
             raise TemporaryDeliveryError(f"{exc.code} {exc.message}") from exc
+        except TimeoutError as exc:
+            raise TemporaryDeliveryError(f"the SMTP server did not answer within {timeout:g}s") from exc
         except (aiosmtplib.SMTPException, OSError) as exc:
             raise TemporaryDeliveryError(str(exc) or type(exc).__name__) from exc
-        return str(mime["Message-ID"])
+
+
+async def _close(client: aiosmtplib.SMTP, timeout: float) -> None:
+    """QUIT politely; a server that does not answer it loses nothing (the message is recorded)."""
+    if client.is_connected:
+        try:
+            async with asyncio.timeout(timeout):
+                await client.quit()
+        except (aiosmtplib.SMTPException, OSError):
+            pass
+    client.close()
 
 
 def provider_from_settings(settings: Settings) -> EmailProvider:

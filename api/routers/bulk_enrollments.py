@@ -86,6 +86,7 @@ async def start_bulk_enrollment(
                 segment=body.segment,
                 rate_per_second=body.rate_per_second,
                 requested_by=body.requested_by,
+                heartbeat_timeout=settings.activity_heartbeat_timeout,
             ),
             id=workflow_id,
             task_queue=settings.temporal_task_queue,
