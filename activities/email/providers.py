@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.policy import default as default_policy
-from email.utils import formataddr
+from email.utils import formataddr, format_datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -26,6 +27,8 @@ class OutgoingEmail(BaseModel):
     html: str
     text: str
     headers: dict[str, str] = Field(default_factory=dict)
+    # The Date header; the moment the message is built when unset.
+    date: datetime | None = None
 
 
 class PermanentDeliveryError(Exception):
@@ -65,6 +68,8 @@ def build_mime(email: OutgoingEmail) -> EmailMessage:
     mime["From"] = email.sender
     mime["To"] = formataddr((email.to_name, email.to)) if email.to_name else email.to
     mime["Subject"] = email.subject
+    # RFC 5322 requires it, and spam filters score its absence.
+    mime["Date"] = format_datetime((email.date or datetime.now(UTC)).astimezone(UTC))
     mime["Message-ID"] = message_id_for(email.idempotency_key)
     mime["X-Nurture-Idempotency-Key"] = email.idempotency_key
     for name, value in email.headers.items():
