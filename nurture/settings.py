@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     # Refuse loopback, private and link-local targets unless explicitly allowed (SSRF guard).
     webhook_allow_private_networks: bool = False
 
-    # Templates render in a small pool of processes (docs/templates.md): a render past its time is
+    # Templates render in a small pool of processes (docs/flows.md, "The render budget"): a render past its time is
     # killed; each rendered part (subject, HTML, text, webhook body) holds at most max_output_kb;
     # a render process gets at most memory_mb of address space (0: no cap).
     template_render_timeout_seconds: float = Field(default=2.0, gt=0, le=60)

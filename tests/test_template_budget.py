@@ -106,6 +106,36 @@ async def test_a_stored_hostile_template_fails_its_send_for_good(db, client, set
     assert run.result.status == "completed" and run.result.emails_sent == 0  # the contact went on
 
 
+@pytest.mark.parametrize(
+    ("step", "what"),
+    [
+        ({"type": "send_sms", "text": HUGE_RANGE}, "the text of step 'side' does not render: text: "),
+        ({"type": "notify_owner", "subject": HUGE_RANGE}, "the notification of step 'side' does not render: subject: "),
+        ({"type": "create_task", "title": HUGE_RANGE}, "the task of step 'side' does not render: title: "),
+        ({"type": "webhook", "url": "http://127.0.0.1:9/hook", "body": {"who": HUGE_RANGE}},
+         "the webhook body of step 'side' does not render: body: "),
+    ],
+    ids=["sms", "notify_owner", "create_task", "webhook"],
+)
+async def test_a_step_whose_text_does_not_render_fails_once_and_the_flow_goes_on(
+    db, client, settings, temporal_env, worker, step, what
+):
+    settings.webhook_allow_private_networks = True  # the body fails before any call is made
+    await add_templates(db)
+
+    run = await run_flow(db, client, settings, temporal_env, manual_flow(
+        {"id": "side", **step}, {"id": "hello", "type": "send_email", "template": "demo-welcome"},
+    ), phone="+15550100", owner="rep@example.com")
+
+    action = next(e for e in run.state.timeline if e.kind == "action")
+    assert f"failed: {what}OverflowError: Range too big" in action.detail
+    history = await client.get_workflow_handle(run.workflow_id).fetch_history()
+    attempts = [e.activity_task_started_event_attributes.attempt for e in history.events
+                if e.HasField("activity_task_started_event_attributes")]
+    assert attempts and max(attempts) == 1  # no activity was retried
+    assert [m.status for m in run.messages if m.template_key == "demo-welcome"] == ["sent"]
+
+
 # --- simulating -------------------------------------------------------------------
 
 

@@ -46,8 +46,9 @@ class TemplateRenderError(TemplateError):
         super().__init__(f"{field}: {reason}")
         self.field, self.reason = field, reason
 
-    def __reduce__(self):
-        return type(self), (self.field, self.reason)
+
+class RenderProcessLost(Exception):
+    """A render process ended without an answer: temporary, worth a retry."""
 
 
 def template_failure(what: str, exc: TemplateRenderError) -> ApplicationError:
@@ -149,8 +150,9 @@ class TemplateRenderer:
         except TimeoutError:
             raise TemplateRenderError(field, f"did not finish within {timeout:g}s") from None
         except ProcessExpired as exc:
-            # Killed from outside its own code (out of memory, a crash in a C extension).
-            raise TemplateRenderError(field, f"the render process died (exit code {exc.exitcode})") from None
+            # Killed from outside (a service stop signalling every process, the kernel's OOM killer):
+            # not the template's fault as far as we can tell, so a temporary failure, retried.
+            raise RenderProcessLost(f"the render process of the {field} died (exit code {exc.exitcode})") from exc
         if problem is not None:
             raise TemplateRenderError(field, problem)
         return value
@@ -166,6 +168,8 @@ def _schedule(budget: TemplateBudget, function, args: tuple, timeout: float):
     global _pool
     with _pool_lock:
         if _pool is None or not _pool.active:
+            if _pool is not None:
+                _pool.stop()  # broken (its processes could not be started): start afresh
             _pool = _start_pool(budget)
         return _pool.schedule(function, args=args, timeout=timeout)
 
