@@ -27,8 +27,6 @@ class OutgoingEmail(BaseModel):
     html: str
     text: str
     headers: dict[str, str] = Field(default_factory=dict)
-    # The Date header; the moment the message is built when unset.
-    date: datetime | None = None
 
 
 class PermanentDeliveryError(Exception):
@@ -68,8 +66,9 @@ def build_mime(email: OutgoingEmail) -> EmailMessage:
     mime["From"] = email.sender
     mime["To"] = formataddr((email.to_name, email.to)) if email.to_name else email.to
     mime["Subject"] = email.subject
-    # RFC 5322 requires it, and spam filters score its absence.
-    mime["Date"] = format_datetime((email.date or datetime.now(UTC)).astimezone(UTC))
+    # RFC 5322 requires it, and spam filters score its absence. The moment of this attempt: a
+    # retry after an outage would otherwise carry a date hours in the past, which filters score too.
+    mime["Date"] = format_datetime(datetime.now(UTC))
     mime["Message-ID"] = message_id_for(email.idempotency_key)
     mime["X-Nurture-Idempotency-Key"] = email.idempotency_key
     for name, value in email.headers.items():
