@@ -7,6 +7,7 @@ from activities.contacts import ContactActivities
 from activities.email.activities import EmailActivities
 from activities.email.consent import ConsentLinks
 from activities.email.providers import EmailProvider
+from activities.email.rendering import TemplateRenderer
 from activities.email.tracking import LinkTracker
 from activities.enrolling import EnrollingActivities
 from activities.governance import GovernanceActivities
@@ -27,13 +28,14 @@ def build_activities(
     sms: SmsProvider | None = None,
 ) -> list:
     contacts = ContactActivities(db)
+    renderer = TemplateRenderer.from_settings(settings)
     email = EmailActivities(db, provider, settings.email_from, LinkTracker.from_settings(settings),
-                            ConsentLinks.from_settings(settings))
+                            ConsentLinks.from_settings(settings), renderer)
     progress = ProgressActivities(db)
     scheduling = SchedulingActivities(db, settings.default_send_time)
     actions = ActionActivities(db, provider, client, settings)
     webhooks = WebhookActivities(db, settings)
-    texts = SmsActivities(db, sms or SmsOutboxProvider(settings.sms_outbox_dir))
+    texts = SmsActivities(db, sms or SmsOutboxProvider(settings.sms_outbox_dir), renderer)
     governance = GovernanceActivities(db, settings, client)
     enrolling = EnrollingActivities(db, client, settings)
     # Every activity is timed into nurture_activity_seconds (nurture/metrics.py).

@@ -11,7 +11,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.common import require_contact
 from activities.email.providers import EmailProvider, OutgoingEmail
-from activities.email.rendering import render
+from activities.email.rendering import TemplateRenderer, TemplateRenderError, template_failure
 from nurture.contracts import ActionResult, CreateTaskInput, EnrollInFlowInput, NotifyOwnerInput
 from nurture.db import Database
 from nurture.enrolling import Enroller
@@ -27,6 +27,7 @@ class ActionActivities:
         self.provider = provider
         self.client = client
         self.settings = settings
+        self.renderer = TemplateRenderer.from_settings(settings)
 
     @activity.defn(name="notify_owner")
     async def notify_owner(self, input: NotifyOwnerInput) -> ActionResult:
@@ -45,10 +46,14 @@ class ActionActivities:
                 )
             ).all()
             fields = contact_snapshot(contact).fields()
-            rendered = render(input.subject, input.message or "", input.message or "", {"contact": fields})
+            try:
+                subject = await self.renderer.line(input.subject, {"contact": fields})
+                body = await self.renderer.text(input.message, {"contact": fields}, "message") if input.message else ""
+            except TemplateRenderError as exc:
+                raise template_failure(f"the notification of step '{input.step_id}'", exc) from exc
             activity_lines = [f"{e.occurred_at:%Y-%m-%d %H:%M} {e.type} {e.properties or ''}" for e in events]
             text = (
-                f"{rendered.text}\n\nContact: {contact.name or ''} <{contact.email}> {contact.company or ''}\n"
+                f"{body}\n\nContact: {contact.name or ''} <{contact.email}> {contact.company or ''}\n"
                 f"Lifecycle stage: {contact.lifecycle_stage or '-'}\n\nRecent activity:\n"
                 + ("\n".join(activity_lines) or "none")
             )
@@ -65,7 +70,7 @@ class ActionActivities:
                 provider=self.provider.name,
                 scheduled_at=input.at,
             )
-            message.subject, message.text, message.html = rendered.subject, text, html
+            message.subject, message.text, message.html = subject, text, html
             message.attempts += 1
             session.add(message)
             await session.commit()
@@ -74,7 +79,7 @@ class ActionActivities:
                     idempotency_key=input.idempotency_key,
                     sender=self.settings.email_from,
                     to=to,
-                    subject=rendered.subject,
+                    subject=subject,
                     html=html,
                     text=text,
                 )
@@ -93,12 +98,19 @@ class ActionActivities:
             contact = await require_contact(session, input.contact_id)
             assignee = (contact.owner or "unassigned") if input.assignee == "owner" else input.assignee
             fields = contact_snapshot(contact).fields()
-            title = render(input.title, "", None, {"contact": fields}).subject
+            try:
+                title = await self.renderer.line(input.title, {"contact": fields}, "title")
+                description = (
+                    await self.renderer.text(input.description, {"contact": fields}, "description")
+                    if input.description else ""
+                )
+            except TemplateRenderError as exc:
+                raise template_failure(f"the task of step '{input.step_id}'", exc) from exc
             task = Task(
                 idempotency_key=input.idempotency_key,
                 kind=input.kind,
                 title=title,
-                description=render(input.description, "", input.description, {"contact": fields}).text,
+                description=description,
                 contact_id=contact.id,
                 assignee=assignee,
                 priority=input.priority,

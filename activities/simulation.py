@@ -17,16 +17,14 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from jinja2 import TemplateError
 from temporalio import activity
 from temporalio.common import RawValue
 from temporalio.exceptions import ApplicationError
 
 from activities.contacts import _apply as apply_members
-from activities.email.rendering import render
+from activities.email.rendering import TemplateRenderer, TemplateRenderError, template_failure
 from activities.governance import next_open_slot
 from activities.scheduling import parse_clock, resolve, zone_for
-from activities.webhooks import render_body
 from nurture.contracts import (
     ActionResult,
     ContactSnapshot,
@@ -124,8 +122,9 @@ class World:
 
 
 class SimulationActivities:
-    def __init__(self, world: World):
+    def __init__(self, world: World, renderer: TemplateRenderer | None = None):
         self.world = world
+        self.renderer = renderer or TemplateRenderer()
 
     @activity.defn(name="load_contact")
     async def load_contact(self, input: LoadContactInput) -> ContactSnapshot:
@@ -163,8 +162,8 @@ class SimulationActivities:
             sent.status, sent.detail = "failed", f"template '{input.template}' does not exist"
             raise ApplicationError(sent.detail, type="TemplateError", non_retryable=True)
         try:
-            rendered = render(template.subject, template.html, template.text, world.context())
-        except TemplateError as exc:
+            rendered = await self.renderer.email(template.subject, template.html, template.text, world.context())
+        except TemplateRenderError as exc:
             sent.status, sent.detail = "failed", f"template '{input.template}' does not render: {exc}"
             raise ApplicationError(sent.detail, type="TemplateError", non_retryable=True) from exc
         sent.subject, sent.text, sent.message_id = rendered.subject, rendered.text, world._next_message_id()
@@ -241,7 +240,10 @@ class SimulationActivities:
         to = contact.owner if contact.owner and "@" in contact.owner else input.fallback_to
         if not to:
             return self._record("internal", input.step_id, input.at, "skipped", "the contact has no owner with an email address")
-        subject = render(input.subject, "", None, self.world.context()).subject
+        try:
+            subject = await self.renderer.line(input.subject, self.world.context())
+        except TemplateRenderError as exc:
+            raise self._failed("internal", input.step_id, input.at, template_failure("the notification", exc))
         self.world.outgoing.append(
             Outgoing(channel="internal", step_id=input.step_id, at=input.at, status="sent", to=to, subject=subject)
         )
@@ -251,7 +253,10 @@ class SimulationActivities:
     async def create_task(self, input: CreateTaskInput) -> ActionResult:
         contact = self.world.contact
         assignee = (contact.owner or "unassigned") if input.assignee == "owner" else input.assignee
-        title = render(input.title, "", None, self.world.context()).subject
+        try:
+            title = await self.renderer.line(input.title, self.world.context(), "title")
+        except TemplateRenderError as exc:
+            raise self._failed("task", input.step_id, input.at, template_failure("the task", exc))
         self.world.outgoing.append(
             Outgoing(channel="task", step_id=input.step_id, at=input.at, status="done", to=assignee, subject=title,
                      detail=f"{input.kind}, {input.priority} priority",
@@ -261,7 +266,10 @@ class SimulationActivities:
 
     @activity.defn(name="call_webhook")
     async def call_webhook(self, input: WebhookInput) -> ActionResult:
-        body = render_body(input.body, self.world.context())
+        try:
+            body = await self.renderer.json(input.body, self.world.context())
+        except TemplateRenderError as exc:
+            raise self._failed("webhook", input.step_id, input.at, template_failure("the webhook body", exc))
         detail = f"{input.method} {input.url} (not called in a simulation)"
         self.world.outgoing.append(
             Outgoing(channel="webhook", step_id=input.step_id, at=input.at, status="simulated", to=input.url,
@@ -276,7 +284,10 @@ class SimulationActivities:
             return self._record("sms", input.step_id, input.at, "skipped", "the contact does not receive SMS")
         if not contact.phone:
             return self._record("sms", input.step_id, input.at, "skipped", "the contact has no phone number")
-        text = render(input.text, "", input.text, self.world.context()).text
+        try:
+            text = await self.renderer.text(input.text, self.world.context())
+        except TemplateRenderError as exc:
+            raise self._failed("sms", input.step_id, input.at, template_failure("the text", exc))
         self.world.outgoing.append(
             Outgoing(channel="sms", step_id=input.step_id, at=input.at, status="sent", to=contact.phone, text=text)
         )
@@ -290,6 +301,11 @@ class SimulationActivities:
     def _record(self, channel: str, step_id: str, at: datetime, status: str, detail: str) -> ActionResult:
         self.world.outgoing.append(Outgoing(channel=channel, step_id=step_id, at=at, status=status, detail=detail))
         return ActionResult(status="skipped" if status == "skipped" else "done", detail=detail)
+
+    def _failed(self, channel: str, step_id: str, at: datetime, error: ApplicationError) -> ApplicationError:
+        """Record a step whose template does not render, as the real activity fails it."""
+        self.world.outgoing.append(Outgoing(channel=channel, step_id=step_id, at=at, status="failed", detail=error.message))
+        return error
 
     def all(self) -> list:
         return [

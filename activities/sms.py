@@ -11,7 +11,7 @@ from temporalio import activity
 
 from activities.common import require_contact
 from activities.email.providers import _safe_name
-from activities.email.rendering import render
+from activities.email.rendering import TemplateRenderer, TemplateRenderError, template_failure
 from nurture.contracts import ActionResult, SendSmsInput
 from nurture.db import Database
 from nurture.models import MessageStatus, SmsMessage, utcnow
@@ -40,9 +40,10 @@ class SmsOutboxProvider:
 
 
 class SmsActivities:
-    def __init__(self, db: Database, provider: SmsProvider):
+    def __init__(self, db: Database, provider: SmsProvider, renderer: TemplateRenderer | None = None):
         self.db = db
         self.provider = provider
+        self.renderer = renderer or TemplateRenderer()
 
     @activity.defn(name="send_sms")
     async def send_sms(self, input: SendSmsInput) -> ActionResult:
@@ -55,7 +56,10 @@ class SmsActivities:
                 return ActionResult(status="skipped", detail="the contact does not receive SMS")
             if not contact.phone:
                 return ActionResult(status="skipped", detail="the contact has no phone number")
-            text = render(input.text, "", input.text, {"contact": contact_snapshot(contact).fields()}).text
+            try:
+                text = await self.renderer.text(input.text, {"contact": contact_snapshot(contact).fields()})
+            except TemplateRenderError as exc:
+                raise template_failure(f"the text of step '{input.step_id}'", exc) from exc
             sms = sms or SmsMessage(
                 idempotency_key=input.idempotency_key,
                 workflow_id=input.workflow_id,

@@ -9,39 +9,25 @@ import ipaddress
 import json
 import socket
 import time
-from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from jinja2.sandbox import SandboxedEnvironment
 from sqlmodel import select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.common import require_contact
+from activities.email.rendering import TemplateRenderer, TemplateRenderError, template_failure
 from nurture.contracts import ActionResult, WebhookInput
 from nurture.db import Database
 from nurture.models import WebhookCall, utcnow
 from nurture.settings import Settings
 from nurture.snapshots import contact_snapshot
 
-_env = SandboxedEnvironment(autoescape=False)
-
-
 def sign(secret: str, timestamp: int, body: bytes) -> str:
     """Header value ``t=<unix>,v1=<hex hmac-sha256 of "<t>.<body>">`` (the Stripe scheme)."""
     digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
     return f"t={timestamp},v1={digest}"
-
-
-def render_body(value: Any, context: dict[str, Any]) -> Any:
-    if isinstance(value, str):
-        return _env.from_string(value).render(context)
-    if isinstance(value, dict):
-        return {k: render_body(v, context) for k, v in value.items()}
-    if isinstance(value, list):
-        return [render_body(v, context) for v in value]
-    return value
 
 
 async def refuse_private_target(url: str) -> None:
@@ -71,6 +57,7 @@ class WebhookActivities:
     def __init__(self, db: Database, settings: Settings, http: httpx.AsyncClient | None = None):
         self.db = db
         self.settings = settings
+        self.renderer = TemplateRenderer.from_settings(settings)
         self.http = http or httpx.AsyncClient(timeout=settings.webhook_timeout_seconds, follow_redirects=False)
 
     @activity.defn(name="call_webhook")
@@ -82,13 +69,17 @@ class WebhookActivities:
             contact = await require_contact(session, input.contact_id)
             if not self.settings.webhook_allow_private_networks:
                 await refuse_private_target(input.url)
+            try:
+                data = await self.renderer.json(input.body, {"contact": contact_snapshot(contact).fields()})
+            except TemplateRenderError as exc:
+                raise template_failure(f"the webhook body of step '{input.step_id}'", exc) from exc
             payload = {
                 "event": "nurture.step",
                 "flow_id": input.flow_id,
                 "step_id": input.step_id,
                 "enrollment": input.workflow_id,
                 "contact": {"id": contact.id, "email": contact.email},
-                "data": render_body(input.body, {"contact": contact_snapshot(contact).fields()}),
+                "data": data,
             }
             body = json.dumps(payload, separators=(",", ":"), default=str).encode()
             call = call or WebhookCall(

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from activities.email.rendering import check_template
+from activities.email.rendering import TemplateRenderer
 from nurture.db import Database
 from nurture.flow import FlowDefinition, Problem
 from nurture.flow.language import EventTrigger, SendEmailStep
@@ -124,15 +124,22 @@ async def template_keys(session: AsyncSession) -> set[str]:
     return set((await session.exec(select(Template.key))).all())
 
 
-def template_syntax_error(subject: str, html: str, text: str | None) -> RequestValidationError | None:
-    """A 422 naming each field whose Jinja2 does not parse, or None."""
-    problems = check_template(subject, html, text)
+async def template_error(
+    renderer: TemplateRenderer, subject: str, html: str, text: str | None
+) -> RequestValidationError | None:
+    """A 422 naming each part that does not parse or does not render for a sample contact within
+    the render budget, or None."""
+    problems = await renderer.problems(subject, html, text)
     if not problems:
         return None
     return RequestValidationError(
         [
-            {"type": "template_syntax", "loc": ("body", field), "msg": f"template syntax error: {message}"}
-            for field, message in problems
+            {
+                "type": "template_syntax" if problem.reason.startswith("syntax error") else "template_render",
+                "loc": ("body", problem.field),
+                "msg": f"the template does not render: {problem.reason}",
+            }
+            for problem in problems
         ]
     )
 

@@ -77,6 +77,14 @@ class Settings(BaseSettings):
     # Refuse loopback, private and link-local targets unless explicitly allowed (SSRF guard).
     webhook_allow_private_networks: bool = False
 
+    # Templates render in a small pool of processes (docs/flows.md, "The render budget"): a render past its time is
+    # killed; each rendered part (subject, HTML, text, webhook body) holds at most max_output_kb;
+    # a render process gets at most memory_mb of address space (0: no cap).
+    template_render_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    template_max_output_kb: int = Field(default=256, ge=1, le=10240)
+    template_render_processes: int = Field(default=2, ge=1, le=64)
+    template_render_memory_mb: int = Field(default=512, ge=0)
+
     # Date waits on a date-only property go out at this local time when the flow names none.
     default_send_time: str = "09:00"
 

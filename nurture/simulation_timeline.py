@@ -203,10 +203,12 @@ def build_result(
                 SimulatedAction(
                     step_id=item.step_id, kind=item.channel,  # type: ignore[arg-type]
                     at=ideal, offset=clock.offset(ideal), status=item.status, target=item.to,
-                    detail=item.subject if item.channel == "task" else item.detail,
+                    detail=(item.subject or item.detail) if item.channel == "task" else item.detail,
                     due_at=ideal + (item.due_at - item.at) if item.due_at else None,
                 )
             )
+            if item.status == "failed":
+                warnings.append(f"step '{item.step_id}': {item.detail}")
     return SimulationResult(
         flow_name=flow.name,
         status="running" if horizon is not None else state.status,

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -47,6 +47,9 @@ from nurture.logging import get_logger
 from nurture.simulation_models import ContactChange, ScriptedEvent, SimulationResult
 from nurture.simulation_timeline import Delivery, admission_warnings, build_result
 from workflows.enrollment import EnrollmentWorkflow
+
+if TYPE_CHECKING:
+    from activities.email.rendering import TemplateRenderer
 
 DEFAULT_HORIZON = timedelta(days=5 * 365)
 MAX_HORIZON = timedelta(days=50 * 365)
@@ -101,12 +104,14 @@ class Simulator:
         flow_version: int = 0,
         rules: SendRules | None = None,
         default_send_time: str = "09:00",
+        renderer: TemplateRenderer | None = None,
     ) -> SimulationResult:
         """Run ``flow`` for ``contact`` from ``start`` (default: now) until it ends or ``horizon`` passes.
 
         ``history`` holds the contact's earlier events at their real times; ``events`` are
         scripted at offsets from the start; ``rules`` are the deployment's send rules
-        (SendRules.from_settings). Raises SimulationError when it cannot answer.
+        (SendRules.from_settings); ``renderer`` renders the templates within the deployment's
+        budget. Raises SimulationError when it cannot answer.
         """
         start = (start or datetime.now(UTC)).astimezone(UTC)
         horizon = min(horizon, MAX_HORIZON)
@@ -131,7 +136,7 @@ class Simulator:
                 env.client,
                 task_queue=workflow_id,
                 workflows=[EnrollmentWorkflow],
-                activities=SimulationActivities(world).all(),
+                activities=SimulationActivities(world, renderer).all(),
             ):
                 handle = await env.client.start_workflow(
                     "EnrollmentWorkflow",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from activities.email.rendering import render
+from activities.email.rendering import TemplateRenderer
 from nurture.flow import load_flow
 from nurture.flow.conditions import EventFact
 from nurture.playbooks import Playbook, load_playbooks
@@ -54,12 +54,12 @@ def test_playbook_validates_with_exactly_the_templates_it_ships(name):
 
 
 @pytest.mark.parametrize("name", EXPECTED)
-def test_playbook_templates_render_for_a_sparse_and_a_full_contact(name):
+async def test_playbook_templates_render_for_a_sparse_and_a_full_contact(name):
     sparse = {"email": "someone@example.com"}
     full = {**BY_NAME[name].contact.get("properties", {}), **BY_NAME[name].contact, "email": "ada@example.com"}
     for template in PLAYBOOKS[name].templates:
         for contact in (sparse, full):
-            rendered = render(template.subject, template.html, template.text, {"contact": contact})
+            rendered = await TemplateRenderer().email(template.subject, template.html, template.text, {"contact": contact})
             assert rendered.subject.strip() and rendered.text.strip(), template.key
             assert "None" not in rendered.subject + rendered.html + rendered.text, template.key
         assert "{{" in template.subject + template.html, f"{template.key} is not personalised"
@@ -129,7 +129,8 @@ async def test_upsell_pitch_is_the_variant_drawn_with_its_own_subject(simulator)
         assert pitch.variant == result.choices["pro-pitch"]
         assert pitch.template == templates[pitch.variant]
         source = playbook.template_texts[pitch.template]
-        assert pitch.subject == render(source.subject, source.html, source.text, {"contact": {"name": "Katherine"}}).subject
+        expected = await TemplateRenderer().line(source.subject, {"contact": {"name": "Katherine"}})
+        assert pitch.subject == expected
 
 
 @pytest.mark.parametrize(

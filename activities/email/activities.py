@@ -15,7 +15,7 @@ from activities.email.providers import (
     PermanentDeliveryError,
     TemporaryDeliveryError,
 )
-from activities.email.rendering import render
+from activities.email.rendering import TemplateRenderer
 from activities.email.tracking import LinkTracker
 from nurture.contracts import SendEmailInput, SendEmailResult
 from nurture.db import Database
@@ -34,12 +34,14 @@ class EmailActivities:
         sender: str,
         tracker: LinkTracker | None = None,
         consent: ConsentLinks | None = None,
+        renderer: TemplateRenderer | None = None,
     ):
         self.db = db
         self.provider = provider
         self.sender = sender
         self.tracker = tracker
         self.consent = consent
+        self.renderer = renderer or TemplateRenderer()
 
     @activity.defn(name="send_email")
     async def send_email(self, input: SendEmailInput) -> SendEmailResult:
@@ -97,7 +99,7 @@ class EmailActivities:
                 links = self.consent.context(contact.id, message.id, input.flow_id, input.scheduled_at)
                 context.update(links)
             try:
-                rendered = render(template.subject, template.html, template.text, context)
+                rendered = await self.renderer.email(template.subject, template.html, template.text, context)
             except TemplateError as exc:
                 message.status = MessageStatus.failed
                 message.error = f"template '{input.template}' does not render: {exc}"

@@ -7,9 +7,10 @@ import hashlib
 import os
 import re
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.policy import default as default_policy
-from email.utils import formataddr
+from email.utils import formataddr, format_datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -78,6 +79,9 @@ def build_mime(email: OutgoingEmail) -> EmailMessage:
     mime["From"] = email.sender
     mime["To"] = formataddr((email.to_name, email.to)) if email.to_name else email.to
     mime["Subject"] = email.subject
+    # RFC 5322 requires it, and spam filters score its absence. The moment of this attempt: a
+    # retry after an outage would otherwise carry a date hours in the past, which filters score too.
+    mime["Date"] = format_datetime(datetime.now(UTC))
     mime["Message-ID"] = message_id_for(email.idempotency_key)
     mime["X-Nurture-Idempotency-Key"] = email.idempotency_key
     for name, value in email.headers.items():

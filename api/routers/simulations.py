@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from activities.email.rendering import TemplateRenderer
 from activities.simulation import SendRules, TemplateText
 from api import crud
 from api.deps import SessionDep, SettingsDep
@@ -109,6 +110,7 @@ async def run_simulation(
             trigger_properties=script.trigger_properties, horizon=script.horizon,
             flow_id=flow_id, flow_version=flow_version,
             rules=SendRules.from_settings(settings), default_send_time=settings.default_send_time,
+            renderer=TemplateRenderer.from_settings(settings),
         )
     except SimulationError as exc:
         if exc.caused_by_flow:

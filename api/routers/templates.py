@@ -7,7 +7,8 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from api import crud
-from api.deps import PaginationDep, SessionDep
+from activities.email.rendering import TemplateRenderer
+from api.deps import PaginationDep, SessionDep, SettingsDep
 from api.schemas.common import Page
 from api.schemas.templates import KEY_PATTERN, TemplateBody, TemplateCreate, TemplateOut
 from nurture.logging import get_logger
@@ -23,9 +24,11 @@ async def _by_key(session, key: str) -> Template | None:
 
 
 @router.post("", response_model=TemplateOut, status_code=status.HTTP_201_CREATED)
-async def create_template(body: TemplateCreate, session: SessionDep) -> Template:
-    """Create a template. Its Jinja2 is checked: a syntax error is a 422 naming the field."""
-    if (error := crud.template_syntax_error(body.subject, body.html, body.text)) is not None:
+async def create_template(body: TemplateCreate, session: SessionDep, settings: SettingsDep) -> Template:
+    """Create a template. It is rendered for a sample contact within the render budget (time,
+    size): a syntax error, a failure or a part over budget is a 422 naming the field."""
+    renderer = TemplateRenderer.from_settings(settings)
+    if (error := await crud.template_error(renderer, body.subject, body.html, body.text)) is not None:
         raise error
     if await _by_key(session, body.key) is not None:
         raise HTTPException(status_code=409, detail=f"template '{body.key}' already exists: PUT /templates/{body.key} changes it")
@@ -56,9 +59,13 @@ async def get_template(key: TemplateKeyPath, session: SessionDep) -> Template:
     response_model=TemplateOut,
     responses={201: {"model": TemplateOut, "description": "The template did not exist and was created"}},
 )
-async def put_template(key: TemplateKeyPath, body: TemplateBody, session: SessionDep, response: Response) -> Template:
-    """Replace the template (create it when missing: 201). Emails not yet sent use the new text."""
-    if (error := crud.template_syntax_error(body.subject, body.html, body.text)) is not None:
+async def put_template(
+    key: TemplateKeyPath, body: TemplateBody, session: SessionDep, settings: SettingsDep, response: Response
+) -> Template:
+    """Replace the template (create it when missing: 201), checked as on create. Emails not yet
+    sent use the new text."""
+    renderer = TemplateRenderer.from_settings(settings)
+    if (error := await crud.template_error(renderer, body.subject, body.html, body.text)) is not None:
         raise error
     template = await _by_key(session, key)
     created = template is None
