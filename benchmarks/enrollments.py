@@ -29,6 +29,7 @@ import json
 import math
 import os
 import platform
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -409,6 +410,10 @@ async def measure_engine(
         email_provider="outbox",
         auth_required=False,
         log_level="WARNING",
+        # Tracking and consent links are signed: a throw-away secret per run.
+        tracking_secret=secrets.token_urlsafe(32),
+        email_webhook_secret=secrets.token_urlsafe(32),
+        webhook_secret=secrets.token_urlsafe(32),
     )
     await add_templates(db)
     short_flow, goal_flow = await add_flow(db, SHORT_FLOW), await add_flow(db, GOAL_FLOW)
