@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from temporalio.api.enums.v1 import IndexedValueType
 from nurture import cli
 from nurture.api_keys import authenticate
 from nurture.db import Database
+from nurture.deployment_secrets import API_SECRETS, WORKER_SECRETS, ensure_local_secrets, forgeable, with_stored_secrets
 from nurture.enrolling import Enroller
 from nurture.search_attributes import SEARCH_ATTRIBUTES
 from nurture.settings import Settings
@@ -176,3 +178,19 @@ async def test_history_prints_the_timeline_and_exits_cleanly_every_time(db, clie
         done = await asyncio.to_thread(run_nurture, ["history", str(enrollment.id)], settings.data_dir, **env)
         assert done.returncode == 0, done.stderr[-2000:]
         assert "Sent 'demo-welcome'" in done.stdout, done.stdout
+
+
+def test_a_process_started_alone_uses_the_secrets_the_stack_kept(tmp_path):
+    set_by_hand = "from-the-environment-0123456789"
+    stack = ensure_local_secrets(Settings(_env_file=None, data_dir=tmp_path, webhook_secret=set_by_hand))
+    stored = json.loads((tmp_path / "secrets.json").read_text())
+    assert set(stored) == {"tracking_secret", "email_webhook_secret"}  # a secret given is never written down
+    assert (tmp_path / "secrets.json").stat().st_mode & 0o777 == 0o600
+
+    alone = with_stored_secrets(Settings(_env_file=None, data_dir=tmp_path))
+    assert (alone.tracking_secret, alone.email_webhook_secret) == (stack.tracking_secret, stack.email_webhook_secret)
+    assert alone.webhook_secret is None and forgeable(alone, WORKER_SECRETS) == ["NURTURE_WEBHOOK_SECRET is not set"]
+    assert forgeable(alone, API_SECRETS) == []
+    overridden = with_stored_secrets(Settings(_env_file=None, data_dir=tmp_path, tracking_secret="x" * 20))
+    assert overridden.tracking_secret == "x" * 20  # the environment wins over the file
+    assert ensure_local_secrets(Settings(_env_file=None, data_dir=tmp_path)).tracking_secret == stack.tracking_secret
