@@ -23,6 +23,9 @@ COPY . .
 RUN pip install --no-deps .
 
 USER nurture
+# No secret is baked in: the API and the worker refuse to start until NURTURE_TRACKING_SECRET,
+# NURTURE_EMAIL_WEBHOOK_SECRET (API) and NURTURE_WEBHOOK_SECRET (worker) are set at run time
+# (docker run -e ..., or docker-compose.yml, which requires all three).
 ENV NURTURE_DATA_DIR=/data \
     NURTURE_API_HOST=0.0.0.0 \
     NURTURE_API_PORT=8000

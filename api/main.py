@@ -34,6 +34,7 @@ from api.routers import (
 )
 from api.state import TemporalConnection
 from nurture.db import Database
+from nurture.deployment_secrets import API_SECRETS, ForgeableSecret, require_secrets, with_stored_secrets
 from nurture.enrolling import TemporalUnavailable
 from nurture.flow import FlowDefinition
 from nurture.logging import configure_logging, get_logger
@@ -59,6 +60,14 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings.log_level, settings.log_json)
         log = get_logger(component="api")
+        # Serving with a forgeable secret would let anyone forge links and provider reports.
+        try:
+            checked = with_stored_secrets(app.state.settings)
+            require_secrets(checked, API_SECRETS, "API")
+        except ForgeableSecret as exc:
+            log.error("api_refused_to_start", reason=str(exc))
+            raise
+        app.state.settings = checked
         owned_db: Database | None = None
         if app.state.db is None:
             owned_db = Database(settings.resolved_database_url)

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import platform
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -411,6 +412,10 @@ async def measure_engine(
         # The benchmark is one client driving the API as hard as it can: measure the engine, not the limiter.
         rate_limit_per_client="1000000/minute",
         log_level="WARNING",
+        # Tracking and consent links are signed: a throw-away secret per run.
+        tracking_secret=secrets.token_urlsafe(32),
+        email_webhook_secret=secrets.token_urlsafe(32),
+        webhook_secret=secrets.token_urlsafe(32),
     )
     await add_templates(db)
     short_flow, goal_flow = await add_flow(db, SHORT_FLOW), await add_flow(db, GOAL_FLOW)

@@ -2,7 +2,10 @@
 
 The stack is one process tree: a Temporal dev server (persisted in a SQLite file
 under the data directory, so stopping and starting again resumes in-flight
-enrollments), then the worker, then the API, each as a child process. The
+enrollments), then the worker, then the API, each as a child process. Before it
+starts anything it checks that its ports are free, and it generates the signing
+secrets on first start (kept in <data_dir>/secrets.json, see
+nurture/deployment_secrets.py) and hands them to the children. The
 children are supervised: if one dies, the others are stopped and the command
 exits non-zero. SIGINT/SIGTERM stop them in reverse order (API, worker,
 Temporal) and the command exits 0.
@@ -15,13 +18,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import gc
 import os
 import shutil
 import signal
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
@@ -31,9 +38,13 @@ from temporalio.client import Client
 from nurture.logging import configure_logging, get_logger
 from nurture.search_attributes import SEARCH_ATTRIBUTES, SearchAttribute
 from nurture.api_keys import Role, create_key
+from nurture.database_location import DatabaseMissing, describe_database, require_existing_database
 from nurture.db import Database
+from nurture.deployment_secrets import ALL_SECRETS, ForgeableSecret, ensure_local_secrets, require_secrets, secrets_environment
 from nurture.settings import Settings, get_settings
 from nurture.temporal import connect
+
+T = TypeVar("T")
 
 READY_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 15.0
@@ -132,6 +143,53 @@ def api_command(settings: Settings) -> list[str]:
     ]
 
 
+@dataclass(frozen=True)
+class Listener:
+    """A port the stack listens on, and the setting that chooses it."""
+
+    what: str
+    setting: str
+    host: str
+    port: int
+
+
+def stack_listeners(settings: Settings) -> list[Listener]:
+    host, port = parse_address(settings.temporal_address)
+    return [
+        Listener("Temporal", "NURTURE_TEMPORAL_ADDRESS", host, port),
+        # start-dev serves its UI on the frontend's IP.
+        Listener("the Temporal UI", "NURTURE_TEMPORAL_UI_PORT", host, settings.temporal_ui_port),
+        Listener("the API", "NURTURE_API_PORT", settings.api_host, settings.api_port),
+    ]
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something already listens there: binding as the servers do (SO_REUSEADDR, so a
+    port left in TIME_WAIT by a stack just stopped is free) fails with EADDRINUSE."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return False  # an unknown host is the child's error to report
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
+def taken_ports(settings: Settings) -> list[str]:
+    """One line per port another program holds, naming the port and the setting to change."""
+    return [
+        f"port {listener.port} on {listener.host} is already in use, so {listener.what} cannot listen there "
+        f"(another stack running? stop it, or set {listener.setting})"
+        for listener in stack_listeners(settings)
+        if port_in_use(listener.host, listener.port)
+    ]
+
+
 def missing_search_attributes(
     registered: dict[str, int], wanted: Sequence[SearchAttribute] = SEARCH_ATTRIBUTES
 ) -> dict[str, int]:
@@ -220,6 +278,8 @@ class Stack:
     ready_timeout: float = READY_TIMEOUT_SECONDS
     stop_timeout: float = STOP_TIMEOUT_SECONDS
     children: list[Child] = field(default_factory=list)
+    # Extra environment for the children (the signing secrets).
+    child_environment: dict[str, str] = field(default_factory=dict)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     force: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -236,7 +296,7 @@ class Stack:
         self.stop.set()
 
     async def spawn(self, name: str, command: list[str]) -> Child:
-        env = dict(os.environ)
+        env = {**os.environ, **self.child_environment}
         env.setdefault("PYTHONUNBUFFERED", "1")
         # Each child leads its own process group: a Ctrl-C in the terminal reaches only
         # this supervisor, which then stops the children in order.
@@ -265,7 +325,18 @@ class Stack:
                 loop.remove_signal_handler(signum)
 
     async def _run(self, settings: Settings) -> int:
+        # A server already on one of our ports would answer in our place (another stack's
+        # Temporal looks ready), so nothing starts while one is taken.
+        taken = taken_ports(settings)
+        if taken:
+            raise StackError("; ".join(taken))
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            settings = ensure_local_secrets(settings)
+            require_secrets(settings, ALL_SECRETS, "stack")
+        except ForgeableSecret as exc:
+            raise StackError(str(exc)) from exc
+        self.child_environment.update(secrets_environment(settings))
         temporal = await self.spawn("temporal", temporal_server_command(settings, find_binary("temporal")))
         client = await wait_for_temporal(settings, temporal.process, self.stop, self.ready_timeout)
         if client is None:
@@ -357,6 +428,11 @@ def build_parser() -> argparse.ArgumentParser:
     key.add_argument("--name", required=True)
     key.add_argument("--role", required=True, choices=[r.value for r in Role])
     key.add_argument("--owner", help="for sales keys: the rep id whose contacts the key may see")
+    key.add_argument(
+        "--create-database", action="store_true",
+        help="create the SQLite database if it does not exist (by default the command refuses, so a key "
+        "never lands in a new database the running API does not use)",
+    )
     shown = commands.add_parser(
         "history",
         help="print an enrollment's timeline, read from its Temporal history",
@@ -373,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     playbooks.add_argument("names", nargs="*", metavar="NAME", help="only these playbooks (default: all)")
     playbooks.add_argument("--activate", action="store_true", help="also activate the flows")
+    playbooks.add_argument("--create-database", action="store_true", help="create the SQLite database if it does not exist")
     return parser
 
 
@@ -389,8 +466,29 @@ async def create_api_key(
     return secret
 
 
+def run_command(coroutine: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run``, then free what the command left in reference cycles. A Temporal client
+    is in such cycles; left to the interpreter's shutdown, dropping its native runtime from a
+    background thread aborts the process (``Fatal Python error: PyGILState_Release``, exit 134)
+    after the command has already printed its result."""
+    try:
+        return asyncio.run(coroutine)
+    finally:
+        gc.collect()
+
+
 def run_stack(settings: Settings) -> int:
-    return asyncio.run(Stack(settings).run())
+    return run_command(Stack(settings).run())
+
+
+def _database_or_refuse(settings: Settings, *, create: bool, flag: bool) -> bool:
+    try:
+        require_existing_database(settings, create=create)
+    except DatabaseMissing as exc:
+        advice = " To create a new database there, pass --create-database." if flag else ""
+        sys.stderr.write(f"nurture: {exc}.{advice}\n")
+        return False
+    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -402,17 +500,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "history":
         from nurture.history_command import show_history
 
-        return asyncio.run(show_history(settings, args.enrollment, sys.stdout, sys.stderr, as_json=args.json))
+        if args.enrollment.isdigit() and not _database_or_refuse(settings, create=False, flag=False):
+            return 1
+        return run_command(show_history(settings, args.enrollment, sys.stdout, sys.stderr, as_json=args.json))
     if args.command == "load-playbooks":
         from nurture.playbooks_command import load_playbooks_command
 
-        return asyncio.run(
+        if not _database_or_refuse(settings, create=args.create_database, flag=True):
+            return 1
+        sys.stderr.write(f"database: {describe_database(settings)}\n")
+        return run_command(
             load_playbooks_command(settings, sys.stdout, sys.stderr, activate=args.activate, names=args.names)
         )
     if args.command == "create-api-key":
         if args.role == Role.sales and not args.owner:
             build_parser().error("a sales key needs --owner")
-        sys.stdout.write(asyncio.run(create_api_key(settings, args.name, args.role, args.owner)) + "\n")
+        if not _database_or_refuse(settings, create=args.create_database, flag=True):
+            return 1
+        secret = run_command(create_api_key(settings, args.name, args.role, args.owner))
+        # Only the key goes to stdout (KEY=$(nurture create-api-key ...)); where it went, to stderr.
+        sys.stderr.write(f"created {args.role} key '{args.name}' in database {describe_database(settings)}\n")
+        sys.stdout.write(secret + "\n")
         return 0
     raise AssertionError(f"unhandled command {args.command}")  # argparse rejects unknown commands
 

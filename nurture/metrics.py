@@ -56,7 +56,7 @@ TRACKING_HITS = Counter(
 )
 TRACKING_UNRECORDED = Counter(
     "nurture_tracking_unrecorded",
-    "Tracking hits not recorded, by reason (invalid, expired, unknown_message, temporal_unavailable).",
+    "Tracking hits not recorded, by reason (invalid, expired, unknown_message, unknown_link, temporal_unavailable).",
     ["reason"],
 )
 EMAIL_WEBHOOK_EVENTS = Counter(

@@ -72,7 +72,11 @@ class Settings(BaseSettings):
     max_pause_days: int = 90
 
     # Webhook steps sign their body with this secret (header X-Nurture-Signature).
-    webhook_secret: str = "change-me"
+    # The three secrets (this one, tracking_secret, email_webhook_secret) have no default: a process
+    # takes each from the environment, else from <data_dir>/secrets.json (which `nurture stack`
+    # writes), and refuses to start while one it uses is unset or forgeable
+    # (nurture/deployment_secrets.py, docs/running.md).
+    webhook_secret: str | None = None
     webhook_timeout_seconds: float = 10.0
     # Refuse loopback, private and link-local targets unless explicitly allowed (SSRF guard).
     webhook_allow_private_networks: bool = False
@@ -98,7 +102,7 @@ class Settings(BaseSettings):
     # Tracking links and the open pixel point here; tokens are signed with tracking_secret.
     public_base_url: str = "http://127.0.0.1:8000"
     tracking_enabled: bool = True
-    tracking_secret: str = "change-me-tracking"
+    tracking_secret: str | None = None
     tracking_token_days: int = Field(default=365, ge=1)
     # Consent links (docs/consent.md), signed with tracking_secret: one-click unsubscribe in every
     # marketing email, and the double opt-in confirmation link ({{ optin_url }}).
@@ -107,7 +111,7 @@ class Settings(BaseSettings):
     # Also offered in List-Unsubscribe as a mailto: address when set (e.g. unsubscribe@example.com).
     unsubscribe_mailto: str | None = None
     # Provider webhooks (POST /webhooks/email/{provider}) are signed with this secret.
-    email_webhook_secret: str = "change-me-email-webhooks"
+    email_webhook_secret: str | None = None
     email_webhook_tolerance_seconds: int = Field(default=300, ge=1)
     # Opens counted apart as bot/prefetch: a known scanner within this many seconds of the
     # send, or anyone within prefetch seconds of delivery.

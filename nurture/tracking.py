@@ -3,8 +3,10 @@
 A token is ``<payload>.<signature>``: the payload is base64url JSON naming the
 message, the kind of hit and, for a click, the target URL; the signature is an
 HMAC-SHA256 of the payload with the tracking secret. The redirect target is read
-from the signed payload only, so a changed URL breaks the signature and is refused:
-the click endpoint can never be used as an open redirect.
+from the signed payload only, so a changed URL breaks the signature and is refused.
+A signature alone is not enough for a redirect: the token must also be one of the links
+the message was sent with (``sent_with``), so even a leaked secret cannot turn the click
+endpoint into an open redirect.
 
 Consent links (unsubscribe, double opt-in confirmation; docs/consent.md) use the same format
 under their own signing context and name the contact with the message or the flow.
@@ -46,6 +48,16 @@ def trackable_url(url: str) -> bool:
     """Only web links are tracked and redirected to: never mailto:, javascript: or relative links."""
     parts = urlsplit(url)
     return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def click_path(token: str) -> str:
+    return f"/t/c/{token}"
+
+
+def sent_with(message_html: str, token: str) -> bool:
+    """Whether the stored (tracked) body of a message carries this click link. The token holds
+    only base64url characters and a dot, which the rewrite never escapes."""
+    return click_path(token) in message_html
 
 
 def _b64(data: bytes) -> str:

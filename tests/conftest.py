@@ -114,6 +114,10 @@ def settings(tmp_path, db: Database) -> Settings:
         email_provider="outbox",
         # Roles are tested in test_auth.py; the other API tests act as an unrestricted caller.
         auth_required=False,
+        # Processes refuse to start without real secrets (test_deploy.py); tests give their own.
+        tracking_secret=f"test-tracking-{uuid.uuid4().hex}",
+        email_webhook_secret=f"test-email-webhooks-{uuid.uuid4().hex}",
+        webhook_secret=f"test-webhooks-{uuid.uuid4().hex}",
     )
 
 

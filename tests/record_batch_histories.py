@@ -44,7 +44,8 @@ async def main() -> None:
         db = Database(f"sqlite:///{tmp}/record.db")
         await db.create_all()
         settings = Settings(
-            _env_file=None, data_dir=Path(tmp), temporal_search_attributes=False, temporal_task_queue=f"record-{uuid.uuid4()}"
+            _env_file=None, data_dir=Path(tmp), temporal_search_attributes=False, temporal_task_queue=f"record-{uuid.uuid4()}",
+            tracking_secret=uuid.uuid4().hex * 2, email_webhook_secret=uuid.uuid4().hex * 2, webhook_secret=uuid.uuid4().hex * 2,
         )
         await add_templates(db, TEMPLATES)
         now = await env.get_current_time()

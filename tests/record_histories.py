@@ -36,7 +36,8 @@ async def main() -> None:
         db = Database(f"sqlite:///{tmp}/record.db")
         await db.create_all()
         settings = Settings(_env_file=None, data_dir=Path(tmp), temporal_search_attributes=False,
-                            temporal_task_queue=f"record-{uuid.uuid4()}")
+                            temporal_task_queue=f"record-{uuid.uuid4()}", tracking_secret=uuid.uuid4().hex * 2,
+                            email_webhook_secret=uuid.uuid4().hex * 2, webhook_secret=uuid.uuid4().hex * 2)
         await add_templates(db)
         flow = await add_active_flow(db)
         contact = await add_contact(db)

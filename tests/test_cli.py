@@ -1,7 +1,11 @@
-"""The pure helpers behind ``nurture stack``."""
+"""The pure helpers behind ``nurture stack``, and the commands run as a user runs them."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -9,8 +13,15 @@ import pytest
 from temporalio.api.enums.v1 import IndexedValueType
 
 from nurture import cli
+from nurture.api_keys import authenticate
+from nurture.db import Database
+from nurture.deployment_secrets import API_SECRETS, WORKER_SECRETS, ensure_local_secrets, forgeable, with_stored_secrets
+from nurture.enrolling import Enroller
 from nurture.search_attributes import SEARCH_ATTRIBUTES
 from nurture.settings import Settings
+from tests.conftest import eventually
+from tests.factories import add_active_flow, add_contact, add_templates, messages_of
+from tests.test_workflow_example import enroll
 
 
 @pytest.mark.parametrize(
@@ -111,3 +122,75 @@ def test_a_command_is_required():
         cli.build_parser().parse_args([])
     assert exited.value.code == 2
     assert cli.build_parser().parse_args(["stack"]).command == "stack"
+
+
+# --- the commands as a new user runs them, in a subprocess ------------------------------------
+
+
+def run_nurture(args: list[str], cwd: Path, **settings: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NURTURE_")}
+    env.update(settings)
+    return subprocess.run(
+        [sys.executable, "-m", "nurture.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_create_api_key_away_from_the_project_creates_no_database(tmp_path):
+    done = run_nurture(["create-api-key", "--name", "first", "--role", "admin"], cwd=tmp_path)
+
+    assert done.returncode != 0 and done.stdout == ""  # no key that no API would accept
+    assert str(tmp_path / "data" / "nurture.db") in done.stderr and "--create-database" in done.stderr
+    assert not (tmp_path / "data" / "nurture.db").exists()
+
+
+async def test_create_api_key_says_which_database_holds_the_key(tmp_path):
+    database = tmp_path / "data" / "nurture.db"
+    created = run_nurture(["create-api-key", "--name", "first", "--role", "admin", "--create-database"], cwd=tmp_path)
+    assert created.returncode == 0, created.stderr
+    assert f"in database {database}" in created.stderr
+    again = run_nurture(["create-api-key", "--name", "second", "--role", "marketer"], cwd=tmp_path / "data",
+                        NURTURE_DATA_DIR=str(tmp_path / "data"))
+    assert again.returncode == 0, again.stderr
+    assert f"in database {database}" in again.stderr
+
+    db = Database(f"sqlite:///{database}")
+    try:
+        async with db.session() as session:
+            for done, name in ((created, "first"), (again, "second")):
+                key = await authenticate(session, done.stdout.strip())
+                assert key is not None and key.name == name
+    finally:
+        await db.dispose()
+
+
+@pytest.mark.parametrize("db", ["sqlite"], indirect=True)  # the command opens the database itself
+async def test_history_prints_the_timeline_and_exits_cleanly_every_time(db, client, settings, worker):
+    await add_templates(db)
+    flow, contact = await add_active_flow(db), await add_contact(db)
+    enrollment = await enroll(db, Enroller(client, settings), flow, contact)
+    await eventually(lambda: messages_of(db, contact.id))
+    env = {
+        "NURTURE_DATABASE_URL": db.url,
+        "NURTURE_TEMPORAL_ADDRESS": client.service_client.config.target_host,
+    }
+    # The abort came at interpreter exit in about a third of the runs: a dozen catch it.
+    for _ in range(12):
+        done = await asyncio.to_thread(run_nurture, ["history", str(enrollment.id)], settings.data_dir, **env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "Sent 'demo-welcome'" in done.stdout, done.stdout
+
+
+def test_a_process_started_alone_uses_the_secrets_the_stack_kept(tmp_path):
+    set_by_hand = "from-the-environment-0123456789"
+    stack = ensure_local_secrets(Settings(_env_file=None, data_dir=tmp_path, webhook_secret=set_by_hand))
+    stored = json.loads((tmp_path / "secrets.json").read_text())
+    assert set(stored) == {"tracking_secret", "email_webhook_secret"}  # a secret given is never written down
+    assert (tmp_path / "secrets.json").stat().st_mode & 0o777 == 0o600
+
+    alone = with_stored_secrets(Settings(_env_file=None, data_dir=tmp_path))
+    assert (alone.tracking_secret, alone.email_webhook_secret) == (stack.tracking_secret, stack.email_webhook_secret)
+    assert alone.webhook_secret is None and forgeable(alone, WORKER_SECRETS) == ["NURTURE_WEBHOOK_SECRET is not set"]
+    assert forgeable(alone, API_SECRETS) == []
+    overridden = with_stored_secrets(Settings(_env_file=None, data_dir=tmp_path, tracking_secret="x" * 20))
+    assert overridden.tracking_secret == "x" * 20  # the environment wins over the file
+    assert ensure_local_secrets(Settings(_env_file=None, data_dir=tmp_path)).tracking_secret == stack.tracking_secret

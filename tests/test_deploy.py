@@ -11,6 +11,8 @@ import os
 import re
 import socket
 import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,6 +27,8 @@ from nurture.search_attributes import SEARCH_ATTRIBUTES
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "deploy" / "register-search-attributes.sh"
+SECRETS = ("NURTURE_TRACKING_SECRET", "NURTURE_EMAIL_WEBHOOK_SECRET", "NURTURE_WEBHOOK_SECRET")
+GOOD_SECRET = "a3f9c2e7b1d84f60a9e2c7b3d1f08e4a"
 
 
 def free_port() -> int:
@@ -61,6 +65,22 @@ def test_compose_app_services(compose, name):
         "temporal": {"condition": "service_healthy"},
         "temporal-admin-tools": {"condition": "service_completed_successfully"},
     }
+
+
+@pytest.mark.parametrize("name", ["api", "worker"])
+def test_compose_takes_every_secret_from_the_environment_or_stops(compose, name):
+    """`${VAR:?message}`: docker compose refuses to start the stack while VAR is unset or empty."""
+    environment = compose["services"][name]["environment"]
+    for variable in SECRETS:
+        value = environment.get(variable, "")
+        assert re.fullmatch(r"\$\{" + variable + r":\?[^}]+\}", value), (variable, value)
+
+
+def test_dockerfile_ships_no_secret():
+    dockerfile = (REPO / "Dockerfile").read_text()
+    for variable in SECRETS:
+        assert f"{variable}=" not in dockerfile
+    assert "change-me" not in dockerfile
 
 
 def test_worker_can_be_scaled(compose):
@@ -135,3 +155,71 @@ async def test_script_registers_on_a_live_server_and_is_idempotent(bare_dev_serv
         assert IndexedValueType.Name(registered[attribute.name]) == IndexedValueType.Name(
             cli.INDEXED_VALUE_TYPES[attribute.type]
         )
+
+
+# --- a process started with a forgeable secret refuses to start, and says which -----------------
+
+
+def run_until_exit(command: list[str], env: dict[str, str], timeout: float = 60) -> tuple[int, str]:
+    """The exit code and output of a process expected to stop by itself; fails if it keeps running."""
+    with subprocess.Popen(
+        command, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as process:
+        deadline = time.monotonic() + timeout
+        while process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if process.poll() is None:
+            process.kill()
+            pytest.fail(f"{command} still running after {timeout}s: {process.communicate()[0][-3000:]}")
+        return process.returncode, process.communicate()[0]
+
+
+def bare_env(tmp_path, **settings: str) -> dict[str, str]:
+    """No NURTURE_* from the caller, an empty data directory, and Temporal nowhere."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NURTURE_")}
+    env.update(
+        NURTURE_DATA_DIR=str(tmp_path / "data"),
+        NURTURE_DATABASE_URL=f"sqlite:///{tmp_path / 'nurture.db'}",
+        NURTURE_TEMPORAL_ADDRESS=f"127.0.0.1:{free_port()}",
+        **settings,
+    )
+    return env
+
+
+@pytest.mark.parametrize(
+    ("secrets", "named"),
+    [
+        ({}, {"NURTURE_TRACKING_SECRET", "NURTURE_EMAIL_WEBHOOK_SECRET"}),
+        (
+            {"NURTURE_TRACKING_SECRET": "change-me-tracking", "NURTURE_EMAIL_WEBHOOK_SECRET": GOOD_SECRET},
+            {"NURTURE_TRACKING_SECRET"},
+        ),
+        (
+            {"NURTURE_TRACKING_SECRET": GOOD_SECRET, "NURTURE_EMAIL_WEBHOOK_SECRET": "change-me-email-webhooks"},
+            {"NURTURE_EMAIL_WEBHOOK_SECRET"},
+        ),
+        ({"NURTURE_TRACKING_SECRET": "short", "NURTURE_EMAIL_WEBHOOK_SECRET": GOOD_SECRET}, {"NURTURE_TRACKING_SECRET"}),
+    ],
+    ids=["unset", "default-tracking", "default-email-webhooks", "too-short"],
+)
+def test_the_api_refuses_to_start_with_a_forgeable_secret(tmp_path, secrets, named):
+    command = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", str(free_port())]
+    code, output = run_until_exit(command, bare_env(tmp_path, **secrets))
+    assert code != 0, output
+    for variable in SECRETS:
+        assert (variable in output) == (variable in named), (variable, output[-3000:])
+
+
+@pytest.mark.parametrize(
+    ("secrets", "named"),
+    [
+        ({}, {"NURTURE_TRACKING_SECRET", "NURTURE_WEBHOOK_SECRET"}),
+        ({"NURTURE_TRACKING_SECRET": GOOD_SECRET, "NURTURE_WEBHOOK_SECRET": "change-me"}, {"NURTURE_WEBHOOK_SECRET"}),
+    ],
+    ids=["unset", "default-webhook"],
+)
+def test_the_worker_refuses_to_start_with_a_forgeable_secret(tmp_path, secrets, named):
+    code, output = run_until_exit([sys.executable, "-m", "worker"], bare_env(tmp_path, **secrets))
+    assert code != 0, output
+    for variable in SECRETS:
+        assert (variable in output) == (variable in named), (variable, output[-3000:])

@@ -7,6 +7,7 @@ stand-in API with the same /health answer is used, with a warning.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -90,6 +91,11 @@ def still_running(processes: dict[int, int]) -> list[int]:
         if stat and stat[0] != "Z" and stat[2] == start:
             alive.append(pid)
     return alive
+
+
+def environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+    return dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)
 
 
 def cmdline(pid: int) -> list[str]:
@@ -280,17 +286,50 @@ async def test_stack_serves_then_stops_cleanly_on_sigint(launch, stack_config):
     await stop_and_assert_clean_exit(stack)
 
 
-async def test_stack_keeps_workflows_across_restarts_and_fails_when_a_child_dies(launch, stack_config):
+SECRET_VARIABLES = {
+    "tracking_secret": "NURTURE_TRACKING_SECRET",
+    "email_webhook_secret": "NURTURE_EMAIL_WEBHOOK_SECRET",
+    "webhook_secret": "NURTURE_WEBHOOK_SECRET",
+}
+
+
+def children_secrets(stack: RunningStack) -> dict[str, dict[str, str]]:
+    """The secrets each Python child (worker, API) was started with, from its environment."""
+    found = {}
+    for pid in stack.remember_tree():
+        line = " ".join(cmdline(pid))
+        name = "worker" if "-m worker" in line else "api" if "api.main:app" in line else None
+        if name:
+            env = environ(pid)
+            found[name] = {key: env.get(variable) for key, variable in SECRET_VARIABLES.items()}
+    return found
+
+
+def stored_secrets(config: StackConfig) -> dict[str, str]:
+    path = config.data_dir / "secrets.json"
+    assert path.stat().st_mode & 0o777 == 0o600, oct(path.stat().st_mode)
+    return json.loads(path.read_text())
+
+
+async def test_stack_keeps_workflows_and_secrets_across_restarts_and_fails_when_a_child_dies(launch, stack_config):
     # A workflow on a task queue nobody polls stays open: it stands for an in-flight enrollment.
     workflow_id = f"parked-{uuid.uuid4().hex[:8]}"
     first = launch()
     await first.wait_healthy()
     client = await temporal_client(stack_config)
     await client.start_workflow("NobodyRunsThis", id=workflow_id, task_queue=f"parked-{uuid.uuid4().hex[:8]}")
+    # First start: a random secret of its own for each setting, kept in the data directory, given
+    # to both children.
+    secrets = stored_secrets(stack_config)
+    assert set(secrets) == set(SECRET_VARIABLES), secrets
+    assert len(set(secrets.values())) == 3 and all(len(value) >= 32 for value in secrets.values()), secrets
+    assert children_secrets(first) == {"worker": secrets, "api": secrets}
     await stop_and_assert_clean_exit(first)
 
     second = launch()
     await second.wait_healthy()
+    assert stored_secrets(stack_config) == secrets  # the same ones again: links sent before still verify
+    assert children_secrets(second) == {"worker": secrets, "api": secrets}
     client = await temporal_client(stack_config)
     described = await client.get_workflow_handle(workflow_id).describe()
     assert described.status == WorkflowExecutionStatus.RUNNING
@@ -302,3 +341,24 @@ async def test_stack_keeps_workflows_across_restarts_and_fails_when_a_child_dies
     assert code != 0, second.output()
     left = still_running(tree)
     assert not left, f"left running: {[cmdline(pid) for pid in left]}\n{second.output()}"
+
+
+@pytest.mark.parametrize(
+    ("taken", "setting"),
+    [("temporal", "NURTURE_TEMPORAL_ADDRESS"), ("ui", "NURTURE_TEMPORAL_UI_PORT"), ("api", "NURTURE_API_PORT")],
+)
+async def test_a_taken_port_stops_the_stack_before_it_starts_anything(launch, stack_config, taken, setting):
+    port = {
+        "temporal": int(stack_config.temporal_address.rsplit(":", 1)[1]),
+        "ui": int(stack_config.env["NURTURE_TEMPORAL_UI_PORT"]),
+        "api": int(stack_config.env["NURTURE_API_PORT"]),
+    }[taken]
+    with socket.socket() as other:  # another program (another stack) listening there
+        other.bind(("127.0.0.1", port))
+        other.listen()
+        stack = launch()
+        code = await stack.wait_exit()
+    output = stack.output()
+    assert code != 0, output
+    assert f"port {port}" in output and setting in output, output
+    assert "child_started" not in output, output  # no Temporal, worker or API was started

@@ -168,6 +168,25 @@ async def test_tampered_foreign_or_expired_links_never_redirect(api, tracking_ap
     assert len(await events_of(db, contact_id, "email_clicked")) == 1
 
 
+async def test_a_validly_signed_link_redirects_only_to_a_link_of_a_sent_message(api, tracking_api, worker, db, settings):
+    """Whoever holds the signing secret still cannot make an open redirect: the message must exist
+    and the URL must be one of the links it was sent with."""
+    contact_id, _, message = await tracked_enrollment(api, tracking_api, db)
+    _, [click] = links_of(message)
+    secret, later = settings.tracking_secret, datetime.now(UTC) + timedelta(days=30)
+    for forged in (
+        click_token(secret, 1_999_999_999, "https://evil.example/phish", later),  # no such message
+        click_token(secret, message.id, "https://evil.example/phish", later),  # not one of its links
+    ):
+        answer = await tracking_api.get(f"/t/c/{forged}")
+        assert answer.status_code == 404, answer.text
+        assert "location" not in answer.headers
+    assert await events_of(db, contact_id, "email_clicked") == []
+
+    genuine = await tracking_api.get(click)
+    assert genuine.status_code == 302 and genuine.headers["location"] == f"https://example.com/book?ref=demo&c={contact_id}"
+
+
 async def test_scanner_and_prefetch_opens_are_flagged_and_not_signalled(api, tracking_api, worker, db, settings, client):
     contact_id, enrollment_id, message = await tracked_enrollment(api, tracking_api, db)
     pixel, _ = links_of(message)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from datetime import timedelta
 
@@ -14,6 +15,7 @@ from activities import build_activities
 from activities.heartbeat import KeepAliveInterceptor
 from activities.email.providers import EmailProvider, provider_from_settings
 from nurture.db import Database
+from nurture.deployment_secrets import WORKER_SECRETS, ForgeableSecret, require_secrets, with_stored_secrets
 from nurture.logging import configure_logging, get_logger
 from nurture.metrics import serve_worker_metrics
 from nurture.settings import Settings, get_settings
@@ -65,4 +67,14 @@ async def run(settings: Settings) -> None:
 def main() -> None:
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)
+    try:
+        settings = with_stored_secrets(settings)
+        # Signing links and webhooks with a forgeable secret would let anyone forge them.
+        require_secrets(settings, WORKER_SECRETS, "worker")
+    except ForgeableSecret as exc:
+        get_logger(component="worker").error("worker_refused_to_start", reason=str(exc))
+        raise SystemExit(2) from exc
     asyncio.run(run(settings))
+    # The Temporal client sits in reference cycles; freed during interpreter shutdown, its native
+    # runtime can abort the process (PyGILState_Release). Free it while Python is still whole.
+    gc.collect()

@@ -8,7 +8,7 @@ import re
 from datetime import datetime
 
 from nurture.settings import Settings
-from nurture.tracking import click_token, expiry, open_token, trackable_url
+from nurture.tracking import click_path, click_token, expiry, open_token, trackable_url
 
 _LINK = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(.*?)\2""", re.IGNORECASE | re.DOTALL)
 _BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
@@ -41,7 +41,7 @@ class LinkTracker:
             own = target.startswith(self.base_url + "/")
             if NO_TRACK in tag.lower() or not trackable_url(target) or own:
                 return match.group(0)
-            tracked = f"{self.base_url}/t/c/{click_token(self.secret, message_id, target, expires)}"
+            tracked = self.base_url + click_path(click_token(self.secret, message_id, target, expires))
             return f"{start}{quote}{html.escape(tracked)}{quote}"
 
         tracked = _LINK.sub(rewrite, body)

@@ -2,7 +2,8 @@
 
 Pixel and click links are public (they are in the emails) and carry signed, expiring
 tokens (nurture/tracking.py). A bad token is 404, an expired one 410; a click is only
-ever redirected to the URL inside its signed token, never to one from the request.
+ever redirected to the URL inside its signed token, never to one from the request, and only
+when that link is one the message was sent with (else 404).
 Provider webhooks are signed with ``email_webhook_secret`` (nurture/signatures.py).
 """
 
@@ -25,7 +26,7 @@ from nurture.logging import get_logger
 from nurture.metrics import EMAIL_WEBHOOK_EVENTS, TRACKING_HITS, TRACKING_UNRECORDED
 from nurture.models import utcnow
 from nurture.signatures import HEADER, SignatureInvalid, verify
-from nurture.tracking import TokenExpired, TokenInvalid, read_token
+from nurture.tracking import TokenExpired, TokenInvalid, read_token, sent_with
 
 router = APIRouter(tags=["tracking"])
 
@@ -108,8 +109,8 @@ async def click_redirect(
     temporal: TemporalDep,
     user_agent: Annotated[str | None, Header()] = None,
 ) -> RedirectResponse:
-    """Records a click and redirects to the URL signed into the token. A tampered token is 404 and
-    an expired one 410: neither ever redirects."""
+    """Records a click and redirects to the URL signed into the token. A tampered token, or one that
+    is not a link of a sent message, is 404 and an expired one 410: none of them ever redirects."""
     now = utcnow()
     try:
         parsed = read_token(settings.tracking_secret, token, "click", now)
@@ -120,12 +121,12 @@ async def click_redirect(
         TRACKING_UNRECORDED.labels("expired").inc()
         raise HTTPException(status_code=410, detail="this link has expired") from exc
     assert parsed.url is not None
-    target = RedirectResponse(parsed.url, status_code=302, headers=NO_STORE)
     recorder = EngagementRecorder(session, settings, _enroller_of(temporal, settings))
     message = await recorder.message(parsed.message_id)
-    if message is None:
-        TRACKING_UNRECORDED.labels("unknown_message").inc()
-        return target
+    if message is None or not sent_with(message.html, token):
+        TRACKING_UNRECORDED.labels("unknown_message" if message is None else "unknown_link").inc()
+        raise HTTPException(status_code=404, detail="unknown link")
+    target = RedirectResponse(parsed.url, status_code=302, headers=NO_STORE)
     try:
         await recorder.clicked(message, parsed.url, user_agent, now)
         await session.commit()
