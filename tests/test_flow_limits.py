@@ -10,6 +10,7 @@ import pytest
 from nurture.flow import FlowInvalid, load_flow, parse_flow_text
 from nurture.flow.durations import parse_duration, parse_offset
 from nurture.flow.limits import FlowLimits
+from nurture.json_depth import JsonDepthGauge
 
 
 def problems_of(definition, limits: FlowLimits | None = None) -> dict[str, str]:
@@ -209,3 +210,12 @@ def test_a_long_chain_of_bounded_loops_validates():
             {"id": f"g{i}", "type": "goto", "target": f"s{i}", "max_loops": 2},
         ]
     assert len(load_flow(flow_of(steps)).steps) == 498
+
+
+def test_the_depth_gauge_reads_a_body_in_any_chunks():
+    text = json.dumps({"a": ["[[[", '\\"{', {"b": [[["x\\\\"]]]}]}).encode()  # depth 6; brackets in strings
+    for size in (1, 2, 3, 7, len(text)):
+        for limit, fits in ((6, True), (5, False)):
+            gauge = JsonDepthGauge(limit)
+            results = [gauge.feed(text[i : i + size]) for i in range(0, len(text), size)]
+            assert all(results) is fits, (size, limit)
