@@ -193,6 +193,15 @@ def test_a_goto_loop_that_waits_is_bounded_and_valid():
     assert load_flow(flow).steps[2].max_loops == 3
 
 
+def test_a_goto_whose_way_on_loops_back_too_is_unbounded():
+    flow = flow_of([
+        {"id": "send", "type": "send_email", "template": "t"},
+        {"id": "pause", "type": "delay", "duration": "1d"},
+        {"id": "again", "type": "goto", "target": "send", "max_loops": 3, "next": "send"},
+    ])
+    assert "steps[0] -> steps[1] -> steps[2] -> steps[0] is a loop without a bound" in problems_of(flow)["steps[0]"]
+
+
 def test_a_goto_loop_that_never_waits_is_refused():
     flow = flow_of([
         {"id": "send", "type": "send_email", "template": "t"},

@@ -255,13 +255,13 @@ def _loop_problems(flow: FlowDefinition, index: dict[str, int]) -> list[Problem]
     as the contact is enrolled, sending on each turn; one that never waits spins without end.
     """
     edges: list[list[int]] = []
-    bounded_back: set[tuple[int, int]] = set()
+    unbounded: list[list[int]] = []  # every way on but a goto's jump, which max_loops bounds
     for i, step in enumerate(flow.steps):
-        edges.append([index[s] for s in flow.successors(i) if s is not None])
-        if isinstance(step, GotoStep):
-            bounded_back.add((i, index[step.target]))
+        targets = [index[s] if s is not None else None for s in flow.successors(i)]
+        edges.append([j for j in targets if j is not None])
+        ways_on = targets[1:] if isinstance(step, GotoStep) else targets  # successors() lists the jump first
+        unbounded.append([j for j in ways_on if j is not None])
     problems = []
-    unbounded = [[j for j in targets if (i, j) not in bounded_back] for i, targets in enumerate(edges)]
     for loop in cycles(unbounded):
         problems.append(Problem(
             path=f"steps[{loop[0]}]",
