@@ -13,6 +13,7 @@ from temporalio.client import Client
 from api.auth import authorize
 from api.errors import install_error_handlers
 from api.rate_limits import install_rate_limits
+from api.limits import BodyLimitMiddleware
 from api.routers import (
     api_keys,
     bulk_enrollments,
@@ -44,8 +45,9 @@ DESCRIPTION = """
 Email nurture flows on Temporal: one durable workflow per contact enrollment.
 
 Bad input answers 422 in FastAPI's format, `{"detail": [{"loc", "msg", "type"}]}`; flow
-problems add `path` (e.g. `steps[2].template`). 404/409/415/503 answer `{"detail": "..."}`;
-503 means Temporal or the database is unreachable and nothing was changed.
+problems add `path` (e.g. `steps[2].template`). 404/409/413/415/503 answer `{"detail": "..."}`;
+503 means Temporal or the database is unreachable and nothing was changed. Bodies are bounded
+in size (413) and nesting depth (422); see docs/api.md, "Limits".
 """
 
 
@@ -99,6 +101,9 @@ def create_app(
     app.state.temporal = TemporalConnection(settings, client)
 
     install_error_handlers(app)
+    # Starlette runs the middleware added last first: the rate limit refuses a flood before any
+    # body is read.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, max_depth=settings.max_nesting_depth)
     install_rate_limits(app, settings)
     for module in (
         health, api_keys, contacts, pauses, templates, flows, events, enrollments, bulk_enrollments,

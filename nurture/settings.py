@@ -16,7 +16,8 @@ import limits
 from pydantic import BaseModel, Field, IPvAnyNetwork, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from nurture.flow.durations import Duration
+from nurture.flow.durations import MAX_DURATION_DAYS, Duration
+from nurture.flow.limits import MAX_NESTING_CEILING, FlowLimits
 
 
 class SmtpSettings(BaseModel):
@@ -67,9 +68,9 @@ class Settings(BaseSettings):
     holidays: list[date] = Field(default_factory=list, description="Local dates on which nothing is sent.")
     # At most N marketing messages per contact per rolling window, across all flows; 0 = no cap.
     frequency_cap: int = 0
-    frequency_cap_window_hours: int = 168
+    frequency_cap_window_hours: int = Field(default=168, ge=1, le=MAX_DURATION_DAYS * 24)
     # The longest sales pause a rep may set.
-    max_pause_days: int = 90
+    max_pause_days: int = Field(default=90, ge=1, le=MAX_DURATION_DAYS)
 
     # Webhook steps sign their body with this secret (header X-Nurture-Signature).
     # The three secrets (this one, tracking_secret, email_webhook_secret) have no default: a process
@@ -103,11 +104,11 @@ class Settings(BaseSettings):
     public_base_url: str = "http://127.0.0.1:8000"
     tracking_enabled: bool = True
     tracking_secret: str | None = None
-    tracking_token_days: int = Field(default=365, ge=1)
+    tracking_token_days: int = Field(default=365, ge=1, le=MAX_DURATION_DAYS)
     # Consent links (docs/consent.md), signed with tracking_secret: one-click unsubscribe in every
     # marketing email, and the double opt-in confirmation link ({{ optin_url }}).
-    unsubscribe_token_days: int = Field(default=365, ge=1)
-    optin_token_days: int = Field(default=30, ge=1)
+    unsubscribe_token_days: int = Field(default=365, ge=1, le=MAX_DURATION_DAYS)
+    optin_token_days: int = Field(default=30, ge=1, le=MAX_DURATION_DAYS)
     # Also offered in List-Unsubscribe as a mailto: address when set (e.g. unsubscribe@example.com).
     unsubscribe_mailto: str | None = None
     # Provider webhooks (POST /webhooks/email/{provider}) are signed with this secret.
@@ -129,6 +130,19 @@ class Settings(BaseSettings):
     anomaly_min_sample: int = Field(default=20, ge=1)
     # The worker serves Prometheus metrics on this port (0: off); the API serves GET /metrics.
     worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+
+    # --- bounded input (docs/api.md, "Limits") ---
+    # A larger request body is refused with 413, whether it declares its length or streams.
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # JSON bodies, YAML flows and the values stored from them nest at most this deep (422).
+    max_nesting_depth: int = Field(default=32, ge=8, le=MAX_NESTING_CEILING)
+    # A flow: at most this many steps, characters per string, and values repeated by YAML aliases.
+    max_flow_steps: int = Field(default=500, ge=1, le=100_000)
+    max_flow_string_length: int = Field(default=10_000, ge=100)
+    max_yaml_alias_values: int = Field(default=1_000, ge=0)
+    # The longest delay, wait, timeout or date offset a flow may hold (every duration is at most
+    # 36500 days whatever this says).
+    max_duration_days: int = Field(default=3_650, ge=1, le=MAX_DURATION_DAYS)
 
     # Every API call but health, docs, tracking links and signed provider webhooks needs a key.
     auth_required: bool = True
@@ -190,6 +204,9 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return async_database_url(self.database_url or f"sqlite:///{self.data_dir / 'nurture.db'}")
+
+    def flow_limits(self) -> FlowLimits:
+        return FlowLimits.model_validate({name: getattr(self, name) for name in FlowLimits.model_fields})
 
     @property
     def outbox_dir(self) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, status
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import func
 from sqlmodel import select
 
@@ -25,6 +26,7 @@ from api.schemas.flows import (
 from api.schemas.triggers import EstimateIn, EstimateOut
 from nurture.enrolling import Enroller
 from nurture.flow import FlowDefinition, FlowInvalid, Problem, load_flow, parse_flow_text
+from nurture.flow.limits import FlowLimits
 from nurture.flow.triggers import SCANNED_TRIGGER_TYPES
 from nurture.logging import get_logger
 from nurture.models import Enrollment, EnrollmentStatus, Flow, FlowStatus, FlowVersion, utcnow
@@ -67,13 +69,18 @@ async def read_flow_body(request: Request) -> Any:
         raise FlowInvalid([Problem(path="body", message="the body is not UTF-8 text")]) from None
     if not text.strip():
         raise FlowInvalid([Problem(path="body", message="the body is empty: send a flow definition")])
-    return parse_flow_text(text, content_type or None)
+    # Parsing and checking run in a thread: a large flow never holds up the event loop (/health).
+    return await run_in_threadpool(parse_flow_text, text, content_type or None, flow_limits(request))
+
+
+def flow_limits(request: Request) -> FlowLimits:
+    return request.app.state.settings.flow_limits()
 
 
 async def parse_flow_request(request: Request) -> FlowDefinition:
     """Parse and check the structure (templates are not checked): 422 listing every problem."""
     try:
-        return load_flow(await read_flow_body(request))
+        return await run_in_threadpool(load_flow, await read_flow_body(request), None, flow_limits(request))
     except FlowInvalid as exc:
         raise flow_problems_error(exc.problems, "body") from exc
 
@@ -128,7 +135,8 @@ async def create_flow(request: Request, session: SessionDep) -> FlowDetail:
 async def validate_flow(request: Request, session: SessionDep) -> ValidationOut:
     """Check a flow fully, templates included, without saving it. Always 200."""
     try:
-        load_flow(await read_flow_body(request), known_templates=await crud.template_keys(session))
+        data = await read_flow_body(request)
+        await run_in_threadpool(load_flow, data, await crud.template_keys(session), flow_limits(request))
     except FlowInvalid as exc:
         return ValidationOut(valid=False, problems=_problems(exc.problems))
     return ValidationOut(valid=True, problems=[])
@@ -181,6 +189,7 @@ async def get_version(flow_id: FlowId, version: VersionNumber, session: SessionD
 @router.post("/{flow_id}/activate", response_model=FlowDetail)
 async def activate_flow(
     flow_id: FlowId,
+    request: Request,
     session: SessionDep,
     settings: SettingsDep,
     temporal: TemporalDep,
@@ -196,7 +205,7 @@ async def activate_flow(
     number = body.version if body is not None and body.version is not None else flow.latest_version
     row = await crud.version_or_404(session, flow_id, number)
     try:
-        definition = load_flow(row.definition, known_templates=await crud.template_keys(session))
+        definition = load_flow(row.definition, await crud.template_keys(session), flow_limits(request))
     except FlowInvalid as exc:
         raise flow_problems_error(exc.problems, "definition") from exc
     if definition.trigger.type in SCANNED_TRIGGER_TYPES:

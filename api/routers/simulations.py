@@ -56,7 +56,7 @@ async def simulate_flow(
     """
     if body.flow is not None:
         try:
-            flow = load_flow(body.flow)
+            flow = load_flow(body.flow, limits=settings.flow_limits())
         except FlowInvalid as exc:
             raise RequestValidationError(
                 [

@@ -17,11 +17,14 @@ from nurture.flow.language import (
     BranchStep,
     DelayUntilStep,
     FlowDefinition,
+    GotoStep,
     SendEmailStep,
     SplitStep,
     SwitchStep,
     UpdateContactStep,
 )
+from nurture.flow.limits import FlowLimits, InputLimitExceeded, check_json_text, load_yaml, size_problems
+from nurture.flow.loops import cycles
 from nurture.flow.trigger_checks import trigger_problems
 
 
@@ -36,12 +39,16 @@ class FlowInvalid(Exception):
         self.problems = problems
 
 
-def parse_flow_text(text: str, content_type: str | None = None) -> Any:
-    """Read a flow written as JSON or YAML (YAML is a superset, so it parses both)."""
+def parse_flow_text(text: str, content_type: str | None = None, limits: FlowLimits | None = None) -> Any:
+    """Read a flow written as JSON or YAML (YAML is a superset, so it parses both), within the limits."""
+    limits = limits or FlowLimits()
     try:
         if content_type and "json" in content_type:
+            check_json_text(text, limits)
             return json.loads(text)
-        return yaml.safe_load(text)
+        return load_yaml(text, limits)
+    except InputLimitExceeded as exc:
+        raise FlowInvalid([Problem(path="body", message=str(exc))]) from exc
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise FlowInvalid([Problem(path="body", message=f"not valid JSON or YAML: {exc}")]) from exc
 
@@ -91,10 +98,14 @@ def _tags_of(node: dict) -> set[str]:
     return tags
 
 
-def load_flow(data: Any, known_templates: set[str] | None = None) -> FlowDefinition:
+def load_flow(data: Any, known_templates: set[str] | None = None, limits: FlowLimits | None = None) -> FlowDefinition:
     """Parse and check a flow; raise FlowInvalid listing every problem."""
+    limits = limits or FlowLimits()
+    oversized = size_problems(data, limits)
+    if oversized:
+        raise FlowInvalid([Problem(path=_path(loc), message=message) for loc, message in oversized])
     try:
-        flow = FlowDefinition.model_validate(data)
+        flow = FlowDefinition.model_validate(data, context=limits.validation_context())
     except ValidationError as exc:
         raise FlowInvalid(_structural_problems(exc, data)) from exc
     problems = semantic_problems(flow, known_templates)
@@ -171,10 +182,11 @@ def _send_problems(step: SendEmailStep, where: str, known_templates: set[str] | 
     if (step.template is None) == (not step.variants):
         problems.append(Problem(path=where, message="send_email needs a 'template' or 'variants', not both"))
     if step.variants:
-        ids = [v.id for v in step.variants]
-        for v, variant_id in enumerate(ids):
-            if ids.index(variant_id) != v:
-                problems.append(Problem(path=f"{where}.variants[{v}].id", message=f"duplicate variant id '{variant_id}'"))
+        seen: set[str] = set()
+        for v, variant in enumerate(step.variants):
+            if variant.id in seen:
+                problems.append(Problem(path=f"{where}.variants[{v}].id", message=f"duplicate variant id '{variant.id}'"))
+            seen.add(variant.id)
     if known_templates is not None:
         if step.template is not None and step.template not in known_templates:
             problems.append(Problem(path=f"{where}.template", message=f"unknown template '{step.template}'"))
@@ -232,34 +244,43 @@ def _reachability_problems(flow: FlowDefinition) -> list[Problem]:
         for i, step in enumerate(flow.steps)
         if i not in seen
     ]
-    problems += _spinning_loops(flow, index)
+    problems += _loop_problems(flow, index)
     return problems
 
 
-def _spinning_loops(flow: FlowDefinition, index: dict[str, int]) -> list[Problem]:
-    """A loop that never waits would send and spin without end."""
-    waits = WAITING_STEPS
+def _loop_problems(flow: FlowDefinition, index: dict[str, int]) -> list[Problem]:
+    """Every loop must be bounded by a goto (its ``max_loops``) and must wait somewhere.
+
+    A loop whose way back is a plain ``next`` (or a branch, a wait's outcome...) runs for as long
+    as the contact is enrolled, sending on each turn; one that never waits spins without end.
+    """
+    edges: list[list[int]] = []
+    unbounded: list[list[int]] = []  # every way on but a goto's jump, which max_loops bounds
+    for i, step in enumerate(flow.steps):
+        targets = [index[s] if s is not None else None for s in flow.successors(i)]
+        edges.append([j for j in targets if j is not None])
+        ways_on = targets[1:] if isinstance(step, GotoStep) else targets  # successors() lists the jump first
+        unbounded.append([j for j in ways_on if j is not None])
     problems = []
-    for start, step in enumerate(flow.steps):
-        if isinstance(step, waits):
-            continue
-        stack, seen = [start], set()
-        while stack:
-            i = stack.pop()
-            for succ in flow.successors(i):
-                if succ is None:
-                    continue
-                j = index[succ]
-                if j == start:
-                    problems.append(Problem(path=f"steps[{start}]", message=f"step '{step.id}' is in a loop that never waits"))
-                    stack = []
-                    break
-                if j not in seen and not isinstance(flow.steps[j], waits):
-                    seen.add(j)
-                    stack.append(j)
-        if problems and problems[-1].path == f"steps[{start}]":
-            break
+    for loop in cycles(unbounded):
+        problems.append(Problem(
+            path=f"steps[{loop[0]}]",
+            message=f"{_loop_path(loop)} is a loop without a bound: loop back with a goto step, "
+            "whose max_loops bounds how often it runs",
+        ))
+    waits = [isinstance(step, WAITING_STEPS) for step in flow.steps]
+    spinning = [[] if waits[i] else [j for j in targets if not waits[j]] for i, targets in enumerate(edges)]
+    for loop in cycles(spinning):
+        problems.append(Problem(
+            path=f"steps[{loop[0]}]",
+            message=f"step '{flow.steps[loop[0]].id}' is in a loop that never waits ({_loop_path(loop)}): "
+            "add a delay or a wait to it",
+        ))
     return problems
+
+
+def _loop_path(loop: list[int]) -> str:
+    return " -> ".join(f"steps[{i}]" for i in [*loop, loop[0]])
 
 
 def _goal_problems(flow: FlowDefinition) -> list[Problem]:
