@@ -81,8 +81,13 @@ class Pauser:
         )
         if flow_ids is not None:
             query = query.where(Enrollment.flow_id.in_(flow_ids))
+        enrollments = (await session.exec(query.order_by(Enrollment.id))).all()
+        # End the read before waiting on the workflows: an update may wait for the enrollment's
+        # own activities, which write to the database, and on SQLite our open transaction holds
+        # the write lock (BEGIN IMMEDIATE). Nothing was written yet, so nothing is committed.
+        await session.commit()
         confirmed = []
-        for enrollment in (await session.exec(query.order_by(Enrollment.id))).all():
+        for enrollment in enrollments:
             try:
                 state = await self.client.get_workflow_handle(enrollment.workflow_id).execute_update(
                     name, payload, result_type=EnrollmentState
