@@ -89,6 +89,9 @@ def crash_settings(tmp_path, sqlite_db: Database, dev_env) -> Settings:
         temporal_search_attributes=True,
         email_provider="smtp",
         auth_required=False,
+        # A worker refuses to start without real secrets (test_deploy.py).
+        tracking_secret=f"crash-tracking-{uuid.uuid4().hex}",
+        webhook_secret=f"crash-webhooks-{uuid.uuid4().hex}",
     )
 
 
@@ -105,6 +108,8 @@ class WorkerProcess:
             "NURTURE_SMTP__HOST": smtp.host,
             "NURTURE_SMTP__PORT": str(smtp.port),
             "NURTURE_SMTP__TIMEOUT_SECONDS": str(smtp.timeout_seconds),
+            "NURTURE_TRACKING_SECRET": settings.tracking_secret,
+            "NURTURE_WEBHOOK_SECRET": settings.webhook_secret,
             **extra_env,
         }
         self.log = log
