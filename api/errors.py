@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-
+from functools import lru_cache
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -14,12 +14,10 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 from nurture.enrolling import TemporalUnavailable
 from nurture.flow import Problem
 from nurture.logging import get_logger
-
 
 
 class ErrorOut(BaseModel):
@@ -91,17 +89,24 @@ def flow_problems_error(problems: Iterable[Problem], where: str = "body") -> Req
     )
 
 
-_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+@lru_cache(maxsize=256)
+def _template_pattern(template: str) -> re.Pattern:
+    return re.compile("".join("[^/]+" if part.startswith("{") else re.escape(part) for part in re.split(r"(\{[^}]+\})", template)))
 
 
-def allowed_methods(app: FastAPI, scope: dict) -> list[str]:
-    """Every method some route answers on the request's path: the router names at most the first
-    route's, and nothing at all for the routers main.py includes."""
-    return [
-        method
-        for method in _METHODS
-        if any(route.matches({**scope, "method": method})[0] is Match.FULL for route in app.router.routes)
-    ]
+def documented_methods(app: FastAPI, path: str) -> list[str] | None:
+    """The methods the OpenAPI declares for the request's path (None when it declares none). A path
+    several templates match is the most specific one's: /flows/validate is POST, not GET /flows/{flow_id}."""
+    best: tuple[int, set[str]] | None = None
+    for template, operations in app.openapi()["paths"].items():
+        if not _template_pattern(template).fullmatch(path):
+            continue
+        params, methods = template.count("{"), {method.upper() for method in operations}
+        if best is None or params < best[0]:
+            best = (params, methods)
+        elif params == best[0]:
+            best[1].update(methods)
+    return sorted(best[1]) if best else None
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -109,8 +114,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        if exc.status_code == 405:
-            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(allowed_methods(request.app, request.scope))}
+        # The router names at most the first matching route's methods, and none for included routers.
+        methods = documented_methods(request.app, request.url.path) if exc.status_code == 405 else None
+        if methods:
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(methods)}
         return await http_exception_handler(request, exc)
 
     @app.exception_handler(TemporalUnavailable)
