@@ -108,3 +108,16 @@ async def test_validate_refuses_a_body_that_is_not_a_document(api):
         assert locs(response) == [["body"]]
     problems = await api.post("/flows/validate", json={"name": "x"})
     assert problems.status_code == 200 and problems.json()["valid"] is False
+
+
+async def test_a_list_where_a_flow_expects_a_name_is_422(api):
+    # Found by the long schemathesis run: a list in `kind` broke the error report itself (500).
+    flow = yaml.safe_load(EXAMPLE_FLOW.read_text())
+    flow["steps"].insert(0, {"id": "task", "type": "create_task", "title": "Call", "kind": [None, None]})
+    response = await api.post("/flows", json=flow)
+    assert response.status_code == 422, response.text
+    assert [["body", "steps", 0, "kind"]] == locs(response)
+    branch = yaml.safe_load(EXAMPLE_FLOW.read_text())
+    branch["steps"].insert(0, {"id": "b", "type": "branch", "condition": {"kind": ["tag"], "tag": "x"}, "then": "b", "else": "b"})
+    response = await api.post("/flows", json=branch)
+    assert response.status_code == 422, response.text
