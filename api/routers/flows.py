@@ -167,7 +167,7 @@ async def list_flows(
     return {"items": items, "count": count, "limit": page.limit, "offset": page.offset}
 
 
-@router.get("/{flow_id}", response_model=FlowDetail)
+@router.get("/{flow_id:int}", response_model=FlowDetail)  # /flows/validate is not a flow id: 405
 async def get_flow(flow_id: FlowId, session: SessionDep) -> FlowDetail:
     """The flow, its versions, and the definition of its active version (the latest while draft)."""
     return await flow_detail(session, await crud.flow_or_404(session, flow_id))
