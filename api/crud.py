@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import HTTPException
+from fastapi import HTTPException, Response
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
@@ -20,6 +21,21 @@ from nurture.models import Contact, Flow, FlowVersion, SubscriptionStatus, Templ
 
 # Both names mean the contact unsubscribed (the enrollment workflow treats them alike).
 UNSUBSCRIBE_EVENTS = {"unsubscribed", "email_unsubscribed"}
+
+
+# --- answers -------------------------------------------------------------------
+
+
+def answer(model: type[BaseModel], row: Any, status_code: int = 200) -> Response:
+    """The response for ``row``, rendered now: call it before the commit, so that nothing is
+    stored whose own answer cannot be produced (the request is refused with a 422 instead)."""
+    try:
+        body = model.model_validate(row).model_dump_json()
+    except (ValidationError, ValueError, RecursionError) as exc:  # PydanticSerializationError is a ValueError
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": ("body",), "msg": f"the request cannot be stored: its answer cannot be produced ({exc})"[:500]}]
+        ) from exc
+    return Response(content=body, status_code=status_code, media_type="application/json")
 
 
 # --- contacts ----------------------------------------------------------------

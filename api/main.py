@@ -11,7 +11,7 @@ from fastapi.openapi.utils import get_openapi
 from temporalio.client import Client
 
 from api.auth import authorize
-from api.errors import install_error_handlers
+from api.errors import ERROR_RESPONSES, error_schemas, install_error_handlers
 from api.rate_limits import install_rate_limits
 from api.limits import BodyLimitMiddleware
 from api.routers import (
@@ -109,7 +109,7 @@ def create_app(
         health, api_keys, contacts, pauses, templates, flows, events, enrollments, bulk_enrollments,
         history, visibility, stats, tracking, consent, metrics, simulations, playbooks,
     ):
-        app.include_router(module.router)
+        app.include_router(module.router, responses=ERROR_RESPONSES)
     app.openapi = _openapi_with_flow_schema(app)  # type: ignore[method-assign]
     return app
 
@@ -126,6 +126,8 @@ def _openapi_with_flow_schema(app: FastAPI):
         for name, part in flow.pop("$defs", {}).items():
             components.setdefault(name, part)
         components["FlowDefinition"] = flow
+        for name, part in error_schemas().items():
+            components.setdefault(name, part)
         app.openapi_schema = schema
         return schema
 

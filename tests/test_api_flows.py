@@ -139,7 +139,7 @@ async def test_activation_with_a_missing_template_is_422_and_the_flow_stays_draf
     assert body["versions"][0]["active"] is True
 
 
-async def test_validate_checks_structure_and_templates_and_always_answers_200(api):
+async def test_validate_checks_structure_and_templates_and_answers_200_for_any_document(api):
     await create_template(api, "demo-welcome")
     missing = await api.post("/flows/validate", content=EXAMPLE_FLOW.read_text(), headers={"content-type": "text/yaml"})
     assert missing.status_code == 200
@@ -158,8 +158,8 @@ async def test_validate_checks_structure_and_templates_and_always_answers_200(ap
     assert invalid.json()["problems"] == [{"path": "steps[2].then", "message": "no step has the id 'ghost'"}]
 
     unparsable = await api.post("/flows/validate", content=b"{not json", headers={"content-type": "application/json"})
-    assert unparsable.status_code == 200
-    assert unparsable.json()["valid"] is False and unparsable.json()["problems"][0]["path"] == "body"
+    assert unparsable.status_code == 422
+    assert unparsable.json()["detail"][0]["loc"] == ["body"] and "not valid JSON or YAML" in unparsable.json()["detail"][0]["msg"]
 
 
 async def test_versions_are_immutable_and_any_one_can_be_activated(api):

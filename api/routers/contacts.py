@@ -48,9 +48,7 @@ router = APIRouter(prefix="/contacts", tags=["contacts"])
     status_code=status.HTTP_201_CREATED,
     responses={200: {"model": ContactOut, "description": "An existing contact (same email) was updated"}},
 )
-async def upsert_contact(
-    body: ContactUpsert, session: SessionDep, db: DatabaseDep, enroller: EnrollerDep, response: Response
-) -> Contact:
+async def upsert_contact(body: ContactUpsert, session: SessionDep, db: DatabaseDep, enroller: EnrollerDep) -> Response:
     """Create the contact, or update the one with this email (case-insensitive): 201 created, 200 updated.
 
     Only the fields sent are changed; properties are merged. An unsubscribed contact stays
@@ -70,15 +68,15 @@ async def upsert_contact(
     try:
         if changed or created:
             await enroller.contact_changed(session, contact, previous, created=created)
+        answer = crud.answer(ContactOut, contact, status.HTTP_201_CREATED if created else status.HTTP_200_OK)
         await session.commit()
     except BaseException:
         if committed_early and contact_id is not None:
             await session.rollback()
             await crud.forget_new_contact(db, contact_id)
         raise
-    get_logger(contact_id=contact.id).info("contact_upserted", created=created, changed=changed)
-    response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
-    return contact
+    get_logger(contact_id=contact_id).info("contact_upserted", created=created, changed=changed)
+    return answer
 
 
 @router.get("", response_model=Page[ContactOut])
@@ -101,7 +99,7 @@ async def get_contact(contact: ContactDep) -> Contact:
 
 
 @router.patch("/{contact_id}", response_model=ContactOut)
-async def update_contact(contact: ContactDep, body: ContactUpdate, session: SessionDep, enroller: EnrollerDep) -> Contact:
+async def update_contact(contact: ContactDep, body: ContactUpdate, session: SessionDep, enroller: EnrollerDep) -> Response:
     """Change the fields sent. Subscribing an unsubscribed contact is refused with 409."""
     previous = contact_snapshot(contact)
     changes = body.model_dump(exclude_unset=True)
@@ -110,13 +108,15 @@ async def update_contact(contact: ContactDep, body: ContactUpdate, session: Sess
         if other is not None and other.id != contact.id:
             raise HTTPException(status_code=409, detail=f"contact {other.id} already has the email {changes['email']}")
     changed = crud.apply_contact_changes(contact, changes, explicit_edit=True)
-    if changed:
-        session.add(contact)
-        await session.flush()
-        await enroller.contact_changed(session, contact, previous)
-        await session.commit()
-        get_logger(contact_id=contact.id).info("contact_updated", changed=changed)
-    return contact
+    if not changed:
+        return crud.answer(ContactOut, contact)
+    session.add(contact)
+    await session.flush()
+    await enroller.contact_changed(session, contact, previous)
+    answer = crud.answer(ContactOut, contact)
+    await session.commit()
+    get_logger(contact_id=contact_id).info("contact_updated", changed=changed)
+    return answer
 
 
 @router.get("/{contact_id}/messages", response_model=Page[MessageOut])

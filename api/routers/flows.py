@@ -54,6 +54,16 @@ FLOW_BODY: dict[str, Any] = {
 }
 
 
+# /flows/validate lists a flow's problems rather than refusing them: any document is a valid request.
+DOCUMENT_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "A flow definition to check (see FlowDefinition), as JSON or YAML: its problems are listed.",
+        "content": {media: {"schema": {"type": "object"}} for media in ("application/json", "application/yaml")},
+    }
+}
+
+
 async def read_flow_body(request: Request) -> Any:
     """The request body as data; FlowInvalid when it is neither JSON nor YAML."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -131,12 +141,20 @@ async def create_flow(request: Request, session: SessionDep) -> FlowDetail:
     return await flow_detail(session, flow, warnings)
 
 
-@router.post("/validate", response_model=ValidationOut, openapi_extra=FLOW_BODY)
+@router.post("/validate", response_model=ValidationOut, openapi_extra=DOCUMENT_BODY)
 async def validate_flow(request: Request, session: SessionDep) -> ValidationOut:
-    """Check a flow fully, templates included, without saving it. Always 200."""
+    """Check a flow fully, templates included, without saving it: 200 listing its problems.
+
+    A body that is not a JSON object or YAML mapping at all is a 422, as for POST /flows.
+    """
     try:
-        data = await read_flow_body(request)
-        await run_in_threadpool(load_flow, data, await crud.template_keys(session), flow_limits(request))
+        document = await read_flow_body(request)
+    except FlowInvalid as exc:
+        raise flow_problems_error(exc.problems, "body") from exc
+    if not isinstance(document, dict):
+        raise flow_problems_error([Problem(path="body", message="send a flow definition: a JSON object or a YAML mapping")])
+    try:
+        await run_in_threadpool(load_flow, document, await crud.template_keys(session), flow_limits(request))
     except FlowInvalid as exc:
         return ValidationOut(valid=False, problems=_problems(exc.problems))
     return ValidationOut(valid=True, problems=[])
@@ -156,7 +174,7 @@ async def list_flows(
     return {"items": items, "count": count, "limit": page.limit, "offset": page.offset}
 
 
-@router.get("/{flow_id}", response_model=FlowDetail)
+@router.get("/{flow_id:int}", response_model=FlowDetail)  # /flows/validate is not a flow id: 405
 async def get_flow(flow_id: FlowId, session: SessionDep) -> FlowDetail:
     """The flow, its versions, and the definition of its active version (the latest while draft)."""
     return await flow_detail(session, await crud.flow_or_404(session, flow_id))

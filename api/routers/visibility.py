@@ -57,7 +57,7 @@ async def search_enrollments(
     try:
         token = decode_page_token(page_token)
     except BadPageToken as exc:
-        raise RequestValidationError([{"type": "value_error", "loc": ("query", "page_token"), "msg": str(exc)}]) from exc
+        raise _bad_page_token(str(exc)) from exc
     query = enrollment_query(
         settings.workflow_id_prefix, flow_id, version=version, step=step, status=status.value if status else None, paused=paused
     )
@@ -65,6 +65,8 @@ async def search_enrollments(
     try:
         found, next_token = await search(client, query, limit, token)
     except RPCError as exc:
+        if token is not None and await _answers_without_token(client, query):
+            raise _bad_page_token("not a page token from a previous answer (Temporal refused it)") from exc
         raise TemporalUnavailable(str(exc)) from exc
     rows = (
         await session.exec(
@@ -82,6 +84,20 @@ async def search_enrollments(
         for f in found
     ]
     return VisibilityPage(items=items, count=len(items), next_page_token=encode_page_token(next_token), query=query)
+
+
+def _bad_page_token(message: str) -> RequestValidationError:
+    return RequestValidationError([{"type": "value_error", "loc": ("query", "page_token"), "msg": message}])
+
+
+async def _answers_without_token(client, query: str) -> bool:
+    """Temporal answers the same query from its first page: then the token was the problem, not Temporal
+    (which answers a forged token with an internal error, like an outage)."""
+    try:
+        await search(client, query, 1, None)
+    except RPCError:
+        return False
+    return True
 
 
 @router.get("/flows/{flow_id}/enrollments/count", response_model=VisibilityCounts, responses=RESPONSES)

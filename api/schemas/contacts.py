@@ -4,9 +4,9 @@ from datetime import datetime
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_validator
 
-from api.schemas.common import Email, NonEmpty, Out, Strict, UTCDatetime
+from api.schemas.common import Email, Id, NonEmpty, Out, Strict, UTCDatetime
 from nurture.flow.durations import parse_duration
 from nurture.flow.language import LIFECYCLE_STAGES
 from nurture.models import SubscriptionStatus, utcnow
@@ -31,6 +31,14 @@ LifecycleStage = Annotated[str, AfterValidator(_stage)]
 Text = Annotated[str, Field(max_length=500)]
 
 
+def _empty_when_null(value: Any) -> Any:
+    return [] if value is None else value
+
+
+# A set of names sent as null is cleared: the stored contact always has a list.
+NameSet = Annotated[list[Annotated[str, Field(min_length=1, max_length=100)]] | None, AfterValidator(_empty_when_null)]
+
+
 class ContactFields(Strict):
     name: Text | None = None
     company: Text | None = None
@@ -40,12 +48,8 @@ class ContactFields(Strict):
     phone: Annotated[str, Field(pattern=r"^\+?[0-9 ()-]{5,32}$")] | None = Field(
         default=None, description="For SMS steps, e.g. +15550100."
     )
-    lists: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = Field(
-        default=None, description="The lists the contact is on (replaces the whole set)."
-    )
-    tags: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = Field(
-        default=None, description="The contact's tags (replaces the whole set)."
-    )
+    lists: NameSet = Field(default=None, description="The lists the contact is on (replaces the whole set; null clears it).")
+    tags: NameSet = Field(default=None, description="The contact's tags (replaces the whole set; null clears it).")
     properties: dict[str, Any] | None = Field(
         default=None, description="Merged into the contact's properties; a key set to null is removed."
     )
@@ -73,9 +77,10 @@ class ContactOut(Out):
     lifecycle_stage: str | None
     owner: str | None
     phone: str | None
-    lists: list[str]
-    tags: list[str]
-    properties: dict[str, Any]
+    # Rows stored as null by earlier versions read as empty rather than failing every list.
+    lists: Annotated[list[str], BeforeValidator(_empty_when_null)]
+    tags: Annotated[list[str], BeforeValidator(_empty_when_null)]
+    properties: Annotated[dict[str, Any], BeforeValidator(lambda value: {} if value is None else value)]
     subscription_status: str
     paused_until: datetime | None
     pause_reason: str | None
@@ -97,7 +102,7 @@ class PauseIn(Strict):
         "403); an admin or marketer key may name a rep and is recorded as the one who asked (itself when omitted); "
         "required when the API runs without keys.",
     )
-    flow_ids: list[Annotated[int, Field(ge=1)]] | None = Field(
+    flow_ids: list[Id] | None = Field(
         default=None, min_length=1, description="Pause only these flows; all flows (and flows entered later) when omitted."
     )
 
@@ -130,7 +135,7 @@ class ResumeIn(Strict):
         default=None, description="The rep who resumes; the same rules as a pause's `paused_by`."
     )
     reason: NonEmpty | None = None
-    flow_ids: list[Annotated[int, Field(ge=1)]] | None = Field(default=None, min_length=1)
+    flow_ids: list[Id] | None = Field(default=None, min_length=1)
 
 
 class PausedEnrollmentOut(Out):

@@ -93,7 +93,7 @@ def _written_loc(loc: tuple, data: Any) -> list:
 def _tags_of(node: dict) -> set[str]:
     tags = {str(node["type"])} if "type" in node else set()
     kind = _condition_kind(node)
-    if kind:
+    if isinstance(kind, str):  # as written: it may be a list or anything else that is refused
         tags.add(kind)
     return tags
 
