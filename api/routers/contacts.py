@@ -4,12 +4,11 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi.exceptions import RequestValidationError
 from sqlalchemy import func
 from sqlmodel import col, select
 
 from api import crud
-from fastapi.exceptions import RequestValidationError
-
 from api.deps import (
     CallerDep,
     ClientDep,
@@ -115,7 +114,7 @@ async def update_contact(contact: ContactDep, body: ContactUpdate, session: Sess
     await enroller.contact_changed(session, contact, previous)
     answer = crud.answer(ContactOut, contact)
     await session.commit()
-    get_logger(contact_id=contact_id).info("contact_updated", changed=changed)
+    get_logger(contact_id=contact.id).info("contact_updated", changed=changed)
     return answer
 
 
