@@ -30,6 +30,13 @@ def too_deep(max_depth: int) -> BodyRefused:
     return BodyRefused(422, [{"type": "too_deep", "loc": ["body"], "msg": message}])
 
 
+def not_utf8() -> BodyRefused:
+    # json.loads also reads UTF-16 and UTF-32, whose bytes the depth gauge cannot follow; every
+    # such body has NUL bytes (its ASCII punctuation), which UTF-8 JSON never has.
+    message = "a JSON body is UTF-8 text: NUL bytes (UTF-16, UTF-32) are refused"
+    return BodyRefused(422, [{"type": "not_utf8", "loc": ["body"], "msg": message}])
+
+
 def _reads_as_json(content_type: str | None) -> bool:
     if not content_type:
         return True
@@ -64,6 +71,8 @@ class BodyLimitMiddleware:
                 received += len(chunk)
                 if received > self.max_bytes:
                     raise too_large(self.max_bytes)
+                if gauge is not None and b"\x00" in chunk:
+                    raise not_utf8()
                 if gauge is not None and not gauge.feed(chunk):
                     raise too_deep(self.max_depth)
             return message

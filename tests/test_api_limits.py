@@ -65,6 +65,19 @@ async def test_properties_nested_900_deep_are_refused_before_anything_is_written
     assert listed.status_code == 200 and listed.json()["count"] == 0
 
 
+async def test_a_utf16_json_body_cannot_slip_deep_nesting_past_the_gauge(api, db):
+    # json.loads reads UTF-16 too; in it U+2200 holds a quote byte that would blind the depth count.
+    nested: object = "\u2200"
+    for _ in range(200):
+        nested = {"k": nested}
+    body = json.dumps({"email": "deep@example.com", "properties": {"p": nested}}, ensure_ascii=False)
+    for encoding in ("utf-16-le", "utf-16", "utf-32"):
+        response = await api.post("/contacts", content=body.encode(encoding), headers={"content-type": "application/json"})
+        assert response.status_code == 422, (encoding, response.text[:300])
+        assert "UTF-8" in messages(response)
+    assert await count_rows(db, Contact) == 0
+
+
 async def test_a_10mb_body_is_413_with_or_without_content_length(api, db):
     big = json.dumps({"email": "big@example.com", "properties": {"blob": "x" * 10_000_000}}).encode()
     response = await api.post("/contacts", content=big, headers={"content-type": "application/json"})
