@@ -31,7 +31,8 @@ class _KeepAlive(ActivityInboundInterceptor):
             return await super().execute_activity(input)
         finally:
             beating.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # A heartbeat that failed must not replace the activity's own result or error.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await beating
 
 

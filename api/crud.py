@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import HTTPException, Response
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
@@ -31,7 +31,7 @@ def answer(model: type[BaseModel], row: Any, status_code: int = 200) -> Response
     stored whose own answer cannot be produced (the request is refused with a 422 instead)."""
     try:
         body = model.model_validate(row).model_dump_json()
-    except (ValidationError, ValueError, RecursionError) as exc:  # PydanticSerializationError is a ValueError
+    except (ValueError, RecursionError) as exc:  # pydantic's ValidationError and PydanticSerializationError are ValueErrors
         raise RequestValidationError(
             [{"type": "value_error", "loc": ("body",), "msg": f"the request cannot be stored: its answer cannot be produced ({exc})"[:500]}]
         ) from exc

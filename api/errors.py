@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from activities.email.rendering import RenderProcessLost
 from nurture.enrolling import TemporalUnavailable
 from nurture.flow import Problem
 from nurture.logging import get_logger
@@ -124,6 +125,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def temporal_unavailable(request: Request, exc: TemporalUnavailable) -> JSONResponse:
         log.warning("temporal_unavailable", path=request.url.path, error=str(exc))
         return JSONResponse(status_code=503, content={"detail": f"Temporal is unavailable, nothing was changed: {exc}"})
+
+    @app.exception_handler(RenderProcessLost)
+    async def render_process_lost(request: Request, exc: RenderProcessLost) -> JSONResponse:
+        # A render process killed from outside (the OOM killer): not the template's fault, retry.
+        log.warning("render_process_lost", path=request.url.path, error=str(exc))
+        return JSONResponse(status_code=503, content={"detail": f"templates cannot be rendered now, retry: {exc}"})
 
     @app.exception_handler(IntegrityError)
     async def integrity_error(request: Request, exc: IntegrityError) -> JSONResponse:

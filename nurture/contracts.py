@@ -215,6 +215,9 @@ class SendEmailInput(BaseModel):
     template: str
     variant: str | None = None
     scheduled_at: datetime
+    # The retry policy's attempt count, so the last attempt records a temporary failure as final
+    # (not every server hands the policy to the activity). 0: unknown, every attempt may retry.
+    max_attempts: int = 0
 
 
 class SendEmailResult(BaseModel):

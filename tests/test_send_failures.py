@@ -10,6 +10,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
 from structlog.testing import capture_logs
+from sqlmodel import select
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
@@ -17,7 +18,7 @@ from activities.email.activities import EmailActivities
 from activities.email.providers import SmtpProvider
 from nurture.contracts import EnrollmentResult, EnrollmentState, SendEmailInput
 from nurture.enrolling import Enroller
-from nurture.models import utcnow
+from nurture.models import Message, utcnow
 from nurture.settings import SmtpSettings
 from tests.conftest import eventually, result_of
 from tests.factories import add_active_flow, add_contact, add_templates, messages_of
@@ -86,11 +87,17 @@ async def test_smtp_saying_later_every_time_ends_as_a_failed_send_with_the_reply
     [email] = [entry for entry in state.timeline if entry.kind == "email"]
     assert "451 4.3.0 try later" in (email.detail or "")
     retries = [entry for entry in logs if entry["event"] == "send_retry"]
-    assert len(retries) == 12 and all(r["log_level"] == "warning" for r in retries)
+    assert len(retries) == 11 and all(r["log_level"] == "warning" for r in retries)
+    [gave_up] = [entry for entry in logs if entry["event"] == "send_failed"]
+    assert "451 4.3.0 try later" in gave_up["error"]
     assert all("451 4.3.0 try later" in r["error"] for r in retries)
     # Temporal's own "Completing activity as failed" warning comes with a traceback: not for a 451.
     tracebacks = [r for r in caplog.records if r.levelno >= logging.WARNING and r.exc_info]
     assert tracebacks == []
+    # The row says so too: a `reserved` row would count against the frequency cap forever.
+    async with db.session() as session:
+        [message] = (await session.exec(select(Message))).all()
+    assert message.status == "failed" and "451 4.3.0 try later" in message.error and message.attempts == 12
 
 
 class _SlowToSayGoodbye(SMTP):

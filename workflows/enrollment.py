@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
-from temporalio.exceptions import ActivityError, ApplicationError, FailureError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from nurture.contracts import (
@@ -284,8 +284,9 @@ class EnrollmentWorkflow:
             return await self._interpret(input)
         except (ActivityError, ApplicationError) as err:
             # The enrollments row is the API's index: it must not say "active" about a workflow
-            # that has failed. Histories from before this change fail without the record.
-            if not workflow.patched("record-failure"):
+            # that has failed. Histories from before this change fail without the record, and a
+            # cancelled enrollment is not a failed one (Temporal closes it as cancelled).
+            if is_cancelled_exception(err) or not workflow.patched("record-failure"):
                 raise
             await self._record_failure(err)
             raise
@@ -588,6 +589,7 @@ class EnrollmentWorkflow:
                     template=template or "",
                     variant=variant,
                     scheduled_at=workflow.now(),
+                    max_attempts=SEND_RETRY.maximum_attempts,
                 ),
                 result_type=SendEmailResult,
                 # Sized from the SMTP timeout; the heartbeat moves a dead worker's send within seconds.

@@ -150,20 +150,35 @@ class EmailActivities:
                 await _save(session, message, log, "send_rejected")
                 raise ApplicationError(str(exc), type="PermanentDeliveryFailure", non_retryable=True) from exc
             except TemporaryDeliveryError as exc:
-                raise await _retry_later(session, message, log, exc) from exc
+                raise await _retry_later(session, message, log, exc, input.max_attempts) from exc
 
             if message.status != MessageStatus.sent:  # a provider that does not call back
                 await record_sent(provider_id)
             return await _save(session, message, log, "sent")
 
 
-async def _retry_later(session, message: Message, log, exc: TemporaryDeliveryError) -> ApplicationError:
+async def _retry_later(
+    session, message: Message, log, exc: TemporaryDeliveryError, max_attempts: int
+) -> ApplicationError:
     """The provider said "not now" (4xx, no connection): it does not have the message, a retry is safe.
 
     (A server that stops answering in the middle of the message may have taken it: the retry
     resends it, as after a crash.) One warning line per attempt; the error is benign to Temporal, which would otherwise log its
     own traceback for every attempt of an outage.
     """
+    attempt = activity.info().attempt
+    if max_attempts and attempt >= max_attempts:
+        # No attempt follows: the row says failed (a `reserved` one would count against the
+        # frequency cap for a message that never went out).
+        message.status = MessageStatus.failed
+        message.error = f"gave up after {attempt} attempts: {exc}"
+        await _save(session, message, log, "send_failed")
+        return ApplicationError(
+            f"temporary delivery failure: {exc}",
+            type="TemporaryDeliveryFailure",
+            non_retryable=True,
+            category=ApplicationErrorCategory.BENIGN,  # recorded on the row and logged above
+        )
     message.status = MessageStatus.reserved
     message.error = str(exc)
     session.add(message)

@@ -170,6 +170,7 @@ def _schedule(budget: TemplateBudget, function, args: tuple, timeout: float):
         if _pool is None or not _pool.active:
             if _pool is not None:
                 _pool.stop()  # broken (its processes could not be started): start afresh
+                _pool.join(timeout=5)  # pebble reaps the old processes only in join()
             _pool = _start_pool(budget)
         return _pool.schedule(function, args=args, timeout=timeout)
 

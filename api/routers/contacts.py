@@ -65,9 +65,10 @@ async def upsert_contact(body: ContactUpsert, session: SessionDep, db: DatabaseD
         await session.commit()
     contact_id = contact.id  # read now: a rollback expires the instance
     try:
+        # The answer first: a contact that cannot be shown is refused before any workflow hears of it.
+        answer = crud.answer(ContactOut, contact, status.HTTP_201_CREATED if created else status.HTTP_200_OK)
         if changed or created:
             await enroller.contact_changed(session, contact, previous, created=created)
-        answer = crud.answer(ContactOut, contact, status.HTTP_201_CREATED if created else status.HTTP_200_OK)
         await session.commit()
     except BaseException:
         if committed_early and contact_id is not None:
@@ -111,8 +112,8 @@ async def update_contact(contact: ContactDep, body: ContactUpdate, session: Sess
         return crud.answer(ContactOut, contact)
     session.add(contact)
     await session.flush()
+    answer = crud.answer(ContactOut, contact)  # before any workflow hears of the change
     await enroller.contact_changed(session, contact, previous)
-    answer = crud.answer(ContactOut, contact)
     await session.commit()
     get_logger(contact_id=contact.id).info("contact_updated", changed=changed)
     return answer

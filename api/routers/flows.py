@@ -223,7 +223,7 @@ async def activate_flow(
     number = body.version if body is not None and body.version is not None else flow.latest_version
     row = await crud.version_or_404(session, flow_id, number)
     try:
-        definition = load_flow(row.definition, await crud.template_keys(session), flow_limits(request))
+        definition = await run_in_threadpool(load_flow, row.definition, await crud.template_keys(session), flow_limits(request))
     except FlowInvalid as exc:
         raise flow_problems_error(exc.problems, "definition") from exc
     if definition.trigger.type in SCANNED_TRIGGER_TYPES:

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -56,7 +57,7 @@ async def simulate_flow(
     """
     if body.flow is not None:
         try:
-            flow = load_flow(body.flow, limits=settings.flow_limits())
+            flow = await run_in_threadpool(load_flow, body.flow, None, settings.flow_limits())
         except FlowInvalid as exc:
             raise RequestValidationError(
                 [
