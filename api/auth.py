@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import cache
 
 from fastapi import HTTPException, Request
 
@@ -93,7 +92,6 @@ async def authorize(request: Request) -> None:
     request.state.caller = caller
 
 
-@cache  # a route's dependencies never change: walk them once, not on every request
 def resolves_contact(route) -> bool:
     """Whether the route takes its contact through ``resolve_contact`` (which scopes sales keys)."""
     pending = [getattr(route, "dependant", None)]
