@@ -99,18 +99,17 @@ class RateLimits:
 
     async def spend(self, budget: Budget, who: str) -> None:
         """Count one call against ``who``'s budget; raise RateLimited when it is spent."""
-        if not self.enabled:
-            return
-        for item in budget.items:
-            if not await self._call("hit", item, budget.setting, who):
-                raise await self._refusal(budget, item, who)
+        await self._check("hit", budget, who)
 
     async def ensure_left(self, budget: Budget, who: str) -> None:
         """Raise RateLimited if ``who`` has nothing left of ``budget``, counting nothing."""
+        await self._check("test", budget, who)
+
+    async def _check(self, method: str, budget: Budget, who: str) -> None:
         if not self.enabled:
             return
         for item in budget.items:
-            if not await self._call("test", item, budget.setting, who):
+            if not await self._call(method, item, budget.setting, who):
                 raise await self._refusal(budget, item, who)
 
     async def _refusal(self, budget: Budget, item: RateLimitItem, who: str) -> RateLimited:
