@@ -145,6 +145,11 @@ class EnrollmentInput(BaseModel):
     flow_version: int
     contact_id: int
     flow: FlowDefinition
+    # The enrollments row this run owns (written by the starter, then only by the workflow's
+    # activities, by primary key) and the contact as it was at enrollment: the first task
+    # needs no database read.
+    enrollment_id: int | None = None
+    contact: ContactSnapshot | None = None
     paused: PauseState | None = None
     search_attributes: bool = False
     # Continue-as-new also happens at this history length (the server's suggestion always counts).
