@@ -13,7 +13,7 @@ import time
 from nurture.flow.conditions import EventFact
 from nurture.playbooks import load_playbooks
 from nurture.simulation_models import HypotheticalContact, ScriptedEvent
-from nurture.simulator import Simulator
+from simulation.simulator import Simulator
 from tests.playbook_scenarios import BY_NAME
 
 ROUNDS = 3

@@ -19,13 +19,13 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 
-from activities.simulation import TemplateText
 from nurture.flow import FlowDefinition, FlowInvalid, load_flow
 from nurture.flow.language import EventTrigger, SendEmailStep
 from nurture.flow.triggers import SCANNED_TRIGGER_TYPES
 from nurture.logging import get_logger
 from nurture.models import Flow, FlowStatus, FlowVersion, Template, utcnow
 from nurture.settings import Settings
+from nurture.simulation_models import TemplateText
 from nurture.trigger_schedule import ensure_trigger_scan_schedule
 
 DEFAULT_DIRECTORY = Path(__file__).resolve().parent.parent / "flows"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -13,6 +14,15 @@ from nurture.flow.durations import Duration, format_duration, parse_duration
 from nurture.flow.language import LIFECYCLE_STAGES, EventType, StepId
 
 ENGAGEMENT_EVENTS = ("email_opened", "email_clicked")
+
+
+@dataclass
+class TemplateText:
+    """A template as the simulator renders it: a saved one, one given in the request, or a playbook's."""
+
+    subject: str
+    html: str
+    text: str | None = None
 
 
 def _elapsed(value: Any) -> timedelta:

@@ -15,7 +15,7 @@ from nurture.flow import load_flow
 from nurture.flow.conditions import EventFact
 from nurture.playbooks import Playbook, load_playbooks
 from nurture.simulation_models import HypotheticalContact, ScriptedEvent, SimulationResult
-from nurture.simulator import Simulator
+from simulation.simulator import Simulator
 from tests.playbook_scenarios import BY_NAME, SPLIT_STEPS, Scenario
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "playbooks.md"

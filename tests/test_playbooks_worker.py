@@ -18,7 +18,7 @@ from nurture.flow.durations import parse_duration
 from nurture.models import Contact, Event, Flow, Message, SmsMessage, Task, Template
 from nurture.playbooks import load_playbook
 from nurture.simulation_models import HypotheticalContact, ScriptedEvent
-from nurture.simulator import Simulator
+from simulation.simulator import Simulator
 from tests.conftest import result_of
 from tests.factories import add_active_flow, add_contact
 from tests.playbook_scenarios import BY_NAME

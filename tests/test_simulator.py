@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
-from activities.simulation import SimulationActivities, TemplateText, World
 from nurture.contracts import ContactSnapshot
 from nurture.flow import load_flow
 from nurture.models import Contact, Enrollment, Event, Message, SmsMessage, Task
-from nurture.simulation_models import HypotheticalContact, ScriptedEvent
-from nurture.simulator import Simulator
+from nurture.simulation_models import HypotheticalContact, ScriptedEvent, TemplateText
+from simulation.simulator import Simulator
+from simulation.stand_ins import SimulationActivities, World
 from tests.api_support import api, count_rows, locs  # noqa: F401  (fixture)
 from tests.factories import EXAMPLE_TEMPLATES, add_active_flow, add_contact, add_templates, example_definition
 

@@ -12,7 +12,6 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from activities.email.rendering import TemplateRenderer
-from activities.simulation import SendRules, TemplateText
 from api import crud
 from api.deps import SessionDep, SettingsDep
 from api.errors import path_to_loc
@@ -21,9 +20,10 @@ from nurture.flow import FlowDefinition, FlowInvalid, load_flow
 from nurture.flow.conditions import EventFact
 from nurture.models import Event, Template
 from nurture.settings import Settings
-from nurture.simulation_models import SimulationResult
-from nurture.simulator import SimulationError, Simulator, shared_simulator
+from nurture.simulation_models import SimulationResult, TemplateText
 from nurture.snapshots import contact_snapshot
+from simulation.simulator import SimulationError, Simulator, shared_simulator
+from simulation.stand_ins import SendRules
 
 router = APIRouter(prefix="/flows", tags=["flows"])
 

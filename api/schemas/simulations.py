@@ -8,7 +8,7 @@ from api.schemas.common import Id, Strict, UTCDatetime
 from api.schemas.templates import TemplateBody, TemplateKey
 from nurture.flow.durations import Duration
 from nurture.simulation_models import HypotheticalContact, ScriptedEvent
-from nurture.simulator import DEFAULT_HORIZON, MAX_HORIZON
+from simulation.simulator import DEFAULT_HORIZON, MAX_HORIZON
 
 
 class SimulationScript(Strict):

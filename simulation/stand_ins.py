@@ -47,13 +47,7 @@ from nurture.contracts import (
     WebhookInput,
 )
 from nurture.flow.conditions import EventFact
-
-
-@dataclass
-class TemplateText:
-    subject: str
-    html: str
-    text: str | None = None
+from nurture.simulation_models import TemplateText
 
 
 @dataclass

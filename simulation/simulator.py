@@ -2,7 +2,7 @@
 
 It runs the real EnrollmentWorkflow on a private Temporal time-skipping test
 server (started once per process, on first use) with a worker whose
-activities are in-memory stand-ins (activities/simulation.py): they render
+activities are in-memory stand-ins (simulation/stand_ins.py): they render
 every message with the real templates but send nothing and write nothing.
 Scripted events are signalled at their offsets, the server skips the time in
 between, and a flow spanning months answers in a second or two.
@@ -32,7 +32,6 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.simulation import SendRules, SimulationActivities, TemplateText, World, updated_contact
 from nurture.contracts import (
     ContactChangedSignal,
     ContactEventSignal,
@@ -44,8 +43,9 @@ from nurture.contracts import (
 from nurture.flow.conditions import EventFact
 from nurture.flow.language import EventTrigger, FlowDefinition
 from nurture.logging import get_logger
-from nurture.simulation_models import ContactChange, ScriptedEvent, SimulationResult
-from nurture.simulation_timeline import Delivery, admission_warnings, build_result
+from nurture.simulation_models import ContactChange, ScriptedEvent, SimulationResult, TemplateText
+from simulation.stand_ins import SendRules, SimulationActivities, World, updated_contact
+from simulation.timeline import Delivery, admission_warnings, build_result
 from workflows.enrollment import EnrollmentWorkflow
 
 if TYPE_CHECKING:

@@ -17,7 +17,6 @@ from datetime import datetime, timedelta
 
 from typing import Any
 
-from activities.simulation import World
 from nurture.contracts import ContactSnapshot, EnrollmentState, TimelineEntry
 from nurture.flow.conditions import EventFact, evaluate, matches_properties
 from nurture.flow.durations import format_duration
@@ -40,6 +39,7 @@ from nurture.simulation_models import (
     SimulatedWait,
     SimulationResult,
 )
+from simulation.stand_ins import World
 
 OUTCOME_KINDS = {"branch", "split", "email", "action", "wait_ended", "wait_skipped", "loop_done"}
 MESSAGE_CHANNELS = {"email", "sms", "internal"}
