@@ -17,7 +17,7 @@ from nurture.db import Database
 from nurture.flow import FlowDefinition, Problem
 from nurture.flow.language import EventTrigger, SendEmailStep
 from nurture.logging import get_logger
-from nurture.models import Contact, Flow, FlowVersion, SubscriptionStatus, Template, utcnow
+from nurture.models import Contact, Enrollment, Flow, FlowVersion, SubscriptionStatus, Template, utcnow
 
 # Both names mean the contact unsubscribed (the enrollment workflow treats them alike).
 UNSUBSCRIBE_EVENTS = {"unsubscribed", "email_unsubscribed"}
@@ -201,3 +201,12 @@ def template_problems(flow: FlowDefinition, known: set[str]) -> list[Problem]:
 def trigger_event(flow: FlowDefinition) -> str | None:
     return flow.trigger.event if isinstance(flow.trigger, EventTrigger) else None
 
+
+# --- enrollments ---------------------------------------------------------------
+
+
+async def enrollment_or_404(session: AsyncSession, enrollment_id: int) -> Enrollment:
+    enrollment = await session.get(Enrollment, enrollment_id)
+    if enrollment is None:
+        raise HTTPException(status_code=404, detail=f"enrollment {enrollment_id} does not exist")
+    return enrollment

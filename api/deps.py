@@ -93,6 +93,9 @@ CallerDep = Annotated[Caller | None, Depends(get_caller)]
 NOT_YOURS = "a sales key may only act on the contacts its rep owns"
 
 ContactId = Annotated[int, Path(ge=1, le=MAX_ID)]
+FlowId = Annotated[int, Path(ge=1, le=MAX_ID)]
+VersionNumber = Annotated[int, Path(ge=1, le=MAX_ID)]
+EnrollmentId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 async def resolve_contact(contact_id: ContactId, session: SessionDep, caller: CallerDep) -> Contact:

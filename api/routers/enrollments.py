@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 from typing import Annotated
-from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 from sqlalchemy import func
@@ -13,33 +12,18 @@ from sqlmodel import select
 from temporalio.exceptions import TemporalError
 
 from api import crud
-from api.deps import MAX_ID, EnrollerDep, PaginationDep, SessionDep, SettingsDep, TemporalDep
+from api.deps import MAX_ID, EnrollerDep, EnrollmentId, PaginationDep, SessionDep, SettingsDep, TemporalDep
 from api.schemas.common import Page
 from api.schemas.enrollments import EnrollmentDetail, EnrollmentOut, ExitIn, ManualEnrollIn
 from nurture.contracts import EnrollmentState
 from nurture.enrolling import TemporalUnavailable
 from nurture.logging import get_logger
 from nurture.models import Enrollment, EnrollmentStatus, FlowStatus, SubscriptionStatus
-from nurture.settings import Settings
+from nurture.temporal import temporal_ui_url
 
 router = APIRouter(tags=["enrollments"])
 
-EnrollmentId = Annotated[int, Path(ge=1, le=MAX_ID)]
 QUERY_TIMEOUT = timedelta(seconds=5)
-
-
-def temporal_ui_url(settings: Settings, workflow_id: str) -> str:
-    return (
-        f"http://127.0.0.1:{settings.temporal_ui_port}/namespaces/{quote(settings.temporal_namespace, safe='')}"
-        f"/workflows/{quote(workflow_id, safe='')}"
-    )
-
-
-async def enrollment_or_404(session, enrollment_id: int) -> Enrollment:
-    enrollment = await session.get(Enrollment, enrollment_id)
-    if enrollment is None:
-        raise HTTPException(status_code=404, detail=f"enrollment {enrollment_id} does not exist")
-    return enrollment
 
 
 @router.post(
@@ -112,7 +96,7 @@ async def get_enrollment(
     """The database row plus `workflow`, the workflow's own answer to the `state` query
     (current step, pause, what it waits for, timeline). When the workflow cannot be asked
     (worker or Temporal down) `workflow` is null and `workflow_error` says why."""
-    row = EnrollmentOut.model_validate(await enrollment_or_404(session, enrollment_id))
+    row = EnrollmentOut.model_validate(await crud.enrollment_or_404(session, enrollment_id))
     await session.commit()  # release the database before waiting on Temporal
     state: EnrollmentState | None = None
     error: str | None = None
@@ -135,7 +119,7 @@ async def get_enrollment(
 @router.post("/enrollments/{enrollment_id}/exit", response_model=EnrollmentOut, status_code=status.HTTP_202_ACCEPTED)
 async def exit_enrollment(enrollment_id: EnrollmentId, body: ExitIn, session: SessionDep, enroller: EnrollerDep) -> Enrollment:
     """Tell the enrollment to exit now; its row shows `exited` once the workflow has stopped."""
-    enrollment = await enrollment_or_404(session, enrollment_id)
+    enrollment = await crud.enrollment_or_404(session, enrollment_id)
     if enrollment.status != EnrollmentStatus.active:
         raise HTTPException(status_code=409, detail=f"enrollment {enrollment_id} already {enrollment.status}")
     await enroller.exit(enrollment, body.reason, body.requested_by)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import func
 from sqlmodel import select
 
 from activities.estimates import estimate
 from api import crud
-from api.deps import MAX_ID, PaginationDep, SessionDep, SettingsDep, TemporalDep
+from api.deps import FlowId, PaginationDep, SessionDep, SettingsDep, TemporalDep, VersionNumber
 from api.errors import flow_problems_error
 from api.schemas.common import Page, ProblemOut
 from api.schemas.flows import (
@@ -33,9 +33,6 @@ from nurture.models import Enrollment, EnrollmentStatus, Flow, FlowStatus, FlowV
 from nurture.trigger_schedule import ensure_trigger_scan_schedule
 
 router = APIRouter(prefix="/flows", tags=["flows"])
-
-FlowId = Annotated[int, Path(ge=1, le=MAX_ID)]
-VersionNumber = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 JSON_TYPES = {"application/json"}
 YAML_TYPES = {"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml", "text/plain"}

@@ -5,11 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.deps import SessionDep, SettingsDep, TemporalDep
-from api.routers.enrollments import EnrollmentId, enrollment_or_404, temporal_ui_url
+from api import crud
+from api.deps import EnrollmentId, SessionDep, SettingsDep, TemporalDep
 from api.schemas.observability import EnrollmentHistoryOut
 from nurture.enrolling import TemporalUnavailable
 from nurture.history import format_entry, read_history
+from nurture.temporal import temporal_ui_url
 
 router = APIRouter(tags=["observability"])
 
@@ -28,7 +29,7 @@ async def enrollment_history(
 
     It is read from the workflow history itself, so it can be trusted when the database disagrees.
     """
-    row = await enrollment_or_404(session, enrollment_id)
+    row = await crud.enrollment_or_404(session, enrollment_id)
     workflow_id, run_id = row.workflow_id, row.run_id
     await session.commit()  # release the database before waiting on Temporal
     client = await temporal.get()

@@ -7,11 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 
 from api.deps import PaginationDep, SessionDep, SettingsDep, TemporalDep
-from api.routers.simulations import SimulatorDep, run_simulation
 from api.schemas.common import Page
 from api.schemas.flows import FlowOut
 from api.schemas.playbooks import InstallOut, PlaybookDetail, PlaybookOut, PlaybookTemplateOut
 from api.schemas.simulations import SimulationScript
+from api.simulating import SimulatorDep, run_simulation
 from nurture.flow.triggers import SCANNED_TRIGGER_TYPES
 from nurture.playbooks import Playbook, PlaybookError, PlaybookNotFound, install_playbook, load_playbook, load_playbooks
 from nurture.playbooks import playbooks_directory

@@ -7,8 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from api import crud
-from api.deps import MAX_ID, ContactDep, SessionDep, SettingsDep
-from api.routers.flows import FlowId
+from api.deps import MAX_ID, ContactDep, FlowId, SessionDep, SettingsDep
 from nurture.analytics import ContactActivity, FlowStats, contact_activity, flow_stats
 
 router = APIRouter(tags=["observability"])

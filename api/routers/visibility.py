@@ -10,8 +10,7 @@ from sqlmodel import col, select
 from temporalio.service import RPCError
 
 from api import crud
-from api.deps import MAX_ID, SessionDep, SettingsDep, TemporalDep
-from api.routers.flows import FlowId
+from api.deps import MAX_ID, FlowId, SessionDep, SettingsDep, TemporalDep
 from api.schemas.observability import VisibilityPage, VisibleEnrollmentOut
 from nurture.analytics import flow_steps
 from nurture.enrolling import TemporalUnavailable
