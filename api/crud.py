@@ -19,9 +19,6 @@ from nurture.flow.language import EventTrigger, SendEmailStep
 from nurture.logging import get_logger
 from nurture.models import Contact, Enrollment, Flow, FlowVersion, SubscriptionStatus, Template, utcnow
 
-# Both names mean the contact unsubscribed (the enrollment workflow treats them alike).
-UNSUBSCRIBE_EVENTS = {"unsubscribed", "email_unsubscribed"}
-
 
 # --- answers -------------------------------------------------------------------
 

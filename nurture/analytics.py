@@ -36,19 +36,24 @@ from pydantic import BaseModel, Field
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from nurture.event_types import (
+    DEAL_STAGE_CHANGED,
+    EMAIL_BOUNCED,
+    EMAIL_CLICKED,
+    EMAIL_COMPLAINED,
+    EMAIL_DELIVERED,
+    EMAIL_OPENED,
+    MESSAGE_EVENTS,
+    UNSUBSCRIBE_EVENTS,
+)
 from nurture.flow.language import LIFECYCLE_STAGES
 from nurture.logging import get_logger
 from nurture.metrics import FLOW_ANOMALIES
 from nurture.models import Contact, Enrollment, Event, FlowVersion, Message, MessageStatus, StepVisit
 from nurture.settings import Settings
 
-OPENED, CLICKED = "email_opened", "email_clicked"
-DELIVERED, BOUNCED, COMPLAINED = "email_delivered", "email_bounced", "email_complained"
-UNSUBSCRIBED = {"unsubscribed", "email_unsubscribed"}
-DEAL_STAGE = "deal_stage_changed"
 CLOSED = {"closedwon": "won", "closedlost": "lost"}
-ENGAGEMENT_TYPES = {OPENED, CLICKED, DELIVERED, BOUNCED, COMPLAINED}
-TRACKED_TYPES = ENGAGEMENT_TYPES | UNSUBSCRIBED | {DEAL_STAGE}
+TRACKED_TYPES = MESSAGE_EVENTS | UNSUBSCRIBE_EVENTS | {DEAL_STAGE_CHANGED}
 # Contact fields a breakdown may name besides custom properties and "tag".
 BUILTIN_FIELDS = ("lifecycle_stage", "owner", "company", "timezone", "subscription_status")
 NONE_VALUE = "(none)"
@@ -258,7 +263,7 @@ async def _attribute_unsubscribes(session: AsyncSession, events: list[Event]) ->
     """Each unsubscribe goes to the email it names, else to the last marketing email (any flow)
     the contact was sent before it."""
     attributed: dict[int, int] = {}
-    pending = [e for e in events if e.type in UNSUBSCRIBED]
+    pending = [e for e in events if e.type in UNSUBSCRIBE_EVENTS]
     for event in pending:
         named = _message_id(event)
         if named is not None:
@@ -336,25 +341,25 @@ def _email_stats(messages: Iterable[Message], facts: _Facts, stats: EmailStats) 
         elif m.status == MessageStatus.refused:
             stats.refused += 1
     for event in facts.events:
-        message_id = facts.unsubscribe_message.get(event.id) if event.type in UNSUBSCRIBED else _message_id(event)  # type: ignore[arg-type]
+        message_id = facts.unsubscribe_message.get(event.id) if event.type in UNSUBSCRIBE_EVENTS else _message_id(event)  # type: ignore[arg-type]
         message = by_id.get(message_id)
         if message is None:
             continue
-        if event.type == OPENED:
+        if event.type == EMAIL_OPENED:
             if _is_bot(event):
                 stats.bot_opens += 1
             else:
                 openers.add(message.contact_id)
-        elif event.type == CLICKED:
+        elif event.type == EMAIL_CLICKED:
             clickers.add(message.contact_id)
-        elif event.type == DELIVERED:
+        elif event.type == EMAIL_DELIVERED:
             delivered.add(message.id)  # type: ignore[arg-type]
-        elif event.type == BOUNCED:
+        elif event.type == EMAIL_BOUNCED:
             bounced[message.id] = str((event.properties or {}).get("bounce_type", "hard"))  # type: ignore[index]
-        elif event.type == COMPLAINED:
+        elif event.type == EMAIL_COMPLAINED:
             complained.add(message.id)  # type: ignore[arg-type]
             unsubscribed.add(message.contact_id)  # a complaint unsubscribes the contact
-        elif event.type in UNSUBSCRIBED:
+        elif event.type in UNSUBSCRIBE_EVENTS:
             unsubscribed.add(message.contact_id)
     stats.opened += len(openers)
     stats.clicked += len(clickers)
@@ -453,7 +458,7 @@ def _totals(facts: _Facts, steps: list[StepStats]) -> FlowTotals:
 
     deals: dict[int, list[tuple[datetime, str]]] = defaultdict(list)
     for event in facts.events:
-        if event.type == DEAL_STAGE:
+        if event.type == DEAL_STAGE_CHANGED:
             stage = str((event.properties or {}).get("stage", "")).lower().replace("_", "").replace(" ", "")
             if stage in CLOSED:
                 deals[event.contact_id].append((event.occurred_at, CLOSED[stage]))
@@ -600,33 +605,33 @@ async def contact_activity(session: AsyncSession, contact: Contact) -> ContactAc
             clicked_urls=[],
         )
     for event in tracked:
-        attributed = facts.unsubscribe_message.get(event.id) if event.type in UNSUBSCRIBED else _message_id(event)  # type: ignore[arg-type]
+        attributed = facts.unsubscribe_message.get(event.id) if event.type in UNSUBSCRIBE_EVENTS else _message_id(event)  # type: ignore[arg-type]
         row = per_message.get(attributed)  # type: ignore[arg-type]
         if row is None:
             continue
         at = event.occurred_at
-        if event.type == OPENED:
+        if event.type == EMAIL_OPENED:
             if _is_bot(event):
                 row.bot_opens += 1
             else:
                 row.opens += 1
                 row.opened_at = row.opened_at or at
-        elif event.type == CLICKED:
+        elif event.type == EMAIL_CLICKED:
             row.clicks += 1
             row.clicked_at = row.clicked_at or at
             url = (event.properties or {}).get("url")
             if url and url not in row.clicked_urls:
                 row.clicked_urls.append(str(url))
-        elif event.type == DELIVERED:
+        elif event.type == EMAIL_DELIVERED:
             row.delivered_at = row.delivered_at or at
-        elif event.type == BOUNCED:
+        elif event.type == EMAIL_BOUNCED:
             row.bounced_at = row.bounced_at or at
             row.bounce_type = str((event.properties or {}).get("bounce_type", "hard"))
-        elif event.type == COMPLAINED:
+        elif event.type == EMAIL_COMPLAINED:
             row.complained_at = row.complained_at or at
-        elif event.type in UNSUBSCRIBED:
+        elif event.type in UNSUBSCRIBE_EVENTS:
             row.unsubscribed_at = row.unsubscribed_at or at
-    own = [e for e in events if not (e.type == OPENED and _is_bot(e)) and e.type not in {DELIVERED, BOUNCED}]
+    own = [e for e in events if not (e.type == EMAIL_OPENED and _is_bot(e)) and e.type not in {EMAIL_DELIVERED, EMAIL_BOUNCED}]
     sent = [m.sent_at for m in messages if m.sent_at is not None]
     return ContactActivity(
         contact_id=contact.id,

@@ -25,6 +25,7 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from nurture.enrolling import Enroller
+from nurture.event_types import EMAIL_BOUNCED, EMAIL_CLICKED, EMAIL_COMPLAINED, EMAIL_DELIVERED, EMAIL_OPENED
 from nurture.logging import get_logger
 from nurture.models import Contact, Event, Message, SubscriptionStatus, utcnow
 from nurture.settings import Settings
@@ -85,7 +86,7 @@ class EngagementRecorder:
         properties = {**_about(message), "user_agent": (user_agent or "")[:300], "bot": reason is not None}
         if reason is not None:
             properties["bot_reason"] = reason
-        event = await self._event(message, "email_opened", f"open:{message.id}:{uuid.uuid4().hex}", properties, at)
+        event = await self._event(message, EMAIL_OPENED, f"open:{message.id}:{uuid.uuid4().hex}", properties, at)
         if reason is None:
             message.opened_at = message.opened_at or at
             await self._engaged(message, event)
@@ -93,7 +94,7 @@ class EngagementRecorder:
 
     async def clicked(self, message: Message, url: str, user_agent: str | None, at: datetime) -> Recorded:
         properties = {**_about(message), "url": url, "user_agent": (user_agent or "")[:300]}
-        event = await self._event(message, "email_clicked", f"click:{message.id}:{uuid.uuid4().hex}", properties, at)
+        event = await self._event(message, EMAIL_CLICKED, f"click:{message.id}:{uuid.uuid4().hex}", properties, at)
         message.clicked_at = message.clicked_at or at
         await self._engaged(message, event)
         return Recorded(event)
@@ -112,17 +113,17 @@ class EngagementRecorder:
         contact = await self.session.get(Contact, message.contact_id)
         assert contact is not None
         if report.type == "delivered":
-            event = await self._event(message, "email_delivered", event_id, properties, at)
+            event = await self._event(message, EMAIL_DELIVERED, event_id, properties, at)
             message.delivered_at = message.delivered_at or at
         elif report.type == "bounced":
             properties["bounce_type"] = report.bounce_type
-            event = await self._event(message, "email_bounced", event_id, properties, at)
+            event = await self._event(message, EMAIL_BOUNCED, event_id, properties, at)
             message.bounced_at = message.bounced_at or at
             message.bounce_type = report.bounce_type if message.bounce_type != "hard" else "hard"
             if report.bounce_type == "hard":
                 await self._unreachable(contact, SubscriptionStatus.bounced)
         else:
-            event = await self._event(message, "email_complained", event_id, properties, at)
+            event = await self._event(message, EMAIL_COMPLAINED, event_id, properties, at)
             message.complained_at = message.complained_at or at
             await self._unreachable(contact, SubscriptionStatus.unsubscribed)
         self.session.add(message)

@@ -37,6 +37,7 @@ from nurture.contracts import (
 from nurture.flow.conditions import matches_properties
 from nurture.flow.language import EventTrigger, FlowDefinition
 from nurture.flow.triggers import EnrollmentPolicy, InactivityTrigger, PropertyTrigger
+from nurture.event_types import MESSAGE_EVENTS
 from nurture.logging import get_logger
 from nurture.models import (
     Contact,
@@ -53,8 +54,6 @@ from nurture.models import (
 from nurture.settings import Settings
 from nurture.snapshots import contact_snapshot
 
-# Events about one message concern only the enrollment that sent it.
-ENGAGEMENT_EVENTS = {"email_opened", "email_clicked", "email_delivered", "email_bounced", "email_complained"}
 # The exit reason when a flow's trigger no longer matches a contact it enrolled.
 CRITERIA_NO_LONGER_MATCH = "criteria_no_longer_match"
 
@@ -309,7 +308,7 @@ class Enroller:
             Enrollment.contact_id == contact.id, Enrollment.status == EnrollmentStatus.active
         )
         message_id = event.properties.get("message_id")
-        if event.type in ENGAGEMENT_EVENTS and message_id is not None:
+        if event.type in MESSAGE_EVENTS and message_id is not None:
             # An open or click concerns the enrollment that sent that email, not every flow.
             message = await session.get(Message, _as_int(message_id))
             if message is None or message.contact_id != contact.id or message.workflow_id is None:

@@ -10,10 +10,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSeriali
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from nurture.contracts import ContactSnapshot
+from nurture.event_types import ENGAGEMENT_KINDS
 from nurture.flow.durations import Duration, format_duration, parse_duration
 from nurture.flow.language import LIFECYCLE_STAGES, EventType, StepId
-
-ENGAGEMENT_EVENTS = ("email_opened", "email_clicked")
 
 
 @dataclass
@@ -117,7 +116,7 @@ class ScriptedEvent(_Strict):
     def _says_something(self) -> ScriptedEvent:
         if self.type is None and self.update is None:
             raise ValueError("a scripted event needs a 'type', an 'update', or both")
-        if self.step is not None and self.type not in ENGAGEMENT_EVENTS:
+        if self.step is not None and self.type not in ENGAGEMENT_KINDS:
             raise ValueError("'step' names the email an email_opened or email_clicked event is about")
         return self
 

@@ -40,6 +40,7 @@ from nurture.contracts import (
     EnrollmentResult,
     EnrollmentState,
 )
+from nurture.event_types import UNSUBSCRIBE_EVENTS
 from nurture.flow.conditions import EventFact
 from nurture.flow.language import EventTrigger, FlowDefinition
 from nurture.logging import get_logger
@@ -55,7 +56,6 @@ DEFAULT_HORIZON = timedelta(days=5 * 365)
 MAX_HORIZON = timedelta(days=50 * 365)
 # Restart the private server before its clock runs into the far future (datetime ends at year 9999).
 MAX_CLOCK_LEAD = timedelta(days=200 * 365)
-UNSUBSCRIBE_EVENTS = {"unsubscribed", "email_unsubscribed"}
 
 
 class SimulationError(Exception):

@@ -22,6 +22,7 @@ from sqlmodel import select
 
 from api.deps import SessionDep, SettingsDep, TemporalDep
 from nurture.enrolling import Enroller, TemporalUnavailable
+from nurture.event_types import UNSUBSCRIBED
 from nurture.logging import get_logger
 from nurture.models import Contact, Event, SubscriptionStatus, utcnow
 from nurture.settings import Settings
@@ -120,7 +121,7 @@ async def unsubscribe(
         event = Event(
             event_id=f"unsubscribe-{uuid.uuid4().hex}",
             contact_id=contact.id,  # type: ignore[arg-type]
-            type="unsubscribed",
+            type=UNSUBSCRIBED,
             properties={"message_id": parsed.message_id, "source": source},
             occurred_at=now,
         )

@@ -12,6 +12,7 @@ from sqlmodel import select
 from api import crud
 from api.deps import DatabaseDep, EnrollerDep, SessionDep
 from api.schemas.events import EventIn, EventOut
+from nurture.event_types import UNSUBSCRIBE_EVENTS
 from nurture.logging import get_logger
 from nurture.models import Event, Flow, FlowStatus, SubscriptionStatus, utcnow
 
@@ -91,7 +92,7 @@ async def _record_and_route(body: EventIn, session, enroller, contact, created: 
 
     if contact.last_activity_at is None or occurred_at > contact.last_activity_at:
         contact.last_activity_at = occurred_at
-    if body.type in crud.UNSUBSCRIBE_EVENTS and contact.subscription_status != SubscriptionStatus.unsubscribed:
+    if body.type in UNSUBSCRIBE_EVENTS and contact.subscription_status != SubscriptionStatus.unsubscribed:
         contact.subscription_status = SubscriptionStatus.unsubscribed
         contact.updated_at = utcnow()
         session.add(contact)
