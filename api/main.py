@@ -39,6 +39,7 @@ from nurture.deployment_secrets import API_SECRETS, ForgeableSecret, require_sec
 from nurture.enrolling import TemporalUnavailable
 from nurture.flow import FlowDefinition
 from nurture.logging import configure_logging, get_logger
+from nurture.migrating import SchemaNotCurrent, require_current_schema
 from nurture.settings import Settings, get_settings
 
 DESCRIPTION = """
@@ -73,7 +74,13 @@ def create_app(
         owned_db: Database | None = None
         if app.state.db is None:
             owned_db = Database(settings.resolved_database_url)
-            await owned_db.create_all()
+            # Never create tables here: replicas starting together raced; `nurture migrate` upgrades.
+            try:
+                await require_current_schema(owned_db)
+            except SchemaNotCurrent as exc:
+                log.error("api_refused_to_start", reason=str(exc))
+                await owned_db.dispose()
+                raise
             app.state.db = owned_db
         temporal: TemporalConnection = app.state.temporal
         if temporal.client is None:

@@ -41,6 +41,7 @@ from nurture.api_keys import Role, create_key
 from nurture.database_location import DatabaseMissing, describe_database, require_existing_database
 from nurture.db import Database
 from nurture.deployment_secrets import ALL_SECRETS, ForgeableSecret, ensure_local_secrets, require_secrets, secrets_environment
+from nurture.migrating import MigrationFailed, migrate, upgrade
 from nurture.settings import Settings, get_settings
 from nurture.temporal import connect
 
@@ -337,6 +338,12 @@ class Stack:
         except ForgeableSecret as exc:
             raise StackError(str(exc)) from exc
         self.child_environment.update(secrets_environment(settings))
+        # The API and the worker refuse a database behind their schema: bring it there first.
+        try:
+            migrated = await migrate(settings)
+        except MigrationFailed as exc:
+            raise StackError(str(exc)) from exc
+        self.log.info("database_migrated", from_revision=migrated.before, to_revision=migrated.after, stamped=migrated.stamped)
         temporal = await self.spawn("temporal", temporal_server_command(settings, find_binary("temporal")))
         client = await wait_for_temporal(settings, temporal.process, self.stop, self.ready_timeout)
         if client is None:
@@ -421,6 +428,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a Temporal dev server (state kept in <data_dir>/temporal.db), the worker and the API "
         "as one supervised process tree. Configure with NURTURE_* environment variables. Ctrl-C stops it all.",
     )
+    migration = commands.add_parser(
+        "migrate",
+        help="bring the database to this version's schema (before starting the API and workers)",
+        description="Upgrade the database the settings name to the newest schema revision, creating it if need "
+        "be, and say from which revision to which. A database created before migrations (tables, no "
+        "alembic_version) is stamped at the baseline when its tables match. The API and the worker refuse to "
+        "start until this has run; `nurture stack` runs it by itself.",
+    )
+    migration.add_argument("--sql", action="store_true", help="print the SQL instead of running it (nothing is changed)")
     key = commands.add_parser(
         "create-api-key",
         help="create an API key (shown once) straight in the database, e.g. the first admin key",
@@ -457,7 +473,8 @@ async def create_api_key(
     settings: Settings, name: str, role: str, owner: str | None, db: Database | None = None
 ) -> str:
     database = db or Database(settings.resolved_database_url)
-    await database.create_all()
+    if db is None:  # a database passed in is used as is
+        await upgrade(database)
     async with database.session() as session:
         _, secret = await create_key(session, name, Role(role), owner)
         await session.commit()
@@ -497,6 +514,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_json)
     if args.command == "stack":
         return run_stack(settings)
+    if args.command == "migrate":
+        from nurture.migrate_command import migrate_command
+
+        return run_command(migrate_command(settings, sys.stdout, sys.stderr, sql=args.sql))
     if args.command == "history":
         from nurture.history_command import show_history
 
@@ -509,15 +530,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not _database_or_refuse(settings, create=args.create_database, flag=True):
             return 1
         sys.stderr.write(f"database: {describe_database(settings)}\n")
-        return run_command(
-            load_playbooks_command(settings, sys.stdout, sys.stderr, activate=args.activate, names=args.names)
-        )
+        try:
+            return run_command(
+                load_playbooks_command(settings, sys.stdout, sys.stderr, activate=args.activate, names=args.names)
+            )
+        except MigrationFailed as exc:
+            sys.stderr.write(f"nurture: {exc}\n")
+            return 1
     if args.command == "create-api-key":
         if args.role == Role.sales and not args.owner:
             build_parser().error("a sales key needs --owner")
         if not _database_or_refuse(settings, create=args.create_database, flag=True):
             return 1
-        secret = run_command(create_api_key(settings, args.name, args.role, args.owner))
+        try:
+            secret = run_command(create_api_key(settings, args.name, args.role, args.owner))
+        except MigrationFailed as exc:
+            sys.stderr.write(f"nurture: {exc}\n")
+            return 1
         # Only the key goes to stdout (KEY=$(nurture create-api-key ...)); where it went, to stderr.
         sys.stderr.write(f"created {args.role} key '{args.name}' in database {describe_database(settings)}\n")
         sys.stdout.write(secret + "\n")

@@ -10,6 +10,7 @@ from temporalio.client import Client
 
 from nurture.db import Database
 from nurture.flow.triggers import SCANNED_TRIGGER_TYPES
+from nurture.migrating import upgrade
 from nurture.playbooks import PlaybookError, install_playbook, load_playbooks, playbooks_directory
 from nurture.settings import Settings
 from nurture.temporal import connect
@@ -50,8 +51,9 @@ async def load_playbooks_command(
                       "playbooks with date or inactivity triggers stay drafts\n")
 
     database = db or Database(settings.resolved_database_url)
-    await database.create_all()
     try:
+        if db is None:  # a database passed in is used as is
+            await upgrade(database)
         for playbook in chosen:
             scanned = playbook.flow.trigger.type in SCANNED_TRIGGER_TYPES
             async with database.session() as session:

@@ -44,9 +44,9 @@ def compose() -> dict:
 
 def test_compose_services(compose):
     services = compose["services"]
-    assert {"postgresql", "temporal-postgresql", "temporal", "temporal-admin-tools", "temporal-ui", "api", "worker"} <= set(
-        services
-    )
+    assert {
+        "postgresql", "temporal-postgresql", "temporal", "temporal-admin-tools", "temporal-ui", "migrate", "api", "worker"
+    } <= set(services)
     assert services["temporal"]["environment"]["DB"] == "postgres12"
     assert services["temporal-ui"]["environment"]["TEMPORAL_ADDRESS"] == "temporal:7233"
     for name in ("postgresql", "temporal-postgresql", "temporal", "api"):
@@ -64,7 +64,17 @@ def test_compose_app_services(compose, name):
         "postgresql": {"condition": "service_healthy"},
         "temporal": {"condition": "service_healthy"},
         "temporal-admin-tools": {"condition": "service_completed_successfully"},
+        # The schema is upgraded once, before any replica starts; they only check it.
+        "migrate": {"condition": "service_completed_successfully"},
     }
+
+
+def test_compose_migrates_once_before_the_app_starts(compose):
+    migrate = compose["services"]["migrate"]
+    assert migrate["command"] == ["nurture", "migrate"]
+    assert migrate["environment"]["NURTURE_DATABASE_URL"] == compose["services"]["api"]["environment"]["NURTURE_DATABASE_URL"]
+    assert migrate["depends_on"] == {"postgresql": {"condition": "service_healthy"}}
+    assert migrate["restart"] == "no"  # a one-shot: restarted after exit 0 it would never complete
 
 
 @pytest.mark.parametrize("name", ["api", "worker"])

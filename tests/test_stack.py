@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import uuid
@@ -27,6 +28,7 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client, WorkflowExecutionStatus
 
+from nurture.migrating import head_revision
 from nurture.search_attributes import SEARCH_ATTRIBUTES
 from tests.conftest import eventually
 
@@ -276,6 +278,9 @@ async def test_stack_serves_then_stops_cleanly_on_sigint(launch, stack_config):
         )
     await assert_worker_polls(client, stack_config)
     assert (stack_config.data_dir / "temporal.db").exists()
+    # The stack upgraded the new database before the worker and the API (which refuse one that is behind).
+    with sqlite3.connect(stack_config.data_dir / "nurture.db") as database:
+        assert database.execute("SELECT version_num FROM alembic_version").fetchall() == [(head_revision(),)]
 
     tree = stack.remember_tree()
     commands = [" ".join(cmdline(pid)) for pid in tree]

@@ -21,6 +21,7 @@ from aiosmtpd.controller import Controller
 from activities.email.providers import SmtpProvider
 from nurture.db import Database
 from nurture.enrolling import Enroller
+from nurture.migrating import upgrade
 from nurture.settings import Settings, SmtpSettings
 from nurture.trigger_schedule import trigger_scan_schedule_id
 from tests.conftest import eventually
@@ -72,7 +73,7 @@ def start(servers: list[Server], answer_after: float | None = 0) -> Server:
 async def sqlite_db(tmp_path) -> AsyncIterator[Database]:
     """A file the worker process opens too."""
     database = Database(f"sqlite:///{tmp_path / 'nurture.db'}")
-    await database.create_all()
+    await upgrade(database)  # the worker process refuses a database that is not migrated
     yield database
     await database.dispose()
 

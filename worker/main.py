@@ -18,6 +18,7 @@ from nurture.db import Database
 from nurture.deployment_secrets import WORKER_SECRETS, ForgeableSecret, require_secrets, with_stored_secrets
 from nurture.logging import configure_logging, get_logger
 from nurture.metrics import serve_worker_metrics
+from nurture.migrating import SchemaNotCurrent, require_current_schema
 from nurture.settings import Settings, get_settings
 from nurture.temporal import connect
 from nurture.trigger_schedule import ensure_trigger_scan_schedule
@@ -40,7 +41,13 @@ def build_worker(client: Client, db: Database, provider: EmailProvider, settings
 async def run(settings: Settings) -> None:
     log = get_logger(component="worker")
     db = Database(settings.resolved_database_url)
-    await db.create_all()
+    # Never create tables here: workers starting together raced; `nurture migrate` upgrades.
+    try:
+        await require_current_schema(db)
+    except SchemaNotCurrent as exc:
+        log.error("worker_refused_to_start", reason=str(exc))
+        await db.dispose()
+        raise SystemExit(2) from exc
     client = await connect(settings)
     worker = build_worker(client, db, provider_from_settings(settings), settings)
     try:
