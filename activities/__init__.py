@@ -10,7 +10,7 @@ from activities.email.providers import EmailProvider
 from activities.email.rendering import TemplateRenderer
 from activities.email.tracking import LinkTracker
 from activities.enrolling import EnrollingActivities
-from activities.governance import GovernanceActivities
+from activities.governance import GovernanceActivities, SendGate
 from activities.progress import ProgressActivities
 from activities.scheduling import SchedulingActivities
 from activities.sms import SmsActivities, SmsOutboxProvider, SmsProvider
@@ -30,7 +30,7 @@ def build_activities(
     contacts = ContactActivities(db)
     renderer = TemplateRenderer.from_settings(settings)
     email = EmailActivities(db, provider, settings.email_from, LinkTracker.from_settings(settings),
-                            ConsentLinks.from_settings(settings), renderer)
+                            ConsentLinks.from_settings(settings), renderer, SendGate(settings))
     progress = ProgressActivities(db)
     scheduling = SchedulingActivities(db, settings.default_send_time)
     actions = ActionActivities(db, provider, client, settings)
@@ -40,7 +40,6 @@ def build_activities(
     enrolling = EnrollingActivities(db, client, settings)
     # Every activity is timed into nurture_activity_seconds (nurture/metrics.py).
     return instrumented([
-        contacts.load_contact,
         contacts.update_contact,
         email.send_email,
         progress.record_progress,
@@ -51,7 +50,6 @@ def build_activities(
         actions.enroll_in_flow,
         webhooks.call_webhook,
         texts.send_sms,
-        governance.reserve_send,
         governance.quiet_period,
         enrolling.list_scan_flows,
         enrolling.scan_trigger_page,

@@ -1,11 +1,11 @@
-"""Reading and changing the contact an enrollment is about."""
+"""Changing the contact an enrollment is about (the enrollment carries its snapshot)."""
 
 from __future__ import annotations
 
 from temporalio import activity
 
 from activities.common import require_contact
-from nurture.contracts import ContactSnapshot, LoadContactInput, UpdateContactInput
+from nurture.contracts import ContactSnapshot, UpdateContactInput
 from nurture.db import Database
 from nurture.logging import get_logger
 from nurture.models import utcnow
@@ -15,12 +15,6 @@ from nurture.snapshots import contact_snapshot
 class ContactActivities:
     def __init__(self, db: Database):
         self.db = db
-
-    @activity.defn(name="load_contact")
-    async def load_contact(self, input: LoadContactInput) -> ContactSnapshot:
-        async with self.db.session() as session:
-            contact = await require_contact(session, input.contact_id)
-            return contact_snapshot(contact)
 
     @activity.defn(name="update_contact")
     async def update_contact(self, input: UpdateContactInput) -> ContactSnapshot:

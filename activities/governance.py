@@ -17,7 +17,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.common import require_contact
 from activities.scheduling import local_instant, parse_clock, zone_for
-from nurture.contracts import QuietPeriodInput, ReserveSendInput, SendDecision
+from nurture.contracts import QuietPeriodInput, SendEmailInput
 from nurture.db import Database
 from nurture.enrolling import Enroller
 from nurture.flow.language import WEEKDAYS, SendWindow
@@ -72,11 +72,16 @@ def next_open_slot(
                            non_retryable=True)
 
 
-class GovernanceActivities:
-    def __init__(self, db: Database, settings: Settings, client: Client | None = None):
-        self.db = db
+class SendGate:
+    """Decides, inside the send activity's first transaction, whether a message may go now.
+
+    A decision to send reserves the message row (it counts against the cap from then on), so a
+    send is one activity: the gate, then delivery. The contact row is locked for the decision,
+    which serialises every reservation for one contact (SQLite's BEGIN IMMEDIATE does the same).
+    """
+
+    def __init__(self, settings: Settings):
         self.settings = settings
-        self.client = client
 
     def _quiet_hours(self, transactional: bool) -> tuple[time, time] | None:
         s = self.settings
@@ -84,67 +89,46 @@ class GovernanceActivities:
             return None
         return parse_clock(s.quiet_hours_start), parse_clock(s.quiet_hours_end)
 
-    @activity.defn(name="reserve_send")
-    async def reserve_send(self, input: ReserveSendInput) -> SendDecision:
+    async def defer(self, session, contact: Contact, input: SendEmailInput) -> tuple[datetime, str] | None:
+        """When the send must wait, until when and why; None when it may go now."""
         log = get_logger(flow_id=input.flow_id, enrollment_id=input.workflow_id, contact_id=input.contact_id)
-        async with self.db.session() as session:
-            # Serialises every reservation for this contact (SQLite's BEGIN IMMEDIATE does the same).
-            contact = (
-                await session.exec(select(Contact).where(Contact.id == input.contact_id).with_for_update())
-            ).first()
-            if contact is None:
-                raise ApplicationError(f"contact {input.contact_id} does not exist", type="ContactMissing", non_retryable=True)
-            existing = (await session.exec(select(Message).where(Message.idempotency_key == input.idempotency_key))).first()
-            if existing is not None:
-                return SendDecision(ok=True)  # reserved (or sent) by an earlier attempt
+        now = input.scheduled_at
+        zone = zone_for(contact.timezone, input.flow_timezone)
+        holidays = set() if input.transactional else set(self.settings.holidays)
+        slot = next_open_slot(now, zone, input.window, self._quiet_hours(input.transactional), holidays)
+        if slot > now:
+            reason = "outside the send window" if input.window else "quiet hours or a holiday"
+            log.info("send_deferred", until=slot.isoformat(), reason=reason)
+            return slot, reason
 
-            zone = zone_for(contact.timezone, input.flow_timezone)
-            holidays = set() if input.transactional else set(self.settings.holidays)
-            slot = next_open_slot(input.now, zone, input.window, self._quiet_hours(input.transactional), holidays)
-            if slot > input.now:
-                reason = "outside the send window" if input.window else "quiet hours or a holiday"
-                log.info("send_deferred", until=slot.isoformat(), reason=reason)
-                return SendDecision(ok=False, defer_until=slot, reason=reason)
-
-            cap = self.settings.frequency_cap
-            if cap and not input.transactional:
-                window = timedelta(hours=self.settings.frequency_cap_window_hours)
-                recent = (
-                    await session.exec(
-                        select(Message.scheduled_at)
-                        .where(
-                            Message.contact_id == contact.id,
-                            Message.kind == "marketing",
-                            Message.status.in_(COUNTED),
-                            Message.scheduled_at > input.now - window,
-                        )
-                        .order_by(Message.scheduled_at)
+        cap = self.settings.frequency_cap
+        if cap and not input.transactional:
+            window = timedelta(hours=self.settings.frequency_cap_window_hours)
+            recent = (
+                await session.exec(
+                    select(Message.scheduled_at)
+                    .where(
+                        Message.contact_id == contact.id,
+                        Message.kind == "marketing",
+                        Message.status.in_(COUNTED),
+                        Message.scheduled_at > now - window,
                     )
-                ).all()
-                if len(recent) >= cap:
-                    until = recent[len(recent) - cap] + window
-                    reason = f"frequency cap: {cap} in {self.settings.frequency_cap_window_hours}h"
-                    log.info("send_deferred", until=until.isoformat(), reason=reason)
-                    return SendDecision(ok=False, defer_until=until, reason=reason)
-
-            session.add(
-                Message(
-                    idempotency_key=input.idempotency_key,
-                    workflow_id=input.workflow_id,
-                    flow_id=input.flow_id,
-                    flow_version=input.flow_version,
-                    step_id=input.step_id,
-                    contact_id=contact.id,
-                    to_email=contact.email,
-                    template_key=input.template,
-                    kind="transactional" if input.transactional else "marketing",
-                    provider="",
-                    status=MessageStatus.reserved,
-                    scheduled_at=input.now,
+                    .order_by(Message.scheduled_at)
                 )
-            )
-            await session.commit()
-            return SendDecision(ok=True)
+            ).all()
+            if len(recent) >= cap:
+                until = recent[len(recent) - cap] + window
+                reason = f"frequency cap: {cap} in {self.settings.frequency_cap_window_hours}h"
+                log.info("send_deferred", until=until.isoformat(), reason=reason)
+                return until, reason
+        return None
+
+
+class GovernanceActivities:
+    def __init__(self, db: Database, settings: Settings, client: Client | None = None):
+        self.db = db
+        self.settings = settings
+        self.client = client
 
     @activity.defn(name="quiet_period")
     async def quiet_period(self, input: QuietPeriodInput) -> None:

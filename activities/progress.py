@@ -1,17 +1,89 @@
-"""Keeps the enrollments table (the API's index) in step with the workflow."""
+"""Keeps the enrollments row (the API's index) in step with the workflow that owns it.
+
+The starter creates the row; from then on only the workflow writes it, through the reports
+it numbers (``ProgressReport.seq``). A report is applied once: a retried activity, or a late
+one overtaken by a newer report, changes nothing. Reports travel inside the send activity a
+step already runs, or in the ``record_progress`` local activity before a wait and at the end.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import func
-from sqlmodel import col, select
+from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 
-from nurture.contracts import RecordProgressInput
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
+
+from nurture.contracts import ProgressReport
 from nurture.db import Database
 from nurture.logging import get_logger
-from nurture.models import Contact, Enrollment, EnrollmentStatus, utcnow
-from nurture.step_visits import add_step_visit, enters_step
+from nurture.models import Contact, Enrollment, StepVisit, utcnow
+
+# With the retry policies' backoff (1-2 s doubling), about two minutes for the starter to commit.
+ROW_WAIT_ATTEMPTS = 8
+
+
+async def apply_progress(session: AsyncSession, report: ProgressReport) -> bool:
+    """Write the report into its row in the caller's transaction; False when the row was ahead.
+
+    The row takes the newest report only (by ``seq``); the steps a report entered are added
+    whatever its number, once each, so a late report overtaken by a newer one loses none.
+    """
+    enrollment = await session.get(Enrollment, report.enrollment_id, with_for_update=True)
+    if enrollment is None:
+        raise row_missing(report)
+    if report.entered and await session.get(Contact, report.contact_id) is None:
+        report = report.model_copy(update={"entered": []})  # deleted under the enrollment: no visit can refer to it
+    for entry in report.entered:  # per-step statistics (nurture/analytics.py)
+        seen = await session.exec(
+            select(StepVisit.id).where(
+                StepVisit.enrollment_id == report.enrollment_id,
+                StepVisit.step_id == entry.step_id,
+                StepVisit.entered_at == entry.at,
+            )
+        )
+        if seen.first() is None:
+            session.add(
+                StepVisit(
+                    enrollment_id=report.enrollment_id,
+                    flow_id=report.flow_id,
+                    flow_version=report.flow_version,
+                    contact_id=report.contact_id,
+                    step_id=entry.step_id,
+                    lifecycle_stage=entry.lifecycle_stage,
+                    entered_at=entry.at,
+                )
+            )
+    if enrollment.progress_seq >= report.seq:
+        return False
+    enrollment.progress_seq = report.seq
+    enrollment.run_id = enrollment.run_id or report.run_id
+    enrollment.status = report.status
+    enrollment.current_step = report.current_step
+    enrollment.paused = report.paused
+    enrollment.exit_reason = report.exit_reason
+    if report.status != "active" and enrollment.ended_at is None:
+        enrollment.ended_at = report.at
+    enrollment.updated_at = utcnow()
+    session.add(enrollment)
+    return True
+
+
+def row_missing(report: ProgressReport) -> ApplicationError:
+    """The starter writes the row in the transaction that starts the workflow, so a first report can
+    arrive before that commits: retried. A row that never comes (the starter crashed or rolled back
+    after the start, or the row was deleted) means the enrollment is not on record: the workflow
+    leaves without sending (EnrollmentNotRecorded), rather than run unseen."""
+    attempt = activity.info().attempt
+    if attempt >= ROW_WAIT_ATTEMPTS:
+        return ApplicationError(
+            f"enrollment {report.enrollment_id} is not on record", type="EnrollmentNotRecorded", non_retryable=True
+        )
+    return ApplicationError(
+        f"enrollment {report.enrollment_id} is not committed yet (attempt {attempt})",
+        type="EnrollmentRowPending",
+        category=ApplicationErrorCategory.BENIGN,
+    )
 
 
 class ProgressActivities:
@@ -19,62 +91,12 @@ class ProgressActivities:
         self.db = db
 
     @activity.defn(name="record_progress")
-    async def record_progress(self, input: RecordProgressInput) -> None:
-        # Upsert by (workflow id, run chain): if the API died between starting the workflow and
-        # writing the row, the workflow writes it. A unique-key race fails this attempt; the retry updates.
+    async def record_progress(self, report: ProgressReport) -> ProgressReport:
+        """Answers the report: it lands in the history's marker, where the history reader finds the steps."""
         async with self.db.session() as session:
-            enrollment = await _row_of(session, input)
-            if enrollment is None and await session.get(Contact, input.contact_id) is None:
-                # Failed on a contact that is gone before any row was written: nothing to index
-                # (and a row could not refer to it).
-                return
-            if enrollment is None:
-                enrollment = Enrollment(
-                    flow_id=input.flow_id,
-                    flow_version=input.flow_version,
-                    contact_id=input.contact_id,
-                    sequence=await _next_sequence(session, input.flow_id, input.contact_id),
-                    workflow_id=input.workflow_id,
-                    run_id=input.run_id,
-                    started_at=input.entered_at,
-                )
-            entered = enters_step(enrollment, input)  # per-step statistics (nurture/analytics.py)
-            enrollment.run_id = enrollment.run_id or input.run_id
-            enrollment.status = input.status
-            enrollment.current_step = input.current_step
-            enrollment.paused = input.paused
-            enrollment.exit_reason = input.exit_reason
-            if input.status != "active" and enrollment.ended_at is None:
-                enrollment.ended_at = input.at
-            enrollment.updated_at = utcnow()
-            session.add(enrollment)
-            if entered:
-                await add_step_visit(session, enrollment, input)
+            applied = await apply_progress(session, report)
             await session.commit()
-        get_logger(flow_id=input.flow_id, enrollment_id=input.workflow_id, contact_id=input.contact_id).debug(
-            "progress", status=input.status, step=input.current_step
+        get_logger(flow_id=report.flow_id, enrollment_id=report.workflow_id, contact_id=report.contact_id).debug(
+            "progress", status=report.status, step=report.current_step, seq=report.seq, applied=applied
         )
-
-
-async def _row_of(session: AsyncSession, input: RecordProgressInput) -> Enrollment | None:
-    """This run chain's row: by its run id, else the active row the API wrote without knowing it."""
-    same_workflow = select(Enrollment).where(Enrollment.workflow_id == input.workflow_id)
-    if input.run_id is None:  # recorded before run ids were passed: the workflow id's latest row
-        return (await session.exec(same_workflow.order_by(col(Enrollment.sequence).desc()))).first()
-    row = (await session.exec(same_workflow.where(Enrollment.run_id == input.run_id))).first()
-    if row is not None:
-        return row
-    return (
-        await session.exec(
-            same_workflow.where(col(Enrollment.run_id).is_(None), Enrollment.status == EnrollmentStatus.active)
-        )
-    ).first()
-
-
-async def _next_sequence(session: AsyncSession, flow_id: int, contact_id: int) -> int:
-    latest = (
-        await session.exec(
-            select(func.max(Enrollment.sequence)).where(Enrollment.flow_id == flow_id, Enrollment.contact_id == contact_id)
-        )
-    ).one()
-    return (latest or 0) + 1
+        return report

@@ -14,13 +14,11 @@ from sqlmodel import select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.common import require_contact
 from nurture.contracts import RecentEvents, RecentEventsInput, ResolvedTime, ResolveTimeInput
 from nurture.db import Database
 from nurture.flow.conditions import EventFact
 from nurture.flow.language import WEEKDAYS
 from nurture.models import Event
-from nurture.snapshots import contact_snapshot
 
 
 def zone_for(contact_zone: str | None, fallback: str) -> ZoneInfo:
@@ -131,9 +129,8 @@ class SchedulingActivities:
 
     @activity.defn(name="resolve_time")
     async def resolve_time(self, input: ResolveTimeInput) -> ResolvedTime:
-        async with self.db.session() as session:
-            contact = await require_contact(session, input.contact_id)
-            return resolve(input, contact_snapshot(contact).fields(), contact.timezone, self.default_send_time)
+        """Pure (the contact travels in the input): the workflow runs it as a local activity."""
+        return resolve(input, input.contact.fields(), input.contact.timezone, self.default_send_time)
 
     @activity.defn(name="recent_events")
     async def recent_events(self, input: RecentEventsInput) -> RecentEvents:

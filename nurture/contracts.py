@@ -106,6 +106,14 @@ class TimelineEntry(BaseModel):
     detail: str | None = None
 
 
+class StepEntry(BaseModel):
+    """A step entered, for the per-step statistics (nurture/analytics.py)."""
+
+    step_id: str
+    at: datetime
+    lifecycle_stage: str | None = None
+
+
 class SentEmail(BaseModel):
     step_id: str
     message_id: int | None
@@ -131,6 +139,10 @@ class CarriedState(BaseModel):
     seen_event_ids: list[str] = Field(default_factory=list)
     timeline: list[TimelineEntry] = Field(default_factory=list)
     runs: int = 1
+    # The enrollments row is written from reports numbered here; steps entered since the last one.
+    progress_seq: int = 0
+    reported: str | None = None
+    unreported: list[StepEntry] = Field(default_factory=list)
 
 
 class ActivityTimeouts(BaseModel):
@@ -148,10 +160,13 @@ class EnrollmentInput(BaseModel):
     # The enrollments row this run owns (written by the starter, then only by the workflow's
     # activities, by primary key) and the contact as it was at enrollment: the first task
     # needs no database read.
-    enrollment_id: int | None = None
-    contact: ContactSnapshot | None = None
+    enrollment_id: int
+    contact: ContactSnapshot
     paused: PauseState | None = None
     search_attributes: bool = False
+    # Also keep CurrentStep and Status current in visibility (one upsert, one billable action, per
+    # wait); the static attributes are set when the workflow starts.
+    step_search_attributes: bool = False
     # Continue-as-new also happens at this history length (the server's suggestion always counts).
     continue_as_new_after_events: int | None = None
     carried: CarriedState | None = None
@@ -194,8 +209,26 @@ class EnrollmentResult(BaseModel):
 # --- activities --------------------------------------------------------------
 
 
-class LoadContactInput(BaseModel):
+class ProgressReport(BaseModel):
+    """What the enrollment's row says now, applied once (by ``seq``) to the row ``enrollment_id``.
+
+    The workflow is the row's only writer after the starter created it: a report travels in the
+    activity a step already runs (a send) or in a local activity before a wait and at the end.
+    """
+
+    enrollment_id: int
+    workflow_id: str
+    run_id: str
+    flow_id: int
+    flow_version: int
     contact_id: int
+    seq: int
+    status: Literal["active", "completed", "exited", "failed"]
+    current_step: str | None
+    paused: bool = False
+    exit_reason: str | None = None
+    entered: list[StepEntry] = Field(default_factory=list)
+    at: datetime
 
 
 class UpdateContactInput(BaseModel):
@@ -223,36 +256,27 @@ class SendEmailInput(BaseModel):
     # The retry policy's attempt count, so the last attempt records a temporary failure as final
     # (not every server hands the policy to the activity). 0: unknown, every attempt may retry.
     max_attempts: int = 0
+    # The send gate (windows, quiet hours, holidays, frequency cap), checked before the message
+    # is reserved, in the same activity: a send is one activity unless it must wait.
+    flow_timezone: str = "UTC"
+    window: SendWindow | None = None
+    transactional: bool = False
+    progress: ProgressReport | None = None
 
 
 class SendEmailResult(BaseModel):
     message_id: int | None
-    status: Literal["sent", "refused", "failed"]
+    status: Literal["sent", "refused", "failed", "deferred"]
     provider_message_id: str | None = None
     detail: str | None = None
-
-
-class RecordProgressInput(BaseModel):
-    """Upserts the enrollment's row by workflow id, so the index heals itself."""
-
-    workflow_id: str
-    # The first run id of the run chain; a re-enrollment (same workflow id) has its own.
-    run_id: str | None = None
-    flow_id: int
-    flow_version: int
-    contact_id: int
-    entered_at: datetime
-    status: Literal["active", "completed", "exited", "failed"]
-    current_step: str | None
-    paused: bool = False
-    exit_reason: str | None = None
-    at: datetime
+    # "deferred": nothing was reserved or sent; ask again at defer_until.
+    defer_until: datetime | None = None
 
 
 class ResolveTimeInput(BaseModel):
     """Turn a calendar wait into an instant; time zones are resolved outside the sandbox."""
 
-    contact_id: int
+    contact: ContactSnapshot
     flow_timezone: str
     now: datetime
     kind: Literal["delay_until", "wait_until"]
@@ -328,28 +352,6 @@ class ActionResult(BaseModel):
     status: Literal["done", "skipped", "failed"]
     detail: str
     record_id: int | None = None
-
-
-class ReserveSendInput(BaseModel):
-    """Ask for a send slot: inside the windows, outside quiet hours and holidays, under the cap."""
-
-    idempotency_key: str
-    workflow_id: str
-    flow_id: int
-    flow_version: int
-    step_id: str
-    contact_id: int
-    template: str
-    now: datetime
-    flow_timezone: str = "UTC"
-    window: SendWindow | None = None
-    transactional: bool = False
-
-
-class SendDecision(BaseModel):
-    ok: bool
-    defer_until: datetime | None = None
-    reason: str | None = None
 
 
 class QuietPeriodInput(BaseModel):

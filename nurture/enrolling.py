@@ -52,6 +52,7 @@ from nurture.models import (
     utcnow,
 )
 from nurture.settings import Settings
+from nurture.search_attributes import start_attributes
 from nurture.snapshots import contact_snapshot
 
 # The exit reason when a flow's trigger no longer matches a contact it enrolled.
@@ -142,23 +143,46 @@ class Enroller:
         if latest is not None and not may_reenroll(definition.enrollment, latest, now):
             return EnrollOutcome(latest, created=False)
 
+        sequence = latest.sequence + 1 if latest is not None else 1
         workflow_id = enrollment_workflow_id(self.settings.workflow_id_prefix, flow.id, contact.id)
         pause = None
         if contact.paused_until is not None and contact.paused_until > utcnow():
             pause = PauseState(
                 until=contact.paused_until, reason=contact.pause_reason or "", paused_by=contact.paused_by or ""
             )
-        run_id: str | None = None
+        snapshot = contact_snapshot(contact)
+        # The row first, in the caller's transaction: the workflow updates it by id from its first
+        # report on, waiting (retrying) until the caller commits; taken back if Temporal does not
+        # take the start, so the caller's rollback on an error leaves nothing behind.
+        enrollment = Enrollment(
+            flow_id=flow.id,
+            flow_version=version.version,
+            contact_id=contact.id,
+            sequence=sequence,
+            workflow_id=workflow_id,
+            started_at=now,
+        )
         try:
-            handle = await self.client.start_workflow(
+            async with session.begin_nested():
+                session.add(enrollment)
+        except IntegrityError:
+            written = await latest_enrollment(session, flow.id, contact.id)  # a concurrent request won
+            assert written is not None
+            return EnrollOutcome(written, created=False)
+        assert enrollment.id is not None
+        try:
+            await self.client.start_workflow(
                 ENROLLMENT_WORKFLOW,
                 EnrollmentInput(
                     flow_id=flow.id,
                     flow_version=version.version,
                     contact_id=contact.id,
+                    enrollment_id=enrollment.id,
+                    contact=snapshot,
                     flow=definition,
                     paused=pause,
                     search_attributes=self.settings.temporal_search_attributes,
+                    step_search_attributes=self.settings.temporal_step_search_attributes,
                     timeouts=ActivityTimeouts(
                         send=self.settings.send_activity_timeout, heartbeat=self.settings.activity_heartbeat_timeout
                     ),
@@ -170,37 +194,29 @@ class Enroller:
                 id_reuse_policy=(
                     WorkflowIDReusePolicy.ALLOW_DUPLICATE if latest is not None else WorkflowIDReusePolicy.REJECT_DUPLICATE
                 ),
+                search_attributes=(
+                    start_attributes(flow.id, version.version, contact.id)
+                    if self.settings.temporal_search_attributes else None
+                ),
             )
-            run_id = handle.first_execution_run_id
-        except WorkflowAlreadyStartedError as exc:
-            if latest is not None:
-                # The previous run has not closed yet (its row is ahead of it): not now.
-                return EnrollOutcome(latest, created=False)
-            run_id = exc.first_run_id or None  # running without a row yet: the row adopts it
+        except WorkflowAlreadyStartedError:
+            await self._forget(session, enrollment)
+            # The previous run has not closed yet (its row is ahead of it): not now.
+            latest = await latest_enrollment(session, flow.id, contact.id)
+            assert latest is not None
+            return EnrollOutcome(latest, created=False)
         except RPCError as exc:
+            await self._forget(session, enrollment)
             raise TemporalUnavailable(str(exc)) from exc
-
-        enrollment = Enrollment(
-            flow_id=flow.id,
-            flow_version=version.version,
-            contact_id=contact.id,
-            sequence=latest.sequence + 1 if latest is not None else 1,
-            workflow_id=workflow_id,
-            run_id=run_id,
-            started_at=now,
-        )
-        try:
-            async with session.begin_nested():
-                session.add(enrollment)
-        except IntegrityError:
-            # The workflow (or a concurrent request) wrote the row first.
-            written = await latest_enrollment(session, flow.id, contact.id)
-            assert written is not None
-            return EnrollOutcome(written, created=run_id is not None and written.run_id == run_id)
         get_logger(flow_id=flow.id, enrollment_id=workflow_id, contact_id=contact.id).info(
             "enrolled", version=version.version, sequence=enrollment.sequence, paused=pause is not None
         )
         return EnrollOutcome(enrollment, created=True)
+
+    @staticmethod
+    async def _forget(session: AsyncSession, enrollment: Enrollment) -> None:
+        await session.delete(enrollment)
+        await session.flush()
 
     async def admit(
         self,

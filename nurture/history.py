@@ -29,11 +29,9 @@ from nurture.contracts import (
     PauseSignal,
     PauseUpdate,
     QuietPeriodInput,
-    RecordProgressInput,
-    ReserveSendInput,
+    ProgressReport,
     ResumeSignal,
     ResumeUpdate,
-    SendDecision,
     SendEmailInput,
     SendEmailResult,
     SendSmsInput,
@@ -56,8 +54,6 @@ UPDATE_TYPES: dict[str, type[BaseModel]] = {
 ACTIVITY_INPUTS: dict[str, type[BaseModel]] = {
     "send_email": SendEmailInput,
     "update_contact": UpdateContactInput,
-    "record_progress": RecordProgressInput,
-    "reserve_send": ReserveSendInput,
     "quiet_period": QuietPeriodInput,
     "notify_owner": NotifyOwnerInput,
     "create_task": CreateTaskInput,
@@ -65,6 +61,7 @@ ACTIVITY_INPUTS: dict[str, type[BaseModel]] = {
     "send_sms": SendSmsInput,
     "enroll_in_flow": EnrollInFlowInput,
 }
+LOCAL_ACTIVITY_MARKER = "core_local_activity"
 # Side steps answer an ActionResult: shown as "<what> <status>: <detail>".
 ACTION_NAMES = {
     "notify_owner": "Owner notification",
@@ -265,16 +262,39 @@ class _Reader:
         kind = ACTIVITY_INPUTS.get(name)
         data = await self.decode(attrs.input, kind) if kind else None
         self.activities[event.event_id] = (name, data)
-        if isinstance(data, RecordProgressInput) and data.status == "active" and data.current_step != self.step:
-            self.step = data.current_step
-            self.add(event, "step", f"Step {data.current_step}")
+        if isinstance(data, SendEmailInput) and data.progress is not None:
+            self.progress(event, data.progress)
+
+    async def marker_recorded(self, event: HistoryEvent) -> None:
+        """A local activity's marker: the progress reports carry the steps entered since the last."""
+        attrs = event.marker_recorded_event_attributes
+        if attrs.marker_name != LOCAL_ACTIVITY_MARKER or "result" not in attrs.details:
+            return
+        report = await self.decode(attrs.details["result"], ProgressReport)
+        if isinstance(report, ProgressReport) and report.seq > 0:
+            self.progress(event, report)
+
+    def progress(self, event: HistoryEvent, report: ProgressReport) -> None:
+        for entry in report.entered:
+            self.step = entry.step_id
+            self.entries.append(
+                HistoryEntry(at=entry.at, kind="step", text=f"Step {entry.step_id}", step_id=entry.step_id, run=self.run)
+            )
 
     async def activity_completed(self, event: HistoryEvent) -> None:
         attrs = event.activity_task_completed_event_attributes
         name, data = self.activities.get(attrs.scheduled_event_id, ("?", None))
         if isinstance(data, SendEmailInput):
             result = await self.decode(attrs.result, SendEmailResult)
-            if isinstance(result, SendEmailResult):
+            if isinstance(result, SendEmailResult) and result.status == "deferred" and result.defer_until:
+                self.add(
+                    event,
+                    "send_deferred",
+                    f"Send of '{data.template}' deferred until {result.defer_until:%Y-%m-%d %H:%M} UTC: {result.detail}",
+                    defer_until=result.defer_until.isoformat(),
+                    reason=result.detail,
+                )
+            elif isinstance(result, SendEmailResult):
                 verb = {"sent": "Sent", "refused": "Refused to send", "failed": "Failed to send"}[result.status]
                 self.add(
                     event,
@@ -290,16 +310,6 @@ class _Reader:
             changes = {**data.set, **({"lifecycle_stage": data.lifecycle_stage} if data.lifecycle_stage else {})}
             cleared = f", cleared {data.clear}" if data.clear else ""
             self.add(event, "contact_updated", f"Contact updated: {changes}{cleared}")
-        elif isinstance(data, ReserveSendInput):
-            decision = await self.decode(attrs.result, SendDecision)
-            if isinstance(decision, SendDecision) and not decision.ok and decision.defer_until is not None:
-                self.add(
-                    event,
-                    "send_deferred",
-                    f"Send of '{data.template}' deferred until {decision.defer_until:%Y-%m-%d %H:%M} UTC: {decision.reason}",
-                    defer_until=decision.defer_until.isoformat(),
-                    reason=decision.reason,
-                )
         elif isinstance(data, QuietPeriodInput):
             if data.start:
                 self.add(event, "quiet", f"Quiet in every flow until {data.until:%Y-%m-%d %H:%M} UTC: {data.reason}")
@@ -417,6 +427,7 @@ _HANDLERS = {
     EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED: _Reader.activity_completed,
     EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED: _Reader.activity_failed,
     EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT: _Reader.activity_timed_out,
+    EventType.EVENT_TYPE_MARKER_RECORDED: _Reader.marker_recorded,
     EventType.EVENT_TYPE_TIMER_STARTED: _Reader.timer_started,
     EventType.EVENT_TYPE_TIMER_FIRED: _Reader.timer_fired,
     EventType.EVENT_TYPE_TIMER_CANCELED: _Reader.timer_canceled,

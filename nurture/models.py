@@ -165,6 +165,8 @@ class Enrollment(SQLModel, table=True):
     current_step: str | None = None
     paused: bool = False
     exit_reason: str | None = None
+    # The number of the last progress report the workflow applied (activities/progress.py).
+    progress_seq: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     started_at: datetime = _when(nullable=False, default=utcnow)
     ended_at: datetime | None = _when()
     updated_at: datetime = _when(nullable=False, default=utcnow)

@@ -98,8 +98,10 @@ class Pauser:
                 if exc.status == RPCStatusCode.NOT_FOUND:
                     continue
                 raise TemporalUnavailable(str(exc)) from exc
+            # The workflow wrote its row's paused flag before answering (the row is its own): the
+            # copy here only shows it, detached so that it is never written back.
+            session.expunge(enrollment)
             enrollment.paused = state.paused is not None
-            session.add(enrollment)
             confirmed.append(Confirmed(enrollment, state))
         return confirmed
 

@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     workflow_id_prefix: str = "enrollment"
     # The time-skipping test server does not know custom search attributes.
     temporal_search_attributes: bool = True
+    # Keep NurtureStep and NurtureStatus current in visibility too: one upsert (one billable
+    # action) each time an enrollment comes to rest. Off, the enrollments table is the index of
+    # steps and statuses, and visibility holds the flow, version, contact and pause.
+    temporal_step_search_attributes: bool = False
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000

@@ -142,7 +142,7 @@ class Simulator:
                     "EnrollmentWorkflow",
                     EnrollmentInput(
                         flow_id=flow_id, flow_version=flow_version, contact_id=contact.id, flow=flow,
-                        search_attributes=False,
+                        enrollment_id=0, contact=contact, search_attributes=False,
                     ),
                     id=workflow_id,
                     task_queue=workflow_id,

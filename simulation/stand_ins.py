@@ -30,16 +30,13 @@ from nurture.contracts import (
     ContactSnapshot,
     CreateTaskInput,
     EnrollInFlowInput,
-    LoadContactInput,
     NotifyOwnerInput,
     QuietPeriodInput,
     RecentEvents,
     RecentEventsInput,
-    RecordProgressInput,
-    ReserveSendInput,
+    ProgressReport,
     ResolvedTime,
     ResolveTimeInput,
-    SendDecision,
     SendEmailInput,
     SendEmailResult,
     SendSmsInput,
@@ -120,10 +117,6 @@ class SimulationActivities:
         self.world = world
         self.renderer = renderer or TemplateRenderer()
 
-    @activity.defn(name="load_contact")
-    async def load_contact(self, input: LoadContactInput) -> ContactSnapshot:
-        return self.world.contact.model_copy(deep=True)
-
     @activity.defn(name="update_contact")
     async def update_contact(self, input: UpdateContactInput) -> ContactSnapshot:
         self.world.contact = updated_contact(
@@ -145,6 +138,10 @@ class SimulationActivities:
     @activity.defn(name="send_email")
     async def send_email(self, input: SendEmailInput) -> SendEmailResult:
         world = self.world
+        if world.contact.reachable:
+            deferral = self._gate(input)
+            if deferral is not None:
+                return deferral
         sent = Outgoing(channel="email", step_id=input.step_id, at=input.scheduled_at, status="sent",
                         to=world.contact.email, template=input.template, variant=input.variant)
         world.outgoing.append(sent)
@@ -163,11 +160,10 @@ class SimulationActivities:
         sent.subject, sent.text, sent.message_id = rendered.subject, rendered.text, world._next_message_id()
         return SendEmailResult(message_id=sent.message_id, status="sent", provider_message_id="simulated")
 
-    @activity.defn(name="reserve_send")
-    async def reserve_send(self, input: ReserveSendInput) -> SendDecision:
+    def _gate(self, input: SendEmailInput) -> SendEmailResult | None:
         """Windows, quiet hours, holidays and the cap, as the real gate; the cap sees this flow's sends only."""
         world, rules = self.world, self.world.rules
-        now = input.now - world.shift
+        now = input.scheduled_at - world.shift
         zone = zone_for(world.contact.timezone, input.flow_timezone)
         quiet = None if input.transactional else rules.quiet_hours
         holidays = set() if input.transactional else rules.holidays
@@ -184,11 +180,11 @@ class SimulationActivities:
                 hours = int(rules.cap_window.total_seconds() // 3600)
                 reason = f"frequency cap: {rules.frequency_cap} in {hours}h"
                 return self._defer(recent[len(recent) - rules.frequency_cap] + rules.cap_window, reason)
-        return SendDecision(ok=True)
+        return None
 
-    def _defer(self, until: datetime, reason: str) -> SendDecision:
+    def _defer(self, until: datetime, reason: str) -> SendEmailResult:
         self.world.deferrals.append(until)
-        return SendDecision(ok=False, defer_until=until + self.world.shift, reason=reason)
+        return SendEmailResult(message_id=None, status="deferred", defer_until=until + self.world.shift, detail=reason)
 
     @activity.defn(name="quiet_period")
     async def quiet_period(self, input: QuietPeriodInput) -> None:
@@ -209,8 +205,8 @@ class SimulationActivities:
         )
 
     @activity.defn(name="record_progress")
-    async def record_progress(self, input: RecordProgressInput) -> None:
-        return None  # the simulated enrollment has no row to keep current
+    async def record_progress(self, input: ProgressReport) -> ProgressReport:
+        return input  # the simulated enrollment has no row to keep current
 
     @activity.defn(name="resolve_time")
     async def resolve_time(self, input: ResolveTimeInput) -> ResolvedTime:
@@ -303,9 +299,9 @@ class SimulationActivities:
 
     def all(self) -> list:
         return [
-            self.load_contact, self.update_contact, self.send_email, self.record_progress, self.resolve_time,
+            self.update_contact, self.send_email, self.record_progress, self.resolve_time,
             self.recent_events, self.notify_owner, self.create_task, self.call_webhook, self.send_sms,
-            self.enroll_in_flow, self.reserve_send, self.quiet_period, self.unknown,
+            self.enroll_in_flow, self.quiet_period, self.unknown,
         ]
 
 

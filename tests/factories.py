@@ -62,3 +62,20 @@ async def messages_of(db: Database, contact_id: int) -> list[Message]:
     async with db.session() as s:
         rows = await s.exec(select(Message).where(Message.contact_id == contact_id).order_by(Message.id))
         return list(rows.all())
+
+
+async def enrollment_input(db: Database, flow: Flow, contact: Contact, definition: dict, workflow_id: str, **options: Any):
+    """The input of an enrollment started by hand (to set options the Enroller does not), with its row."""
+    from nurture.contracts import EnrollmentInput
+    from nurture.models import Enrollment
+    from nurture.snapshots import contact_snapshot
+
+    async with db.session() as session:
+        row = Enrollment(flow_id=flow.id, flow_version=1, contact_id=contact.id, workflow_id=workflow_id)
+        session.add(row)
+        await session.commit()
+        fresh = await session.get(Contact, contact.id)
+        return EnrollmentInput(
+            flow_id=flow.id, flow_version=1, contact_id=contact.id, flow=load_flow(definition),
+            enrollment_id=row.id, contact=contact_snapshot(fresh), **options,
+        )

@@ -32,7 +32,7 @@ async def count(client: Client, query: str) -> int:
 
 
 async def test_enrollments_are_found_by_flow_step_and_status(dev_env, db, settings):
-    settings = settings.model_copy(update={"temporal_search_attributes": True})
+    settings = settings.model_copy(update={"temporal_search_attributes": True, "temporal_step_search_attributes": True})
     client = dev_env.client
     await add_templates(db)
     flow, contact = await add_active_flow(db, SHORT_FLOW), await add_contact(db)

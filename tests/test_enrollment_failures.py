@@ -3,7 +3,6 @@ pause is confirmed, not lost."""
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from datetime import timedelta
 
@@ -11,9 +10,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from temporalio.client import WorkflowFailureError
-from temporalio.worker import Worker
 
-from activities import build_activities
 from activities.email.providers import SmtpProvider
 from nurture.contracts import EnrollmentResult, EnrollmentState, PauseUpdate
 from nurture.db import Database
@@ -25,7 +22,6 @@ from tests.factories import add_active_flow, add_contact, add_templates
 from tests.test_smtp import free_port
 from tests.test_workflow_example import enroll
 from worker.main import build_worker
-from workflows import WORKFLOWS
 
 WAIT_THEN_SEND = {
     "name": "Wait then send",
@@ -97,7 +93,8 @@ async def test_a_handoff_whose_owner_cannot_be_notified_leaves_the_row_failed(db
     assert row.status == "failed" and "notify_owner" in (row.exit_reason or "")
 
 
-async def test_a_pause_that_arrives_before_the_first_activity_is_confirmed(db, client, settings, outbox, temporal_env):
+async def test_a_pause_sent_the_moment_the_enrollment_starts_is_confirmed(db, client, settings, worker, temporal_env):
+    """The enrollment carries its contact, so its first task can already take a rep's pause."""
     await add_templates(db)
     flow, contact = await add_active_flow(db, WAIT_THEN_SEND), await add_contact(db)
     enrollment = await enroll(db, Enroller(client, settings), flow, contact)
@@ -105,19 +102,11 @@ async def test_a_pause_that_arrives_before_the_first_activity_is_confirmed(db, c
     now = (await handle.describe()).start_time
     request = PauseUpdate(until=now + timedelta(days=3), reason="Call on Thursday", paused_by="rep-jane")
 
-    # Workflows only: the enrollment runs but cannot load its contact until activities are served.
-    async with Worker(client, task_queue=settings.temporal_task_queue, workflows=WORKFLOWS):
-        update = asyncio.create_task(handle.execute_update("pause_enrollment", request, result_type=EnrollmentState))
-        await eventually(lambda: update.done() or _update_accepted(handle), timeout=30)
-        async with Worker(
-            client, task_queue=settings.temporal_task_queue, activities=build_activities(db, outbox, settings, client)
-        ):
-            answer = await asyncio.wait_for(update, 30)
-            assert answer.paused is not None and answer.paused.paused_by == "rep-jane"
-            state = await handle.query("state", result_type=EnrollmentState)
-            assert state.paused is not None
-            # The workflow's own progress report agrees (the API writes the same flag on confirmation).
-            assert await eventually(lambda: _paused_row(db, enrollment.id))
+    answer = await handle.execute_update("pause_enrollment", request, result_type=EnrollmentState)
+
+    assert answer.paused is not None and answer.paused.paused_by == "rep-jane"
+    # The update answers once the row says so: the workflow wrote it (the API no longer does).
+    assert (await row_of(db, enrollment.id)).paused
 
 
 async def _update_accepted(handle) -> bool:

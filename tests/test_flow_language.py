@@ -134,9 +134,9 @@ def test_a_date_property_with_an_offset_is_an_instant_in_the_contacts_zone():
     from datetime import UTC, datetime
 
     from activities.scheduling import resolve
-    from nurture.contracts import ResolveTimeInput
+    from nurture.contracts import ContactSnapshot, ResolveTimeInput
 
-    spec = ResolveTimeInput(contact_id=1, flow_timezone="UTC", now=datetime(2026, 3, 1, tzinfo=UTC),
+    spec = ResolveTimeInput(contact=ContactSnapshot(id=1, email="a@example.com"), flow_timezone="UTC", now=datetime(2026, 3, 1, tzinfo=UTC),
                             kind="delay_until", property="webinar_at", offset_seconds=-3600)
     resolved = resolve(spec, {"webinar_at": "2026-03-20T15:00:00Z"}, "Europe/Berlin", "09:00")
     assert resolved.at == datetime(2026, 3, 20, 14, 0, tzinfo=UTC)  # an hour before, whatever the zone

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from nurture.contracts import ContactEventSignal, EnrollmentInput, EnrollmentResult, PauseSignal, ResumeSignal
+from nurture.contracts import ContactEventSignal, EnrollmentResult, PauseSignal, ResumeSignal
 from nurture.contracts import enrollment_workflow_id
-from nurture.flow import load_flow
 from nurture.history import read_history
 from nurture.models import utcnow
 from tests.conftest import eventually, result_of, timer_running
-from tests.factories import add_active_flow, add_contact, add_templates, messages_of
+from tests.factories import enrollment_input, add_active_flow, add_contact, add_templates, messages_of
 from tests.test_workflow_example import enroll
 from nurture.enrolling import Enroller
 
@@ -60,8 +59,7 @@ async def test_history_spans_continue_as_new_runs(db, client, settings, worker, 
     workflow_id = enrollment_workflow_id(settings.workflow_id_prefix, flow.id, contact.id)
     handle = await client.start_workflow(
         "EnrollmentWorkflow",
-        EnrollmentInput(flow_id=flow.id, flow_version=1, contact_id=contact.id, flow=load_flow(definition),
-                        continue_as_new_after_events=25),
+        await enrollment_input(db, flow, contact, definition, workflow_id, continue_as_new_after_events=25),
         id=workflow_id,
         task_queue=settings.temporal_task_queue,
     )

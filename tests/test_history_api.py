@@ -10,14 +10,13 @@ import httpx
 
 from api.main import create_app
 from nurture import cli
-from nurture.contracts import ContactEventSignal, EnrollmentInput, PauseUpdate, ResumeUpdate, enrollment_workflow_id
-from nurture.flow import load_flow
+from nurture.contracts import ContactEventSignal, PauseUpdate, ResumeUpdate, enrollment_workflow_id
 from nurture.history import read_history
 from nurture.history_command import show_history
 from nurture.models import Enrollment, utcnow
 from tests.api_support import active_example_flow, api, enroll_by_event, post_event, wait_for_step  # noqa: F401
 from tests.conftest import eventually, result_of
-from tests.factories import add_active_flow, add_contact, add_templates
+from tests.factories import enrollment_input, add_active_flow, add_contact, add_templates
 
 
 async def test_history_endpoint_and_command_tell_the_same_story(api, worker, db, settings, client, temporal_env):
@@ -120,9 +119,7 @@ async def test_one_enrollment_chain_is_read_forwards_from_its_first_run(db, clie
     workflow_id = enrollment_workflow_id(settings.workflow_id_prefix, flow.id, contact.id)
     handle = await client.start_workflow(
         "EnrollmentWorkflow",
-        EnrollmentInput(
-            flow_id=flow.id, flow_version=1, contact_id=contact.id, flow=load_flow(_long_flow()), continue_as_new_after_events=20
-        ),
+        await enrollment_input(db, flow, contact, _long_flow(), workflow_id, continue_as_new_after_events=20),
         id=workflow_id,
         task_queue=settings.temporal_task_queue,
     )

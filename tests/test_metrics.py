@@ -57,7 +57,8 @@ async def test_metrics_show_what_the_flows_did(api, worker, db, client, settings
     assert grew(before, after, "nurture_tracking_hits_total", kind="open", bot="true") == 1
     assert grew(before, after, "nurture_activity_seconds_count", activity="send_email", outcome="ok") == 1
     assert grew(before, after, "nurture_activity_seconds_count", activity="send_email", outcome="error") == 1
-    assert grew(before, after, "nurture_activity_seconds_count", activity="record_progress", outcome="ok") >= 4
+    # Progress rides in the sends; the local activity only runs when an enrollment comes to rest or ends.
+    assert grew(before, after, "nurture_activity_seconds_count", activity="record_progress", outcome="ok") >= 2
     assert grew(before, after, "nurture_activity_seconds_bucket", activity="send_email", outcome="ok", le="+Inf") == 1
 
 

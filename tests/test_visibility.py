@@ -39,7 +39,7 @@ async def visibility_groups(api: httpx.AsyncClient, flow_id: int) -> Counter:
 
 
 async def test_visibility_and_the_database_index_agree_per_step_and_status(dev_env, db, settings):
-    settings = settings.model_copy(update={"temporal_search_attributes": True})
+    settings = settings.model_copy(update={"temporal_search_attributes": True, "temporal_step_search_attributes": True})
     app = create_app(settings, db=db, client=dev_env.client)
     async with (
         build_worker(dev_env.client, db, OutboxProvider(settings.outbox_dir), settings),

@@ -11,16 +11,14 @@ from temporalio.service import RPCError
 from activities.email.providers import OutboxProvider, OutgoingEmail
 from nurture.contracts import (
     ContactEventSignal,
-    EnrollmentInput,
     EnrollmentResult,
     EnrollmentState,
     PauseSignal,
     enrollment_workflow_id,
 )
-from nurture.flow import load_flow
 from nurture.models import Message, utcnow
 from tests.conftest import eventually, result_of
-from tests.factories import add_active_flow, add_contact, add_templates, messages_of
+from tests.factories import enrollment_input, add_active_flow, add_contact, add_templates, messages_of
 from tests.test_workflow_example import enroll
 from worker.main import build_worker
 
@@ -92,13 +90,7 @@ async def test_continue_as_new_mid_wait_keeps_events_pause_and_deadline(db, dev_
     async with build_worker(client, db, OutboxProvider(settings.outbox_dir), settings):
         handle = await client.start_workflow(
             "EnrollmentWorkflow",
-            EnrollmentInput(
-                flow_id=flow.id,
-                flow_version=1,
-                contact_id=contact.id,
-                flow=load_flow(LONG_WAIT_FLOW),
-                continue_as_new_after_events=40,
-            ),
+            await enrollment_input(db, flow, contact, LONG_WAIT_FLOW, workflow_id, continue_as_new_after_events=40),
             id=workflow_id,
             task_queue=settings.temporal_task_queue,
             result_type=EnrollmentResult,

@@ -1,4 +1,4 @@
-"""The send_email activity: render, deliver once per idempotency key, record the outcome."""
+"""The send_email activity: gate, render, deliver once per idempotency key, record the outcome."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from activities.email.providers import (
 )
 from activities.email.rendering import TemplateRenderer
 from activities.email.tracking import LinkTracker
+from activities.governance import SendGate
+from activities.progress import apply_progress
 from nurture.contracts import SendEmailInput, SendEmailResult
 from nurture.db import Database
 from nurture.logging import get_logger
@@ -35,6 +37,7 @@ class EmailActivities:
         tracker: LinkTracker | None = None,
         consent: ConsentLinks | None = None,
         renderer: TemplateRenderer | None = None,
+        gate: SendGate | None = None,
     ):
         self.db = db
         self.provider = provider
@@ -42,6 +45,7 @@ class EmailActivities:
         self.tracker = tracker
         self.consent = consent
         self.renderer = renderer or TemplateRenderer()
+        self.gate = gate
 
     @activity.defn(name="send_email")
     async def send_email(self, input: SendEmailInput) -> SendEmailResult:
@@ -49,10 +53,13 @@ class EmailActivities:
             flow_id=input.flow_id, enrollment_id=input.workflow_id, contact_id=input.contact_id, step_id=input.step_id
         )
         async with self.db.session() as session:
+            if input.progress is not None:
+                await apply_progress(session, input.progress)
             message = (
                 await session.exec(select(Message).where(Message.idempotency_key == input.idempotency_key))
             ).first()
             if message is not None and message.status in FINAL:
+                await session.commit()
                 log.info("send_already_done", message_id=message.id, status=message.status)
                 return _result(message)
             if message is not None and message.status == MessageStatus.sending:
@@ -64,7 +71,15 @@ class EmailActivities:
                     provider=self.provider.name, may_duplicate=not self.provider.idempotent,
                 )
 
-            contact = await require_contact(session, input.contact_id)
+            contact = await require_contact(session, input.contact_id, lock=True)
+            if message is None and contact.subscription_status == "subscribed" and self.gate is not None:
+                # No message yet: this is the first attempt, and the gate decides (a retry's
+                # message was reserved by the attempt before it).
+                deferral = await self.gate.defer(session, contact, input)
+                if deferral is not None:
+                    await session.commit()  # the progress report, if any
+                    until, reason = deferral
+                    return SendEmailResult(message_id=None, status="deferred", defer_until=until, detail=reason)
             template = (await session.exec(select(Template).where(Template.key == input.template))).first()
             if message is None:
                 message = Message(
@@ -77,6 +92,7 @@ class EmailActivities:
                     to_email=contact.email,
                     template_key=input.template,
                     variant=input.variant,
+                    kind="transactional" if input.transactional else "marketing",
                     provider=self.provider.name,
                     scheduled_at=input.scheduled_at,
                 )
