@@ -96,3 +96,19 @@ async def test_visibility_and_the_database_index_agree_per_step_and_status(dev_e
 
 async def _equal(groups, expected: Counter) -> bool:
     return await groups == expected
+
+
+async def test_without_step_attributes_step_and_status_queries_point_to_the_database(dev_env, db, settings):
+    """The default deployment does not pay a visibility upsert per wait: asking visibility for a step
+    or a status is refused with where to look instead, and the other filters still answer."""
+    app = create_app(settings.model_copy(update={"temporal_search_attributes": True}), db=db, client=dev_env.client)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as api:
+        flow_id = (await api.post("/flows", json=FLOW)).json()["id"]
+        for path, params in ((f"/flows/{flow_id}/enrollments/count", {}),
+                             (f"/flows/{flow_id}/enrollments/search", {"step": "hold"}),
+                             (f"/flows/{flow_id}/enrollments/search", {"status": "active"})):
+            refused = await api.get(path, params=params)
+            assert refused.status_code == 409, refused.text
+            assert "NURTURE_TEMPORAL_STEP_SEARCH_ATTRIBUTES" in refused.json()["detail"]
+        by_pause = await api.get(f"/flows/{flow_id}/enrollments/search", params={"paused": "false"})
+        assert by_pause.status_code == 200 and by_pause.json()["items"] == []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, HTTPException, Query
 from fastapi.exceptions import RequestValidationError
 from sqlmodel import col, select
 from temporalio.service import RPCError
@@ -31,7 +31,21 @@ StepQuery = Annotated[
     str | None, Query(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="NurtureStep: the current step id.")
 ]
 VersionQuery = Annotated[int | None, Query(ge=1, le=MAX_ID, description="NurtureFlowVersion.")]
-RESPONSES = {503: {"description": "Temporal is unreachable"}}
+RESPONSES = {
+    409: {"description": "Step and status are not kept in visibility (NURTURE_TEMPORAL_STEP_SEARCH_ATTRIBUTES off)"},
+    503: {"description": "Temporal is unreachable"},
+}
+
+
+def _needs_step_attributes(settings) -> None:
+    """Step and status live in the enrollments table unless the deployment pays for them in visibility."""
+    if not settings.temporal_step_search_attributes:
+        raise HTTPException(
+            status_code=409,
+            detail="enrollments keep their step and status in the database, not in Temporal visibility: "
+            "use GET /enrollments?flow_id=&status= or GET /flows/{id}/stats, or set "
+            "NURTURE_TEMPORAL_STEP_SEARCH_ATTRIBUTES=true",
+        )
 
 
 @router.get("/flows/{flow_id}/enrollments/search", response_model=VisibilityPage, responses=RESPONSES)
@@ -53,6 +67,8 @@ async def search_enrollments(
     (`enrollment_id`) when there is one. Page with `next_page_token`.
     """
     await crud.flow_or_404(session, flow_id)
+    if step is not None or status is not None:
+        _needs_step_attributes(settings)
     try:
         token = decode_page_token(page_token)
     except BadPageToken as exc:
@@ -109,6 +125,7 @@ async def count_enrollments(
     visibility has caught up (about a second).
     """
     await crud.flow_or_404(session, flow_id)
+    _needs_step_attributes(settings)
     steps = await flow_steps(session, flow_id, version)
     await session.commit()
     client = await temporal.get()
