@@ -39,6 +39,7 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 
 from nurture.db import Database
+from nurture.migrating import upgrade
 from nurture.models import Enrollment, Message
 from nurture.trigger_schedule import trigger_scan_schedule_id
 from tests.conftest import BACKENDS, POSTGRES_URL, eventually
@@ -112,13 +113,13 @@ class Deployment:
 
 @pytest.fixture
 async def shared_db() -> AsyncIterator[tuple[Database, str]]:
-    """A throw-away schema; the tables exist before the four processes start (none races to create them)."""
+    """A throw-away schema, migrated before the four processes start (they refuse an unmigrated one)."""
     schema = f"nurture_scaleout_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
     url = f"{POSTGRES_URL}?options={quote(f'-csearch_path={schema}')}"
     database = Database(url)
-    await database.create_all()
+    await upgrade(database)
     yield database, url
     await database.dispose()
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
