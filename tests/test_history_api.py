@@ -88,7 +88,8 @@ async def test_unknown_enrollment_is_404_and_temporal_down_is_503(api, db, setti
 
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
-        down = settings.model_copy(update={"temporal_address": f"127.0.0.1:{probe.getsockname()[1]}"})
+        down = settings.model_copy(update={"temporal_address": f"127.0.0.1:{probe.getsockname()[1]}",
+                                           "temporal_step_search_attributes": True})
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=create_app(down, db=db)), base_url="http://test"
     ) as no_temporal:
