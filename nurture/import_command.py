@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -27,6 +28,7 @@ def file_format(path: Path, given: str | None) -> str | None:
 
 def import_file(path: Path, kind: str, url: str, key: str | None, out: TextIO, err: TextIO) -> int:
     """Upload ``path`` in chunks (never read whole) and print the report; the exit code says how it went."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # its request log line would cut through the progress bar
     headers = {"content-type": MEDIA_TYPES[kind]}
     if key:
         headers["authorization"] = f"Bearer {key}"

@@ -15,6 +15,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from api.main import create_app
+from benchmarks.imports import measure_import
 from api.schemas.contacts import ContactUpsert
 from nurture.api_keys import Role, create_key
 from nurture.contact_import import ContactImporter
@@ -377,3 +378,17 @@ async def test_when_temporal_fails_the_contacts_not_told_are_put_back_and_the_im
     assert (report["created"], report["failed"]) == (1, 1) and report["errors"][0]["row"] == 2
     stored = await contact_row(db, "ada@example.com")
     assert stored.lifecycle_stage == "lead"  # as it was: importing the file again tells its enrollment
+
+
+@pytest.mark.parametrize("db", ["sqlite"], indirect=True)  # the numbers are the benchmark's; this proves it runs
+async def test_the_import_benchmark_imports_creates_leaves_and_updates_every_row(db, client, settings):
+    settings.auth_required = True
+    async with db.session() as session:
+        _, key = await create_key(session, "benchmark", Role.admin)
+        await session.commit()
+    async with live_api(settings, db, client) as url:
+        result = await measure_import(url, key, 120)
+    assert [(result[p]["created"], result[p]["unchanged"], result[p]["updated"]) for p in ("create", "unchanged", "update")] == [
+        (120, 0, 0), (0, 120, 0), (0, 0, 120),
+    ]
+    assert all(result[p]["failed"] == 0 and result[p]["rows_per_s"] > 0 for p in ("create", "unchanged", "update"))
