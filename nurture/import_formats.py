@@ -57,38 +57,50 @@ OVERLONG = _Overlong()
 
 
 class LineSplitter:
-    """Bytes in, lines out (without their ``\\n``); a line past ``max_bytes`` comes out as OVERLONG."""
+    """Bytes in, lines out (without their ``\\n``, the file's BOM dropped); a line past
+    ``max_bytes`` comes out as OVERLONG, its bytes dropped as they arrive."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
-        self._pending = b""
-        self._dropping = False  # inside an overlong line: discard up to its end
-        self._started = False
+        self._pieces: list[bytes] = []  # the line begun, kept in pieces: a body of tiny chunks costs no copying
+        self._size = 0
+        self._dropping = False
+        self._first = True
 
     def feed(self, chunk: bytes) -> list[bytes | _Overlong]:
-        data = self._pending + chunk
-        if not self._started and len(data) >= len(BOM):
-            self._started = True
-            data = data.removeprefix(BOM)
-        *lines, tail = data.split(b"\n")
-        out: list[bytes | _Overlong] = []
-        for line in lines:
-            if self._dropping:
-                self._dropping = False
-                out.append(OVERLONG)
-            else:
-                out.append(line if len(line) <= self.max_bytes else OVERLONG)
-        if len(tail) > self.max_bytes:
-            self._dropping, tail = True, b""
-        self._pending = tail
-        return out
+        if b"\n" not in chunk:
+            self._hold(chunk)
+            return []
+        first, *middle, tail = chunk.split(b"\n")
+        lines = [self._finish(first), *(line if len(line) <= self.max_bytes else OVERLONG for line in middle)]
+        self._hold(tail)
+        return self._without_bom(lines)
 
     def close(self) -> list[bytes | _Overlong]:
-        if not self._started:
-            self._pending = self._pending.removeprefix(BOM)
-        if self._dropping:
-            return [OVERLONG]
-        return [self._pending] if self._pending else []
+        return self._without_bom([self._finish(b"")]) if self._pieces or self._dropping else []
+
+    def _hold(self, piece: bytes) -> None:
+        if self._dropping or not piece:
+            return
+        self._size += len(piece)
+        if self._size > self.max_bytes:
+            self._pieces, self._size, self._dropping = [], 0, True
+        else:
+            self._pieces.append(piece)
+
+    def _finish(self, end: bytes) -> bytes | _Overlong:
+        """The line held so far, ended by ``end``."""
+        overlong = self._dropping or self._size + len(end) > self.max_bytes
+        line = OVERLONG if overlong else b"".join([*self._pieces, end])
+        self._pieces, self._size, self._dropping = [], 0, False
+        return line
+
+    def _without_bom(self, lines: list[bytes | _Overlong]) -> list[bytes | _Overlong]:
+        if self._first and lines:
+            self._first = False
+            if isinstance(lines[0], bytes):
+                lines[0] = lines[0].removeprefix(BOM)
+        return lines
 
 
 def _header_name(name: str) -> str:
@@ -174,7 +186,8 @@ class CsvReader:
     def close(self) -> list[RawRow]:
         rows = self._read(self.lines.close())
         if self.records.open:
-            rows.append(self._bad(self.records.take(), "a quoted field is never closed"))
+            self.records.take()
+            rows.append(self._bad("a quoted field is never closed"))
         if self.columns is None:
             raise FileRefused("the file is empty: a CSV starts with a header row naming its columns, one of them email")
         return rows
@@ -188,7 +201,7 @@ class CsvReader:
             if isinstance(line, _Overlong) or self.records.size() + len(line) > self.limits.max_row_bytes:
                 # Reading starts again at the next line: what follows a dropped line cannot be placed.
                 self.records.take()
-                rows.append(self._bad(None, f"the row is longer than {self.limits.max_row_bytes} bytes (the import_max_row_bytes limit)"))
+                rows.append(self._bad(f"the row is longer than {self.limits.max_row_bytes} bytes (the import_max_row_bytes limit)"))
                 continue
             record = self.records.add(line)
             if record is not None:
@@ -197,23 +210,23 @@ class CsvReader:
                     rows.append(row)
         return rows
 
-    def _bad(self, _record: bytes | None, problem: str, field: str | None = None) -> RawRow:
+    def _bad(self, problem: str) -> RawRow:
         if self.columns is None:
             raise FileRefused(f"the header row cannot be read: {problem}")
         self.rows += 1
-        return RawRow(self.rows, self.record_line, problem=problem, field=field)
+        return RawRow(self.rows, self.record_line, problem=problem)
 
     def _record(self, record: bytes) -> RawRow | None:
         try:
             text = record.decode("utf-8")
         except UnicodeDecodeError:
-            return self._bad(record, "the row is not UTF-8 text")
+            return self._bad("the row is not UTF-8 text")
         if "\x00" in text:
-            return self._bad(record, "the row holds a NUL character")
+            return self._bad("the row holds a NUL character")
         try:
             cells = next(csv.reader([text]), [])
         except csv.Error as exc:
-            return self._bad(record, f"the row is not valid CSV: {exc}")
+            return self._bad(f"the row is not valid CSV: {exc}")
         if self.columns is None:
             self._take_header(cells)
             return None

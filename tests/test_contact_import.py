@@ -18,7 +18,9 @@ from api.main import create_app
 from benchmarks.imports import measure_import
 from api.schemas.contacts import ContactUpsert
 from nurture.api_keys import Role, create_key
+from nurture import import_formats
 from nurture.contact_import import ContactImporter
+from nurture.import_formats import RowLimits
 from nurture.enrolling import Enroller
 from nurture.models import Contact, Enrollment, Flow
 from tests.api_support import api, count_rows, create_template  # noqa: F401  (fixtures)
@@ -120,6 +122,35 @@ async def test_a_bom_and_quoted_fields_holding_commas_quotes_and_line_breaks(api
     assert (grace["name"], grace["company"], grace["properties"]) == ("Grace", "Navy, US", {"call_notes": "plain"})
 
 
+@pytest.mark.parametrize("piece", [1, 2, 7, 64, 1 << 20])
+def test_the_file_reads_the_same_however_its_body_is_cut(piece):
+    limits = RowLimits(max_row_bytes=60, max_columns=10, max_depth=8)
+    csv_body = (
+        '\ufeffEmail,Name,Notes\r\n"ada@example.com","Ada ""A"" L",x\r\n'
+        'b@example.com,' + "long" * 20 + '\r\n'
+        'c@example.com,"two\nlines",5" screen\r\n\r\n'
+        'd@example.com,"never closed\n'
+    ).encode()
+    jsonl_body = ('\ufeff{"email": "a@example.com", "plan": "pro"}\n\n{"email": "' + "x" * 80 + '"}\n{"email": 1').encode()
+
+    def read(kind, body):
+        reader = import_formats.reader(kind, limits, ContactUpsert.model_fields)
+        rows = [row for i in range(0, len(body), piece) for row in reader.feed(body[i : i + piece])]
+        return [(r.number, r.line, r.values, r.problem) for r in rows + reader.close()]
+
+    assert read("csv", csv_body) == [
+        (1, 2, {"email": "ada@example.com", "name": 'Ada "A" L', "properties": {"notes": "x"}}, None),
+        (2, 3, None, "the row is longer than 60 bytes (the import_max_row_bytes limit)"),
+        (3, 4, {"email": "c@example.com", "name": "two\nlines", "properties": {"notes": '5" screen'}}, None),
+        (4, 7, None, "a quoted field is never closed"),
+    ]
+    assert read("jsonl", jsonl_body) == [
+        (1, 1, {"email": "a@example.com", "properties": {"plan": "pro"}}, None),
+        (2, 3, None, "the line is longer than 60 bytes (the import_max_row_bytes limit)"),
+        (3, 4, None, "the line is not JSON: Expecting ',' delimiter: line 1 column 12 (char 11)"),
+    ]
+
+
 async def test_bad_rows_are_reported_by_row_line_and_field_and_the_others_go_in(db, client, settings):
     settings.import_chunk_rows = 2  # several chunks, bad rows among them
     async with app_client(settings, db, client) as api:
@@ -210,6 +241,23 @@ async def test_size_row_and_width_limits(db, client, settings):
 
         deep = await import_file(api, '{"email": "d@example.com", "x": ' + "[" * 40 + "]" * 40 + "}", JSONL)
         assert counts(deep) == (1, 0, 0, 0, 1) and "max_nesting_depth" in deep.json()["errors"][0]["reason"]
+
+
+async def test_a_client_that_goes_quiet_is_cut_off_and_the_rows_it_sent_stay(db, client, settings):
+    settings.import_idle_timeout_seconds = 0.5
+
+    async def stalls() -> AsyncIterator[bytes]:
+        yield b"email,name\nada@example.com,Ada\ngrace@example.com,Gr"
+        await asyncio.sleep(5)
+        yield b"ace\n"
+
+    async with app_client(settings, db, client) as api:
+        response = await api.post("/contacts/import", content=stalls(), headers=CSV)
+    assert response.status_code == 408, response.text
+    assert "import_idle_timeout_seconds" in response.json()["detail"]
+    assert response.json()["report"]["created"] == 1  # the row read in full; the half row is not a row
+    assert (await contact_row(db, "ada@example.com")).name == "Ada"
+    assert await count_rows(db, Contact) == 1
 
 
 async def test_only_keys_that_may_create_contacts_may_import_and_the_import_is_logged_with_its_key(db, client, settings):
