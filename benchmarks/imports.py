@@ -36,6 +36,7 @@ from temporalio.testing import WorkflowEnvironment
 from benchmarks.enrollments import POSTGRES_URL, machine, postgres_reachable, temporal_binary
 from nurture.api_keys import Role, create_key
 from nurture.db import Database
+from nurture.migrating import upgrade
 from workflows.enrollment import SEARCH_ATTRIBUTES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -99,7 +100,7 @@ def free_port() -> int:
 
 
 async def serve_and_measure(database_url: str, db: Database, temporal_address: str, rows: int, data_dir: Path) -> dict:
-    await db.create_all()
+    await upgrade(db)  # as `nurture migrate` does: the API serves only a database at the head revision
     async with db.session() as session:
         _, key = await create_key(session, "benchmark", Role.admin)
         await session.commit()
