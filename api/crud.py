@@ -13,11 +13,12 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from activities.email.rendering import TemplateRenderer
+from nurture import contact_changes
 from nurture.db import Database
 from nurture.flow import FlowDefinition, Problem
 from nurture.flow.language import EventTrigger, SendEmailStep
 from nurture.logging import get_logger
-from nurture.models import Contact, Enrollment, Flow, FlowVersion, SubscriptionStatus, Template, utcnow
+from nurture.models import Contact, Enrollment, Flow, FlowVersion, Template
 
 
 # --- answers -------------------------------------------------------------------
@@ -82,52 +83,11 @@ async def forget_new_contact(db: Database, contact_id: int) -> None:
 
 
 def apply_contact_changes(contact: Contact, changes: dict[str, Any], *, explicit_edit: bool) -> list[str]:
-    """Apply the fields a request set; return the names of those that changed.
-
-    ``explicit_edit`` is a PATCH: re-subscribing an unsubscribed contact is refused (409).
-    An upsert (import, form) ignores it instead, HubSpot-style.
-    """
-    changed: list[str] = []
-    for name, value in changes.items():
-        if name == "properties":
-            if value is None:
-                continue
-            merged = dict(contact.properties or {})
-            for key, item in value.items():
-                if item is None:
-                    merged.pop(key, None)
-                else:
-                    merged[key] = item
-            if merged != (contact.properties or {}):
-                contact.properties = merged  # a new dict: JSON columns do not see in-place changes
-                changed.append(name)
-        elif name == "subscription_status":
-            if value is None or value == contact.subscription_status:
-                continue
-            if value == SubscriptionStatus.subscribed and contact.subscription_status != SubscriptionStatus.subscribed:
-                if explicit_edit and contact.subscription_status == SubscriptionStatus.unsubscribed:
-                    raise HTTPException(
-                        status_code=409,
-                        detail="the contact unsubscribed: only the contact can subscribe again",
-                    )
-                if not explicit_edit:
-                    get_logger(contact_id=contact.id).info(
-                        "resubscribe_ignored", status=contact.subscription_status
-                    )
-                    continue
-            contact.subscription_status = value
-            changed.append(name)
-        elif name == "email":
-            if value is None or value == contact.email:
-                continue
-            contact.email = value
-            changed.append(name)
-        elif getattr(contact, name) != value:
-            setattr(contact, name, value)
-            changed.append(name)
-    if changed:
-        contact.updated_at = utcnow()
-    return changed
+    """nurture.contact_changes.apply_contact_changes (imports share it); a refused re-subscription is 409."""
+    try:
+        return contact_changes.apply_contact_changes(contact, changes, explicit_edit=explicit_edit)
+    except contact_changes.ResubscribeRefused as exc:
+        raise HTTPException(status_code=409, detail=str(exc)) from exc
 
 
 # --- templates ---------------------------------------------------------------

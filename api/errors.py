@@ -8,7 +8,7 @@ from functools import lru_cache
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import http_exception_handler
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
@@ -120,6 +120,17 @@ def install_error_handlers(app: FastAPI) -> None:
         if methods:
             exc.headers = {**(exc.headers or {}), "Allow": ", ".join(methods)}
         return await http_exception_handler(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        # A path of a literal route (POST /contacts/import) also fits a parameter route of other
+        # methods (GET /contacts/{contact_id}), whose parameter then fails: the method is what is wrong.
+        methods = documented_methods(request.app, request.url.path)
+        if methods and request.method not in methods:
+            return JSONResponse(
+                status_code=405, content={"detail": "Method Not Allowed"}, headers={"Allow": ", ".join(methods)}
+            )
+        return await request_validation_exception_handler(request, exc)
 
     @app.exception_handler(TemporalUnavailable)
     async def temporal_unavailable(request: Request, exc: TemporalUnavailable) -> JSONResponse:

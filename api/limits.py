@@ -8,6 +8,8 @@ measured for depth before any parser sees them, so no body can make a parser rec
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
@@ -21,8 +23,8 @@ class BodyRefused(HTTPException):
     body (anything else becomes a vague 400), so its handler answers with this status."""
 
 
-def too_large(max_bytes: int) -> BodyRefused:
-    return BodyRefused(413, f"the request body is larger than {max_bytes} bytes (the max_body_bytes limit)")
+def too_large(max_bytes: int, setting: str = "max_body_bytes") -> BodyRefused:
+    return BodyRefused(413, f"the request body is larger than {max_bytes} bytes (the {setting} limit)")
 
 
 def too_deep(max_depth: int) -> BodyRefused:
@@ -45,19 +47,26 @@ def _reads_as_json(content_type: str | None) -> bool:
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_bytes: int, max_depth: int):
+    """``own_limits`` maps a path to its own (bytes, setting name): a file upload that the route
+    reads as it streams in may be larger than any other body."""
+
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, max_depth: int, own_limits: Mapping[str, tuple[int, str]] | None = None
+    ):
         self.app = app
         self.max_bytes = max_bytes
         self.max_depth = max_depth
+        self.own_limits = dict(own_limits or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
+        max_bytes, setting = self.own_limits.get(scope["path"], (self.max_bytes, "max_body_bytes"))
         declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            await _answer(too_large(self.max_bytes), scope, receive, send)
+        if declared.isdigit() and int(declared) > max_bytes:
+            await _answer(too_large(max_bytes, setting), scope, receive, send)
             return
         gauge = JsonDepthGauge(self.max_depth) if _reads_as_json(headers.get("content-type")) else None
         received = 0
@@ -69,8 +78,8 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 chunk = message.get("body", b"")
                 received += len(chunk)
-                if received > self.max_bytes:
-                    raise too_large(self.max_bytes)
+                if received > max_bytes:
+                    raise too_large(max_bytes, setting)
                 if gauge is not None and b"\x00" in chunk:
                     raise not_utf8()
                 if gauge is not None and not gauge.feed(chunk):

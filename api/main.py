@@ -18,6 +18,7 @@ from api.routers import (
     api_keys,
     bulk_enrollments,
     consent,
+    contact_imports,
     contacts,
     enrollments,
     events,
@@ -110,10 +111,15 @@ def create_app(
     install_error_handlers(app)
     # Starlette runs the middleware added last first: the rate limit refuses a flood before any
     # body is read.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, max_depth=settings.max_nesting_depth)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        max_depth=settings.max_nesting_depth,
+        own_limits={contact_imports.IMPORT_PATH: (settings.import_max_bytes, "import_max_bytes")},
+    )
     install_rate_limits(app, settings)
     for module in (
-        health, api_keys, contacts, pauses, templates, flows, events, enrollments, bulk_enrollments,
+        health, api_keys, contact_imports, contacts, pauses, templates, flows, events, enrollments, bulk_enrollments,
         history, visibility, stats, tracking, consent, metrics, simulations, playbooks,
     ):
         app.include_router(module.router, responses=ERROR_RESPONSES)

@@ -148,6 +148,22 @@ class Settings(BaseSettings):
     # 36500 days whatever this says).
     max_duration_days: int = Field(default=3_650, ge=1, le=MAX_DURATION_DAYS)
 
+    # --- contact imports (POST /contacts/import, docs/api.md "Importing contacts") ---
+    # The body is read as it streams in; it may be larger than max_body_bytes, up to this (413).
+    import_max_bytes: int = Field(default=104_857_600, ge=1024)
+    # Data rows in one file (413 past it); the rows before stay imported.
+    import_max_rows: int = Field(default=1_000_000, ge=1)
+    # One CSV row or JSON line, in bytes, and the columns (keys) it may have; a longer or wider
+    # row is reported and skipped (a CSV header past either refuses the file, 422).
+    import_max_row_bytes: int = Field(default=65_536, ge=256, le=16_777_216)
+    import_max_columns: int = Field(default=500, ge=2, le=10_000)
+    # Rows written per transaction, as one statement (at most 2000: SQLite binds at most 32766 values).
+    import_chunk_rows: int = Field(default=500, ge=1, le=2_000)
+    # Row problems listed in the answer; past it the answer says `truncated` (all are counted).
+    import_max_errors: int = Field(default=1_000, ge=0, le=100_000)
+    # A client that sends nothing for this long is cut off (408); the rows before stay imported.
+    import_idle_timeout_seconds: float = Field(default=60.0, gt=0, le=3_600)
+
     # Every API call but health, docs, tracking links and signed provider webhooks needs a key.
     auth_required: bool = True
 
