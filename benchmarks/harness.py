@@ -14,6 +14,7 @@ import secrets
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -56,6 +57,8 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 def latency_ms(seconds: list[float]) -> dict[str, Any]:
+    if not seconds:
+        return {"samples": 0, "p50_ms": None, "p95_ms": None}
     return {
         "samples": len(seconds),
         "p50_ms": round(percentile(seconds, 50) * 1000, 1),
@@ -75,6 +78,12 @@ class Batch:
     start_phase_s: float = 0.0
     all_closed_s: float = 0.0
     per_workflow: dict[str, Any] = field(default_factory=dict)
+    # What went wrong, by error, for the workflows that did not complete as expected.
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+def error_key(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
 
 
 async def measure_batch(
@@ -84,7 +93,8 @@ async def measure_batch(
     """Start ``n`` workflows (``concurrency`` starts in flight) and wait for all to close.
 
     ``start_one(i)`` starts the i-th and returns how to await its result; ``check`` says whether
-    a result is the expected completion.
+    a result is the expected completion. A start or a workflow that fails is counted, with its
+    error, not raised: the run goes on and the report shows it.
     """
     gate = asyncio.Semaphore(concurrency)
     began = time.perf_counter()
@@ -92,13 +102,22 @@ async def measure_batch(
     closed_at: list[float] = [0.0] * n
     start_done: list[float] = [0.0] * n
     ok = [False] * n
+    errors: Counter[str] = Counter()
 
     async def one(i: int) -> None:
-        async with gate:
-            started_at[i] = time.perf_counter()
-            wait_result = await start_one(i)
-            start_done[i] = time.perf_counter()
-        ok[i] = check(await wait_result())
+        try:
+            async with gate:
+                started_at[i] = time.perf_counter()
+                try:
+                    wait_result = await start_one(i)
+                finally:
+                    start_done[i] = time.perf_counter()
+            result = await wait_result()
+            ok[i] = check(result)
+            if not ok[i]:
+                errors[f"unexpected result: {str(result)[:160]}"] += 1
+        except Exception as exc:  # noqa: BLE001 - counted and reported
+            errors[error_key(exc)] += 1
         closed_at[i] = time.perf_counter()
 
     await asyncio.gather(*(one(i) for i in range(n)))
@@ -109,8 +128,17 @@ async def measure_batch(
         starts_per_s=round(n / start_phase, 1),
         start_phase_s=round(start_phase, 3),
         all_closed_s=round(max(closed_at) - began, 3),
-        per_workflow=latency_ms([closed_at[i] - started_at[i] for i in range(n)]),
+        per_workflow=latency_ms([closed_at[i] - started_at[i] for i in range(n) if ok[i]]),
+        errors=dict(errors),
     )
+
+
+async def guarded(case: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    """A case that fails reports its error in its place; the other cases' numbers stand."""
+    try:
+        return await case
+    except Exception as exc:  # noqa: BLE001 - reported in the results
+        return {"error": error_key(exc)}
 
 
 async def starts_per_second(n: int, concurrency: int, start_one: Callable[[int], Awaitable[Any]]) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """The contact import case, measured by benchmarks/imports.py when that module exists.
 
 ``measure_import(base_url, key, rows)`` drives ``POST /contacts/import`` over real HTTP: the API is
-served on a loopback port for it, with an admin key of its own. Without the module the case
+served on a loopback port for it (``base_url``), with an admin API key of its own (``key``, sent as
+the module sees fit); ``rows`` is how many contact rows to import (``--import-rows``). What it
+answers goes into the results as is. Without the module the case
 reports "not available" rather than failing the run; a failure inside it is reported as "failed",
 with the error, and the other cases' numbers stand.
 """
