@@ -27,7 +27,7 @@ from nurture.models import Flow
 SHAPES = {
     "send_delay_send": "send_email → delay 1s → send_email",
     "wait_for_event_branch": "send_email → wait_for_event → branch → send_email",
-    "delay_goal_exit": "delay 1h → goal event exits",
+    "delay_goal_exit": "delay 1h → goal event exits (raw: activity → timer a signal ends)",
 }
 
 
