@@ -58,7 +58,10 @@ def history_cost(events: Iterable[HistoryEvent]) -> HistoryCost:
     activity_type: dict[int, str] = {}
     attempts: Counter[str] = Counter()
     local_activity_tasks: set[int] = set()
+    last_task_completed = 0
     for event in events:
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+            last_task_completed = event.event_id
         kind = ONE_EACH.get(event.event_type)
         if kind is not None:
             by_kind[kind] += 1
@@ -80,7 +83,8 @@ def history_cost(events: Iterable[HistoryEvent]) -> HistoryCost:
         elif event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
             marker = event.marker_recorded_event_attributes
             if marker.marker_name in LOCAL_ACTIVITY_MARKERS:
-                local_activity_tasks.add(marker.workflow_task_completed_event_id)
+                # A marker follows the completion of the task that recorded it; the event says which.
+                local_activity_tasks.add(marker.workflow_task_completed_event_id or last_task_completed)
     if local_activity_tasks:
         by_kind["local_activity_tasks"] = len(local_activity_tasks)
     return HistoryCost(

@@ -33,6 +33,7 @@ from nurture.contracts import ENROLLMENT_WORKFLOW, EnrollmentResult, EnrollmentS
 from nurture.db import Database
 from nurture.enrolling import Enroller
 from nurture.flow import load_flow
+from nurture.migrating import upgrade
 from nurture.models import Contact, Enrollment, Event, Flow, FlowStatus, FlowVersion, Template, utcnow
 from nurture.settings import Settings
 
@@ -229,13 +230,14 @@ class Backend:
 
 @asynccontextmanager
 async def backend(name: str, workdir: Path) -> AsyncIterator[Backend]:
-    """A fresh SQLite file or PostgreSQL schema; the API and the worker are separate processes in
-    production, so they get separate pools here too."""
+    """A fresh SQLite file or PostgreSQL schema, migrated as in production (a worker process refuses
+    anything else); the API and the worker are separate processes in production, so they get
+    separate pools here too."""
     if name == "sqlite":
         url = f"sqlite:///{workdir / f'nurture-{uuid.uuid4().hex[:6]}.db'}"
         db, worker_db = Database(url), Database(url)
         try:
-            await db.create_all()
+            await upgrade(db)
             yield Backend(name, url, db, worker_db)
         finally:
             await db.dispose()
@@ -247,7 +249,7 @@ async def backend(name: str, workdir: Path) -> AsyncIterator[Backend]:
     url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
     db, worker_db = Database(url), Database(url)
     try:
-        await db.create_all()
+        await upgrade(db)
         yield Backend(name, url, db, worker_db)
     finally:
         await db.dispose()

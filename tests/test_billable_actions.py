@@ -18,17 +18,20 @@ def saved(path: Path) -> WorkflowHistory:
     return WorkflowHistory.from_json(path.stem, json.loads(path.read_text()))
 
 
-def test_an_enrollment_history_costs_its_start_activities_timers_and_signals():
-    history = saved(HISTORIES / "example_opened_paused_goal.json")
+def test_an_enrollment_history_costs_its_start_sends_rests_timers_and_signals():
+    history = saved(HISTORIES / "enrollment_goal_mid_wait.json")
 
     cost = history_cost(history.events)
 
-    # Opened, paused, resumed, goal: 4 signals; 3 timers (the 2-day delay, the pause, the wait for a click);
-    # 11 activities, none retried; the start. No search attributes (the recording turned them off).
-    assert cost.by_kind == {"workflow_started": 1, "activities": 11, "timers": 3, "signals": 4}
-    assert cost.actions == 19
-    assert cost.events == 96
-    assert cost.activities == {"load_contact": 1, "record_progress": 8, "send_email": 2}
+    # Two sends; four progress reports, each a local activity in a workflow task of its own; paused,
+    # resumed, goal: 3 signals; 3 timers (the delay, the pause, the delay again); the start. No
+    # search attributes (the recording turned them off).
+    assert cost.by_kind == {
+        "workflow_started": 1, "activities": 2, "local_activity_tasks": 4, "timers": 3, "signals": 3,
+    }
+    assert cost.actions == 13
+    assert cost.events == 57
+    assert cost.activities == {"send_email": 2}
 
 
 def test_every_kind_of_action_counts_by_its_own_rule():
