@@ -34,9 +34,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
-import subprocess
 import tempfile
 import time
 import uuid
@@ -58,6 +55,7 @@ from benchmarks.flows import BRANCH_FLOW, BULK_FLOW, GOAL_FLOW, SHORT_FLOW
 from benchmarks.harness import (
     BACKENDS,
     LONG_WAIT,
+    machine,
     GOAL_EVENT,
     Batch,
     Engine,
@@ -301,22 +299,6 @@ async def on_backend(name: str, client: Client, workdir: Path, options: Options)
 
 
 # --- the report -------------------------------------------------------------------------
-
-
-def machine() -> dict[str, Any]:
-    try:
-        cli = subprocess.run([temporal_binary(), "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        cli = "unknown"
-    from importlib.metadata import version
-
-    return {
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "temporalio": version("temporalio"),
-        "temporal_cli": cli,
-    }
 
 
 def ratios(raw: dict[str, Any], engine: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,10 @@ its activities change underneath.
 
 from __future__ import annotations
 
+import subprocess
+
+import platform
+
 import asyncio
 import math
 import os
@@ -399,3 +403,19 @@ class Engine:
         handles = [self.handle(await self.enroll(flow, c, "enroller")) for c in contacts]
         await all_hold([lambda handle=handle: self.asleep(handle) for handle in handles])
         return list(zip(contacts, handles))
+
+
+def machine() -> dict[str, Any]:
+    try:
+        cli = subprocess.run([temporal_binary(), "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        cli = "unknown"
+    from importlib.metadata import version
+
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "temporalio": version("temporalio"),
+        "temporal_cli": cli,
+    }

@@ -33,7 +33,7 @@ import psycopg
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from benchmarks.enrollments import POSTGRES_URL, machine, postgres_reachable, temporal_binary
+from benchmarks.harness import POSTGRES_URL, machine, postgres_reachable, temporal_binary
 from nurture.api_keys import Role, create_key
 from nurture.db import Database
 from nurture.migrating import upgrade
