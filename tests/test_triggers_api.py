@@ -164,6 +164,12 @@ async def test_reenrollment_after_exit_starts_a_workflow_of_its_own(api, worker,
     rows = await eventually(lambda: completed(2))
     assert [(r["flow_id"], r["sequence"]) for r in rows] == [(flow_id, 1), (flow_id, 2)]
     assert rows[1]["workflow_id"] == f"{rows[0]['workflow_id']}-2" and rows[0]["run_id"] != rows[1]["run_id"]
+    # The enrollment's detail and history are its own workflow's.
+    for row in rows:
+        detail = (await api.get(f"/enrollments/{row['id']}")).json()
+        assert detail["workflow"]["workflow_id"] == row["workflow_id"] and detail["workflow"]["status"] == "completed"
+        history = (await api.get(f"/enrollments/{row['id']}/history")).json()
+        assert history["workflow_id"] == row["workflow_id"] and history["status"] == "completed"
 
     async def two_sent():
         items = (await api.get(f"/contacts/{contact_id}/messages")).json()["items"]
