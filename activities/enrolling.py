@@ -1,9 +1,12 @@
 """Enrolling many contacts: the scheduled scan for date and inactivity triggers, and bulk enrollment.
 
-Each call reads one page of contacts by id and enrolls the ones due, committing
-after each so the row lock (SQLite) is never held while Temporal is called for
-the next. Starting an enrollment is idempotent (one workflow id per flow and
-contact), so a retried page enrolls nobody twice.
+Each call reads one page of contacts by id, decides who is due in a few queries, writes the
+page's enrollments rows in one transaction and then starts their workflows concurrently
+(``Enroller.admit_many``). A start that fails even after its retries keeps its row: the page
+fails after logging what it did, Temporal retries it, and the retry counts the rows it finds
+from its earlier attempt (begun at the page's ``at``) as its own and starts their workflows
+again. Starting is idempotent per row (one workflow id each), so nobody is enrolled twice and
+nobody is dropped.
 """
 
 from __future__ import annotations
@@ -11,9 +14,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from sqlmodel import and_, col, or_, select
-from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
 
 from activities.occurrences import date_occurrences, inactive_from
 from nurture import audience
@@ -26,7 +29,8 @@ from nurture.batch_contracts import (
     ScanPageResult,
 )
 from nurture.db import Database
-from nurture.enrolling import Admission, Enroller, active_version
+from nurture.enrolling import Admission, Enroller, PageAdmissions, active_version
+from nurture.flow.conditions import EventFact
 from nurture.flow.language import FlowDefinition
 from nurture.flow.triggers import SCANNED_TRIGGER_TYPES, DateTrigger, InactivityTrigger
 from nurture.logging import get_logger
@@ -40,12 +44,17 @@ def date_window(settings: Settings) -> timedelta:
     return max(timedelta(days=1), settings.trigger_scan_interval)
 
 
-async def due_since(
-    session: AsyncSession, definition: FlowDefinition, contact: Contact, at: datetime, settings: Settings
+def due_since(
+    definition: FlowDefinition,
+    contact: Contact,
+    at: datetime,
+    settings: Settings,
+    events: dict[int, list[EventFact]] | None,
 ) -> datetime | None:
     """When this contact became due for the flow's date or inactivity trigger, or None when it is not due.
 
     The instant also keys the occurrence: an enrollment that began at or after it already served it.
+    ``events``: the page's recent events (``audience.recent_events_of`` for the trigger's condition).
     """
     trigger = definition.trigger
     assert contact.id is not None
@@ -60,7 +69,7 @@ async def due_since(
     else:
         return None
     condition = trigger.condition
-    if since is not None and condition is not None and not await audience.matches(session, contact.id, fields, condition, at):
+    if since is not None and condition is not None and not audience.evaluate_on(condition, contact.id, fields, events, at):
         return None
     return since
 
@@ -68,6 +77,24 @@ async def due_since(
 def count_skip(skipped: dict[str, int], admission: Admission) -> None:
     if admission.skipped:
         skipped[admission.skipped] = skipped.get(admission.skipped, 0) + 1
+
+
+def raise_if_starts_failed(page: PageAdmissions, log, what: str) -> None:
+    """Fail the page (Temporal retries it) when a workflow did not start; its row is kept."""
+    failed = page.failed
+    if not failed:
+        return
+    for admission in failed:
+        assert admission.enrollment is not None
+        log.warning(
+            "enrollment_start_pending", contact_id=admission.enrollment.contact_id,
+            enrollment_id=admission.enrollment.workflow_id, error=admission.start_failed,
+        )
+    raise ApplicationError(
+        f"{len(failed)} of the {what}'s enrollment workflows did not start ({failed[0].start_failed}); "
+        "their rows are kept and the retried page starts them",
+        type="EnrollmentStartsFailed",
+    )
 
 
 class EnrollingActivities:
@@ -89,8 +116,9 @@ class EnrollingActivities:
             if input.flow_ids is not None:
                 query = query.where(col(Flow.id).in_(input.flow_ids))
             found = []
+            enroller = self._enroller()
             for flow in (await session.exec(query.order_by(Flow.id))).all():
-                definition = FlowDefinition.model_validate((await active_version(session, flow)).definition)
+                definition = enroller.definition(await active_version(session, flow))
                 if definition.trigger.type in SCANNED_TRIGGER_TYPES:
                     found.append(flow.id)
             return ScanFlows(flow_ids=found)
@@ -104,7 +132,7 @@ class EnrollingActivities:
             if flow is None or flow.status != FlowStatus.active:
                 return ScanPageResult(trigger="inactive", done=True)
             version = await active_version(session, flow)
-            definition = FlowDefinition.model_validate(version.definition)
+            definition = enroller.definition(version)
             trigger = definition.trigger
             if not isinstance(trigger, (DateTrigger, InactivityTrigger)):
                 return ScanPageResult(trigger=trigger.type, done=True)
@@ -120,7 +148,6 @@ class EnrollingActivities:
                     )
                 )
             contacts = list((await session.exec(query.order_by(Contact.id).limit(input.limit))).all())
-            await session.commit()  # end the read before enrolling: SQLite holds its lock until then
 
             result = ScanPageResult(
                 trigger=trigger.type,
@@ -128,17 +155,23 @@ class EnrollingActivities:
                 next_cursor=contacts[-1].id if contacts else input.after_contact_id,
                 done=len(contacts) < input.limit,
             )
+            events = await audience.recent_events_of(session, [c.id for c in contacts], [trigger.condition], input.at)
+            due: dict[int, datetime] = {}
             for contact in contacts:
-                activity.heartbeat(contact.id)
-                since = await due_since(session, definition, contact, input.at, self.settings)
-                if since is None:
-                    continue
-                admission = await enroller.admit(session, flow, contact, version=version, now=input.at, since=since)
-                await session.commit()
+                since = due_since(definition, contact, input.at, self.settings, events)
+                if since is not None:
+                    due[contact.id] = since  # type: ignore[index]
+            page = await enroller.admit_many(
+                session, flow, version, [c for c in contacts if c.id in due], at=input.at, since=due,
+                on_progress=lambda: activity.heartbeat(result.next_cursor),
+            )
+            for admission in page.admissions:
                 if admission.created or enrolled_at(admission, input.at):
                     result.enrolled += 1
                 else:
                     count_skip(result.skipped, admission)
+            log = get_logger(flow_id=input.flow_id)
+            raise_if_starts_failed(page, log.bind(enrolled=result.enrolled, cursor=result.next_cursor), "scan page")
         get_logger(flow_id=input.flow_id).info(
             "trigger_scan_page", trigger=result.trigger, examined=result.examined, enrolled=result.enrolled,
             skipped=result.skipped, cursor=result.next_cursor,
@@ -156,28 +189,39 @@ class EnrollingActivities:
             version = await active_version(session, flow)
             query = select(Contact).where(Contact.id > input.after_contact_id).order_by(Contact.id).limit(input.scan_limit)
             contacts = list((await session.exec(query)).all())
-            await session.commit()
 
             result = BulkPageResult(next_cursor=input.after_contact_id, done=len(contacts) < input.scan_limit)
-            for position, contact in enumerate(contacts):
-                activity.heartbeat(contact.id)
-                assert contact.id is not None
-                result.examined += 1
-                result.next_cursor = contact.id
-                segment = input.segment
-                fields = contact_snapshot(contact).fields()
-                if segment is not None and not await audience.matches(session, contact.id, fields, segment, input.at):
-                    continue
-                result.matched += 1
-                admission = await enroller.admit(session, flow, contact, version=version, now=input.at)
-                await session.commit()
+            segment = input.segment
+            if segment is not None:
+                events = await audience.recent_events_of(session, [c.id for c in contacts], [segment], input.at)
+                matching = [
+                    c for c in contacts
+                    if audience.evaluate_on(segment, c.id, contact_snapshot(c).fields(), events, input.at)  # type: ignore[arg-type]
+                ]
+            else:
+                matching = contacts
+            page = await enroller.admit_many(
+                session, flow, version, matching, at=input.at, limit=input.max_enrollments,
+                on_progress=lambda: activity.heartbeat(result.next_cursor),
+            )
+            considered = len(page.admissions)
+            for admission in page.admissions:
                 if admission.created or enrolled_at(admission, input.at):
                     result.enrolled += 1
                 else:
                     count_skip(result.skipped, admission)
-                if result.enrolled >= input.max_enrollments:
-                    result.done = result.done and position == len(contacts) - 1
-                    break
+            result.matched = considered
+            if considered < len(matching):
+                # Stopped at max_enrollments: the next page begins after the last contact enrolled.
+                last = matching[considered - 1]
+                result.next_cursor = last.id  # type: ignore[assignment]
+                result.examined = contacts.index(last) + 1
+                result.done = False
+            else:
+                result.examined = len(contacts)
+                result.next_cursor = contacts[-1].id if contacts else input.after_contact_id  # type: ignore[assignment]
+            log = get_logger(flow_id=input.flow_id, bulk_id=input.bulk_id)
+            raise_if_starts_failed(page, log.bind(enrolled=result.enrolled, cursor=result.next_cursor), "bulk page")
         get_logger(flow_id=input.flow_id, bulk_id=input.bulk_id).info(
             "bulk_enroll_page", examined=result.examined, enrolled=result.enrolled, skipped=result.skipped,
             cursor=result.next_cursor,

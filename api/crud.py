@@ -17,8 +17,10 @@ from nurture import contact_changes
 from nurture.db import Database
 from nurture.flow import FlowDefinition, Problem
 from nurture.flow.language import EventTrigger, SendEmailStep
+from nurture.contracts import ContactSnapshot
 from nurture.logging import get_logger
-from nurture.models import Contact, Enrollment, Flow, FlowVersion, Template
+from nurture.models import Contact, Enrollment, Event, Flow, FlowVersion, Template, utcnow
+from nurture.snapshots import contact_snapshot
 
 
 # --- answers -------------------------------------------------------------------
@@ -80,6 +82,41 @@ async def forget_new_contact(db: Database, contact_id: int) -> None:
         pass  # events or enrollments of a concurrent request refer to it: it stays
     except Exception as exc:  # the original error is what the client must see
         get_logger(contact_id=contact_id).warning("contact_cleanup_failed", error=str(exc))
+
+
+async def undo_contact_change(
+    db: Database, contact_id: int, before: ContactSnapshot, after: ContactSnapshot, changed: list[str]
+) -> None:
+    """Put back what a request that then failed changed, when enrolling had committed it (property
+    triggers do), so that the client's retry is a change again; a field changed since is left alone."""
+    try:
+        async with db.session() as session:
+            contact = await session.get(Contact, contact_id)
+            if contact is None:
+                return
+            now = contact_snapshot(contact)
+            undone = [n for n in changed if getattr(now, n) == getattr(after, n) != getattr(before, n)]
+            for name in undone:
+                setattr(contact, name, getattr(before, name))
+            if undone:
+                contact.updated_at = utcnow()
+                session.add(contact)
+                await session.commit()
+    except Exception as exc:  # the original error is what the client must see
+        get_logger(contact_id=contact_id).warning("contact_change_undo_failed", error=str(exc))
+
+
+async def forget_event(db: Database, event_row_id: int) -> None:
+    """Undo an event committed by a request that then failed, so that the client's retry
+    (the same event_id) is routed instead of answered as a duplicate."""
+    try:
+        async with db.session() as session:
+            event = await session.get(Event, event_row_id)
+            if event is not None:
+                await session.delete(event)
+                await session.commit()
+    except Exception as exc:  # the original error is what the client must see
+        get_logger(event_id=event_row_id).warning("event_cleanup_failed", error=str(exc))
 
 
 def apply_contact_changes(contact: Contact, changes: dict[str, Any], *, explicit_edit: bool) -> list[str]:

@@ -7,10 +7,11 @@ recent events read from the database.
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Iterable
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from nurture.flow.conditions import Condition, EventFact, evaluate, event_lookback
@@ -32,6 +33,53 @@ async def recent_events(session: AsyncSession, contact_id: int, condition: Condi
         )
     )
     return [EventFact(type=e.type, at=e.occurred_at, properties=e.properties) for e in rows.all()]
+
+
+async def recent_events_of(
+    session: AsyncSession, contact_ids: Iterable[int], conditions: Iterable[Condition | None], now: datetime
+) -> dict[int, list[EventFact]] | None:
+    """The events any of the conditions look at, for many contacts in one query (by contact id),
+    or None when none looks at events. Evaluate each contact with ``evaluate_on``."""
+    lookback: dict[str, timedelta] = {}
+    for condition in conditions:
+        for event_type, within in (event_lookback(condition) if condition is not None else {}).items():
+            lookback[event_type] = max(lookback.get(event_type, timedelta()), within)
+    if not lookback:
+        return None
+    ids = sorted(set(contact_ids))
+    found: dict[int, list[EventFact]] = {contact_id: [] for contact_id in ids}
+    if not ids:
+        return found
+    rows = await session.exec(
+        select(Event).where(
+            col(Event.contact_id).in_(ids),
+            col(Event.type).in_(sorted(lookback)),
+            Event.occurred_at >= now - max(lookback.values()),
+            Event.occurred_at <= now,
+        )
+    )
+    for event in rows.all():
+        found[event.contact_id].append(EventFact(type=event.type, at=event.occurred_at, properties=event.properties))
+    return found
+
+
+def evaluate_on(
+    condition: Condition, contact_id: int, fields: dict[str, Any], events: dict[int, list[EventFact]] | None, now: datetime
+) -> bool:
+    """``matches`` on events read beforehand by ``recent_events_of`` (a superset is fine: each
+    event condition picks its own type and window)."""
+    return evaluate(condition, fields, {}, events.get(contact_id, []) if events is not None else None, now)
+
+
+def suppressing_on(
+    contact_id: int, fields: dict[str, Any], policy: EnrollmentPolicy | None,
+    events: dict[int, list[EventFact]] | None, now: datetime,
+) -> int | None:
+    """``suppressing`` on events read beforehand by ``recent_events_of``."""
+    for index, condition in enumerate(policy.suppress if policy else []):
+        if evaluate_on(condition, contact_id, fields, events, now):
+            return index
+    return None
 
 
 async def matches(

@@ -17,9 +17,11 @@ from nurture.flow.language import FlowDefinition, SendWindow
 ENROLLMENT_WORKFLOW = "EnrollmentWorkflow"
 
 
-def enrollment_workflow_id(prefix: str, flow_id: int, contact_id: int) -> str:
-    """One workflow id per (flow, contact): enrolling twice finds the running one."""
-    return f"{prefix}-{flow_id}-{contact_id}"
+def enrollment_workflow_id(prefix: str, flow_id: int, contact_id: int, sequence: int = 1) -> str:
+    """One workflow id per enrollments row: the contact's first in the flow, or its n-th (``-n``),
+    so starting a row's workflow twice finds the one already started."""
+    base = f"{prefix}-{flow_id}-{contact_id}"
+    return base if sequence == 1 else f"{base}-{sequence}"
 
 
 class ContactSnapshot(BaseModel):

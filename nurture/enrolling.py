@@ -1,14 +1,28 @@
 """Starting enrollments and telling running ones about a contact.
 
-Used by the API and by the batch and scheduled enrollment activities. The
-workflow id per (flow, contact) makes starting idempotent; a re-enrollment is a
-new run of the same workflow id once the previous one closed, and a new row
-(``sequence`` + 1). The enrollments row is an index the workflow itself keeps
-current (see ``record_progress``).
+Used by the API and by the batch and scheduled enrollment activities.
+
+An enrollment is an ``enrollments`` row and the workflow that owns it. The row comes first:
+written (active, no run id yet) and committed, then its workflow starts with the row's id and
+the contact's snapshot in its input; from then on the workflow alone writes the row. Each row has
+its own workflow id: ``<prefix>-<flow>-<contact>`` for a contact's first enrollment in a flow,
+``<prefix>-<flow>-<contact>-<n>`` for its n-th (a re-enrollment). Starts reject a duplicate id,
+so starting a row's workflow again (a retried request or page) finds the one already there. Two
+requests enrolling one contact at once meet at the unique (flow, contact, sequence) key: one row,
+one workflow.
+
+When Temporal cannot be reached, ``enroll`` (and the event and property triggers) remove the rows
+whose workflow did not start and raise TemporalUnavailable (503 in the API). ``admit_many`` (bulk
+pages and trigger scans) keeps them and reports the failed starts instead: the page is retried,
+finds the rows it wrote and starts them again (activities/enrolling.py).
+
+Enrolling commits the caller's session: the row must be visible to its workflow before it starts.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -16,28 +30,24 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from nurture import audience
 from nurture.contracts import (
-    ENROLLMENT_WORKFLOW,
-    ActivityTimeouts,
     ContactChangedSignal,
     ContactEventSignal,
     ContactSnapshot,
-    EnrollmentInput,
     ExitSignal,
     PauseSignal,
-    PauseState,
     ResumeSignal,
     enrollment_workflow_id,
 )
+from nurture.enrollment_starts import PendingStart, Starter, StartFailure
 from nurture.flow.conditions import matches_properties
 from nurture.flow.language import EventTrigger, FlowDefinition
 from nurture.flow.triggers import EnrollmentPolicy, InactivityTrigger, PropertyTrigger
 from nurture.event_types import MESSAGE_EVENTS
+from nurture.flow_definitions import parsed_definition
 from nurture.logging import get_logger
 from nurture.models import (
     Contact,
@@ -52,7 +62,6 @@ from nurture.models import (
     utcnow,
 )
 from nurture.settings import Settings
-from nurture.search_attributes import start_attributes
 from nurture.snapshots import contact_snapshot
 
 # The exit reason when a flow's trigger no longer matches a contact it enrolled.
@@ -75,6 +84,8 @@ class Admission:
 
     enrollment: Enrollment | None = None
     skipped: str | None = None  # "unsubscribed", "bounced", "suppressed", "already_enrolled"
+    # admit_many only: the row is written but its workflow did not start (why); a retry starts it.
+    start_failed: str | None = None
 
     @property
     def created(self) -> bool:
@@ -82,9 +93,32 @@ class Admission:
 
 
 @dataclass
+class PageAdmissions:
+    """``admit_many``'s answer: one admission per contact considered, in order."""
+
+    admissions: list[Admission] = field(default_factory=list)
+    # Rows an earlier attempt wrote whose workflows were started again (idempotently).
+    restarted: int = 0
+
+    @property
+    def failed(self) -> list[Admission]:
+        return [a for a in self.admissions if a.start_failed is not None]
+
+
+@dataclass
 class RouteOutcome:
     enrolled: list[Enrollment] = field(default_factory=list)
     signalled: list[Enrollment] = field(default_factory=list)
+
+
+@dataclass
+class _Candidate:
+    """A contact admitted to a flow version, its row not written yet."""
+
+    flow: Flow
+    version: FlowVersion
+    contact: Contact
+    latest: Enrollment | None
 
 
 def may_reenroll(policy: EnrollmentPolicy | None, latest: Enrollment, now: datetime) -> bool:
@@ -114,10 +148,46 @@ async def latest_enrollment(session: AsyncSession, flow_id: int, contact_id: int
     ).first()
 
 
+async def latest_enrollments(
+    session: AsyncSession, *, flow_ids: Iterable[int], contact_ids: Iterable[int]
+) -> dict[tuple[int, int], Enrollment]:
+    """The latest enrollment per (flow, contact) among the given ones, in one query."""
+    flows, contacts = sorted(set(flow_ids)), sorted(set(contact_ids))
+    if not flows or not contacts:
+        return {}
+    rows = await session.exec(
+        select(Enrollment)
+        .where(col(Enrollment.flow_id).in_(flows), col(Enrollment.contact_id).in_(contacts))
+        .order_by(col(Enrollment.sequence))
+    )
+    return {(row.flow_id, row.contact_id): row for row in rows.all()}  # the highest sequence wins
+
+
+def _new_row(settings: Settings, candidate: _Candidate, now: datetime) -> Enrollment:
+    flow_id, contact_id = candidate.flow.id, candidate.contact.id
+    assert flow_id is not None and contact_id is not None
+    sequence = candidate.latest.sequence + 1 if candidate.latest is not None else 1
+    return Enrollment(
+        flow_id=flow_id,
+        flow_version=candidate.version.version,
+        contact_id=contact_id,
+        sequence=sequence,
+        workflow_id=enrollment_workflow_id(settings.workflow_id_prefix, flow_id, contact_id, sequence),
+        run_id=None,
+        status=EnrollmentStatus.active,
+        started_at=now,
+        updated_at=now,
+    )
+
+
 class Enroller:
     def __init__(self, client: Client, settings: Settings):
         self.client = client
         self.settings = settings
+        self.starter = Starter(client, settings)
+
+    def definition(self, version: FlowVersion) -> FlowDefinition:
+        return parsed_definition(version, self.settings.flow_definition_cache_size)
 
     # --- enrolling ---------------------------------------------------------
 
@@ -130,93 +200,20 @@ class Enroller:
         now: datetime | None = None,
         version: FlowVersion | None = None,
     ) -> EnrollOutcome:
-        """Enroll a contact in the flow's active version.
+        """Enroll a contact in the flow's active version; commits the session.
 
         While an enrollment runs, or when the flow's re-enrollment policy does not allow
-        another, the latest enrollment is returned (``created`` False).
+        another, the latest enrollment is returned (``created`` False). Temporal unreachable:
+        the row is removed again and TemporalUnavailable raised.
         """
         assert flow.id is not None and contact.id is not None and flow.active_version is not None
         now = now or utcnow()
         version = version or await active_version(session, flow)
-        definition = FlowDefinition.model_validate(version.definition)
         latest = await latest_enrollment(session, flow.id, contact.id)
-        if latest is not None and not may_reenroll(definition.enrollment, latest, now):
+        if latest is not None and not may_reenroll(self.definition(version).enrollment, latest, now):
             return EnrollOutcome(latest, created=False)
-
-        sequence = latest.sequence + 1 if latest is not None else 1
-        workflow_id = enrollment_workflow_id(self.settings.workflow_id_prefix, flow.id, contact.id)
-        pause = None
-        if contact.paused_until is not None and contact.paused_until > utcnow():
-            pause = PauseState(
-                until=contact.paused_until, reason=contact.pause_reason or "", paused_by=contact.paused_by or ""
-            )
-        snapshot = contact_snapshot(contact)
-        # The row first, in the caller's transaction: the workflow updates it by id from its first
-        # report on, waiting (retrying) until the caller commits; taken back if Temporal does not
-        # take the start, so the caller's rollback on an error leaves nothing behind.
-        enrollment = Enrollment(
-            flow_id=flow.id,
-            flow_version=version.version,
-            contact_id=contact.id,
-            sequence=sequence,
-            workflow_id=workflow_id,
-            started_at=now,
-        )
-        try:
-            async with session.begin_nested():
-                session.add(enrollment)
-        except IntegrityError:
-            written = await latest_enrollment(session, flow.id, contact.id)  # a concurrent request won
-            assert written is not None
-            return EnrollOutcome(written, created=False)
-        assert enrollment.id is not None
-        try:
-            await self.client.start_workflow(
-                ENROLLMENT_WORKFLOW,
-                EnrollmentInput(
-                    flow_id=flow.id,
-                    flow_version=version.version,
-                    contact_id=contact.id,
-                    enrollment_id=enrollment.id,
-                    contact=snapshot,
-                    flow=definition,
-                    paused=pause,
-                    search_attributes=self.settings.temporal_search_attributes,
-                    step_search_attributes=self.settings.temporal_step_search_attributes,
-                    timeouts=ActivityTimeouts(
-                        send=self.settings.send_activity_timeout, heartbeat=self.settings.activity_heartbeat_timeout
-                    ),
-                ),
-                id=workflow_id,
-                task_queue=self.settings.temporal_task_queue,
-                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-                # A new run of a closed workflow id only when re-enrolling: the policy was checked above.
-                id_reuse_policy=(
-                    WorkflowIDReusePolicy.ALLOW_DUPLICATE if latest is not None else WorkflowIDReusePolicy.REJECT_DUPLICATE
-                ),
-                search_attributes=(
-                    start_attributes(flow.id, version.version, contact.id)
-                    if self.settings.temporal_search_attributes else None
-                ),
-            )
-        except WorkflowAlreadyStartedError:
-            await self._forget(session, enrollment)
-            # The previous run has not closed yet (its row is ahead of it): not now.
-            latest = await latest_enrollment(session, flow.id, contact.id)
-            assert latest is not None
-            return EnrollOutcome(latest, created=False)
-        except RPCError as exc:
-            await self._forget(session, enrollment)
-            raise TemporalUnavailable(str(exc)) from exc
-        get_logger(flow_id=flow.id, enrollment_id=workflow_id, contact_id=contact.id).info(
-            "enrolled", version=version.version, sequence=enrollment.sequence, paused=pause is not None
-        )
-        return EnrollOutcome(enrollment, created=True)
-
-    @staticmethod
-    async def _forget(session: AsyncSession, enrollment: Enrollment) -> None:
-        await session.delete(enrollment)
-        await session.flush()
+        [outcome] = await self._enroll_now(session, [_Candidate(flow, version, contact, latest)], now)
+        return outcome
 
     async def admit(
         self,
@@ -236,26 +233,217 @@ class Enroller:
         """
         assert flow.id is not None and contact.id is not None
         now = now or utcnow()
-        if contact.subscription_status != SubscriptionStatus.subscribed:
-            return Admission(skipped=str(contact.subscription_status))
         version = version or await active_version(session, flow)
-        definition = FlowDefinition.model_validate(version.definition)
-        fields = contact_snapshot(contact).fields()
-        if await audience.suppressing(session, contact.id, fields, definition.enrollment, now) is not None:
-            return Admission(skipped="suppressed")
-        if since is not None:
-            latest = await latest_enrollment(session, flow.id, contact.id)
-            if latest is not None and latest.started_at >= since:
-                return Admission(latest, skipped="already_enrolled")
-        outcome = await self.enroll(session, flow, contact, now=now, version=version)
-        return Admission(outcome.enrollment, skipped=None if outcome.created else "already_enrolled")
+        [admission] = await self._admit_flows(session, contact, [(flow, version)], now, since)
+        return admission
+
+    async def admit_many(
+        self,
+        session: AsyncSession,
+        flow: Flow,
+        version: FlowVersion,
+        contacts: Sequence[Contact],
+        *,
+        at: datetime,
+        since: Mapping[int, datetime] | None = None,
+        limit: int | None = None,
+        on_progress: Callable[[], None] | None = None,
+    ) -> PageAdmissions:
+        """``admit`` for a page of contacts (in order), at most ``limit`` of them enrolled; commits.
+
+        The page's rows are written in one transaction, then their workflows start at most
+        ``enrollment_start_concurrency`` at a time. A start that still fails keeps its row and
+        is reported (``start_failed``): the caller fails the page so that it is retried. Rows
+        that began at or after ``at`` were written by an earlier attempt of this page: they
+        count as enrolled (``already_enrolled`` with that row, never a second enrollment) and
+        the workflows of those the workflow has not written to yet are started again.
+        ``since`` gives, per contact, the instant its trigger fell (see ``admit``).
+        """
+        assert flow.id is not None
+        definition = self.definition(version)
+        policy = definition.enrollment
+        ids = [c.id for c in contacts if c.id is not None]
+        latest = await latest_enrollments(session, flow_ids=[flow.id], contact_ids=ids)
+        events = await audience.recent_events_of(session, ids, policy.suppress if policy else [], at)
+
+        page = PageAdmissions()
+        candidates: list[tuple[int, _Candidate]] = []
+        again: list[tuple[int, Contact, Enrollment]] = []
+        enrolled = 0
+        for contact in contacts:
+            if limit is not None and enrolled >= limit:
+                break
+            assert contact.id is not None
+            last = latest.get((flow.id, contact.id))
+            if last is not None and last.started_at >= at:
+                # This page's own row (an earlier attempt): whatever changed since, it stays enrolled.
+                if last.status == EnrollmentStatus.active and last.run_id is None:
+                    again.append((len(page.admissions), contact, last))
+                page.admissions.append(Admission(last, skipped="already_enrolled"))
+                enrolled += 1
+                continue
+            skipped = self._refusal(
+                contact, policy, last, at, since.get(contact.id) if since is not None else None, events
+            )
+            if skipped is not None:
+                page.admissions.append(Admission(last if skipped == "already_enrolled" else None, skipped=skipped))
+                continue
+            candidates.append((len(page.admissions), _Candidate(flow, version, contact, last)))
+            page.admissions.append(Admission())
+            enrolled += 1
+
+        written = await self._write_rows(session, [c for _, c in candidates], at)
+        await session.commit()
+
+        pendings: list[tuple[int, PendingStart]] = []
+        for (index, candidate), (row, created) in zip(candidates, written):
+            page.admissions[index] = Admission(row, skipped=None if created else "already_enrolled")
+            if created:
+                pendings.append((index, PendingStart(row, self.starter.input_for(row, definition, candidate.contact))))
+        if again:
+            definitions = await self._definitions_of(session, flow, {row.flow_version for _, _, row in again}, version)
+            for index, contact, row in again:
+                pendings.append(
+                    (index, PendingStart(row, self.starter.input_for(row, definitions[row.flow_version], contact)))
+                )
+        page.restarted = len(again)
+
+        by_row = {id(p.enrollment): index for index, p in pendings}
+        failures = await self.starter.start_all([p for _, p in pendings], (lambda _: on_progress()) if on_progress else None)
+        for failure in failures:
+            page.admissions[by_row[id(failure.pending.enrollment)]].start_failed = failure.detail
+        return page
 
     async def suppressed(self, session: AsyncSession, flow: Flow, contact: Contact) -> int | None:
         """The index of the flow's suppression condition the contact matches, or None."""
         assert contact.id is not None
-        definition = FlowDefinition.model_validate((await active_version(session, flow)).definition)
+        definition = self.definition(await active_version(session, flow))
         fields = contact_snapshot(contact).fields()
         return await audience.suppressing(session, contact.id, fields, definition.enrollment, utcnow())
+
+    @staticmethod
+    def _refusal(
+        contact: Contact,
+        policy: EnrollmentPolicy | None,
+        latest: Enrollment | None,
+        now: datetime,
+        since: datetime | None,
+        events,
+    ) -> str | None:
+        """Why an automatic enrollment may not happen (the rules of ``admit``), or None."""
+        assert contact.id is not None
+        if contact.subscription_status != SubscriptionStatus.subscribed:
+            return str(contact.subscription_status)
+        fields = contact_snapshot(contact).fields()
+        if audience.suppressing_on(contact.id, fields, policy, events, now) is not None:
+            return "suppressed"
+        if latest is not None and since is not None and latest.started_at >= since:
+            return "already_enrolled"
+        if latest is not None and not may_reenroll(policy, latest, now):
+            return "already_enrolled"
+        return None
+
+    async def _admit_flows(
+        self,
+        session: AsyncSession,
+        contact: Contact,
+        flows: Sequence[tuple[Flow, FlowVersion]],
+        now: datetime,
+        since: datetime | None = None,
+    ) -> list[Admission]:
+        """``admit`` one contact to several flows: read what the rules need in a few queries,
+        write the admitted rows, commit and start their workflows together (undone on failure)."""
+        assert contact.id is not None
+        if contact.subscription_status != SubscriptionStatus.subscribed:
+            return [Admission(skipped=str(contact.subscription_status)) for _ in flows]
+        policies = [self.definition(version).enrollment for _, version in flows]
+        latest = await latest_enrollments(session, flow_ids=[f.id for f, _ in flows], contact_ids=[contact.id])  # type: ignore[misc]
+        events = await audience.recent_events_of(
+            session, [contact.id], [c for p in policies if p is not None for c in p.suppress], now
+        )
+        admissions: list[Admission] = []
+        candidates: list[tuple[int, _Candidate]] = []
+        for (flow, version), policy in zip(flows, policies):
+            last = latest.get((flow.id, contact.id))  # type: ignore[arg-type]
+            skipped = self._refusal(contact, policy, last, now, since, events)
+            if skipped is not None:
+                admissions.append(Admission(last if skipped == "already_enrolled" else None, skipped=skipped))
+            else:
+                candidates.append((len(admissions), _Candidate(flow, version, contact, last)))
+                admissions.append(Admission())
+        outcomes = await self._enroll_now(session, [c for _, c in candidates], now)
+        for (index, _), outcome in zip(candidates, outcomes):
+            admissions[index] = Admission(outcome.enrollment, skipped=None if outcome.created else "already_enrolled")
+        return admissions
+
+    async def _enroll_now(self, session: AsyncSession, candidates: Sequence[_Candidate], now: datetime) -> list[EnrollOutcome]:
+        """Write the rows, commit, start their workflows; on a failed start remove the rows whose
+        workflow did not start and raise TemporalUnavailable."""
+        if not candidates:
+            return []
+        written = await self._write_rows(session, candidates, now, one_by_one=True)
+        await session.commit()
+        pendings = [
+            PendingStart(row, self.starter.input_for(row, self.definition(candidate.version), candidate.contact))
+            for candidate, (row, created) in zip(candidates, written)
+            if created
+        ]
+        failures = await self.starter.start_all(pendings)
+        if failures:
+            await self._undo(session, failures)
+            raise TemporalUnavailable(failures[0].detail) from failures[0].error
+        for row, created in written:
+            if created:
+                get_logger(flow_id=row.flow_id, enrollment_id=row.workflow_id, contact_id=row.contact_id).info(
+                    "enrolled", version=row.flow_version, sequence=row.sequence, row=row.id
+                )
+        return [EnrollOutcome(row, created) for row, created in written]
+
+    async def _write_rows(
+        self, session: AsyncSession, candidates: Sequence[_Candidate], now: datetime, *, one_by_one: bool = False
+    ) -> list[tuple[Enrollment, bool]]:
+        """Insert the candidates' rows (not committed): each the new row, or (created False)
+        the row a concurrent enrollment of the same contact wrote first."""
+        rows = [_new_row(self.settings, candidate, now) for candidate in candidates]
+        if not rows:
+            return []
+        if not one_by_one:
+            try:
+                async with session.begin_nested():
+                    session.add_all(rows)
+                return [(row, True) for row in rows]
+            except IntegrityError:
+                pass  # someone enrolled one of them meanwhile: row by row, to find which
+        written: list[tuple[Enrollment, bool]] = []
+        for candidate, row in zip(candidates, rows):
+            row = _new_row(self.settings, candidate, now)  # a fresh instance: a failed flush spoils one
+            try:
+                async with session.begin_nested():
+                    session.add(row)
+                written.append((row, True))
+            except IntegrityError:
+                winner = await latest_enrollment(session, row.flow_id, row.contact_id)
+                assert winner is not None
+                written.append((winner, False))
+        return written
+
+    async def _undo(self, session: AsyncSession, failures: Sequence[StartFailure]) -> None:
+        """Remove the rows whose workflow did not start: nothing half-written."""
+        for failure in failures:
+            await session.delete(failure.pending.enrollment)
+        await session.commit()
+
+    async def _definitions_of(
+        self, session: AsyncSession, flow: Flow, versions: set[int], known: FlowVersion
+    ) -> dict[int, FlowDefinition]:
+        found = {known.version: self.definition(known)}
+        missing = versions - found.keys()
+        if missing:
+            rows = await session.exec(
+                select(FlowVersion).where(FlowVersion.flow_id == flow.id, col(FlowVersion.version).in_(sorted(missing)))
+            )
+            found.update({row.version: self.definition(row) for row in rows.all()})
+        return found
 
     # --- events --------------------------------------------------------------
 
@@ -265,23 +453,26 @@ class Enroller:
         signal = ContactEventSignal(
             event_id=event.event_id, type=event.type, properties=event.properties, occurred_at=event.occurred_at
         )
-        for enrollment in await self._event_recipients(session, contact, event):
-            await self._signal(enrollment.workflow_id, "contact_event", signal)
-            outcome.signalled.append(enrollment)
+        recipients = await self._event_recipients(session, contact, event)
+        await self._signal_all([e.workflow_id for e in recipients], "contact_event", signal)
+        outcome.signalled.extend(recipients)
 
         await self._unenroll_active_again(session, contact, event)
         if contact.subscription_status != SubscriptionStatus.subscribed:
             return outcome
-        flows = (
-            await session.exec(
-                select(Flow).where(Flow.status == FlowStatus.active, Flow.trigger_event == event.type)
-            )
-        ).all()
-        for flow in flows:
-            version = await active_version(session, flow)
-            trigger = FlowDefinition.model_validate(version.definition).trigger
+        rows = await session.exec(
+            select(Flow, FlowVersion)
+            .join(FlowVersion, (FlowVersion.flow_id == Flow.id) & (FlowVersion.version == Flow.active_version))
+            .where(Flow.status == FlowStatus.active, Flow.trigger_event == event.type)
+            .order_by(Flow.id)
+        )
+        triggered = []
+        for flow, version in rows.all():
+            trigger = self.definition(version).trigger
             if isinstance(trigger, EventTrigger) and matches_properties(trigger.where, event.properties):
-                admission = await self.admit(session, flow, contact, version=version)
+                triggered.append((flow, version))
+        if triggered:
+            for admission in await self._admit_flows(session, contact, triggered, utcnow()):
                 if admission.created and admission.enrollment is not None:
                     outcome.enrolled.append(admission.enrollment)
         return outcome
@@ -293,8 +484,7 @@ class Enroller:
             event_id=event.event_id, type=event.type, properties=event.properties, occurred_at=event.occurred_at
         )
         recipients = await self._event_recipients(session, contact, event)
-        for enrollment in recipients:
-            await self._signal(enrollment.workflow_id, "contact_event", signal)
+        await self._signal_all([e.workflow_id for e in recipients], "contact_event", signal)
         return recipients
 
     async def _unenroll_active_again(self, session: AsyncSession, contact: Contact, event: Event) -> None:
@@ -308,8 +498,9 @@ class Enroller:
             )
             .where(Enrollment.contact_id == contact.id, Enrollment.status == EnrollmentStatus.active)
         )
+        leaving = []
         for enrollment, version in rows.all():
-            definition = FlowDefinition.model_validate(version.definition)
+            definition = self.definition(version)
             policy = definition.enrollment
             if (
                 isinstance(definition.trigger, InactivityTrigger)
@@ -317,7 +508,8 @@ class Enroller:
                 and policy.unenroll_when_trigger_stops_matching
                 and event.occurred_at > enrollment.started_at
             ):
-                await self.exit(enrollment, CRITERIA_NO_LONGER_MATCH, "trigger")
+                leaving.append(enrollment)
+        await self._exit_all(leaving, CRITERIA_NO_LONGER_MATCH, "trigger")
 
     async def _event_recipients(self, session: AsyncSession, contact: Contact, event: Event) -> list[Enrollment]:
         active = select(Enrollment).where(
@@ -330,7 +522,7 @@ class Enroller:
             if message is None or message.contact_id != contact.id or message.workflow_id is None:
                 return []
             active = active.where(Enrollment.workflow_id == message.workflow_id)
-        return list((await session.exec(active)).all())
+        return list((await session.exec(active.order_by(Enrollment.id))).all())
 
     # --- telling running enrollments ----------------------------------------
 
@@ -361,7 +553,7 @@ class Enroller:
         )
         found = []
         for flow, version in rows.all():
-            definition = FlowDefinition.model_validate(version.definition)
+            definition = self.definition(version)
             if isinstance(definition.trigger, PropertyTrigger):
                 found.append((flow, version, definition))
         return found
@@ -375,24 +567,42 @@ class Enroller:
         """
         assert contact.id is not None
         now = utcnow()
+        flows = await self.property_trigger_flows(session)
+        if not flows:
+            return []
         current = contact_snapshot(contact).fields()
         before = previous.fields() if previous is not None else None
-        enrolled: list[Enrollment] = []
-        for flow, version, definition in await self.property_trigger_flows(session):
-            condition = definition.trigger.condition  # type: ignore[union-attr]
-            matched = before is not None and await audience.matches(session, contact.id, before, condition, now)
-            matching = await audience.matches(session, contact.id, current, condition, now)
-            log = get_logger(flow_id=flow.id, contact_id=contact.id)
+        conditions = [definition.trigger.condition for _, _, definition in flows]  # type: ignore[union-attr]
+        events = await audience.recent_events_of(session, [contact.id], conditions, now)
+        starting: list[tuple[Flow, FlowVersion]] = []
+        stopping: list[Flow] = []
+        for (flow, version, definition), condition in zip(flows, conditions):
+            matched = before is not None and audience.evaluate_on(condition, contact.id, before, events, now)
+            matching = audience.evaluate_on(condition, contact.id, current, events, now)
             if matching and not matched:
-                admission = await self.admit(session, flow, contact, version=version, now=now)
-                log.info("property_trigger_matched", enrolled=admission.created, skipped=admission.skipped)
+                starting.append((flow, version))
+            elif matched and not matching and definition.enrollment and definition.enrollment.unenroll_when_trigger_stops_matching:
+                stopping.append(flow)
+
+        enrolled: list[Enrollment] = []
+        if starting:
+            for (flow, _), admission in zip(starting, await self._admit_flows(session, contact, starting, now)):
+                get_logger(flow_id=flow.id, contact_id=contact.id).info(
+                    "property_trigger_matched", enrolled=admission.created, skipped=admission.skipped
+                )
                 if admission.created and admission.enrollment is not None:
                     enrolled.append(admission.enrollment)
-            elif matched and not matching and definition.enrollment and definition.enrollment.unenroll_when_trigger_stops_matching:
-                latest = await latest_enrollment(session, flow.id, contact.id)  # type: ignore[arg-type]
-                if latest is not None and latest.status == EnrollmentStatus.active:
-                    await self.exit(latest, CRITERIA_NO_LONGER_MATCH, "trigger")
-                    log.info("property_trigger_unmatched", enrollment_id=latest.workflow_id)
+        if stopping:
+            latest = await latest_enrollments(session, flow_ids=[f.id for f in stopping], contact_ids=[contact.id])  # type: ignore[misc]
+            leaving = [
+                row for flow in stopping
+                if (row := latest.get((flow.id, contact.id))) is not None and row.status == EnrollmentStatus.active  # type: ignore[arg-type]
+            ]
+            await self._exit_all(leaving, CRITERIA_NO_LONGER_MATCH, "trigger")
+            for row in leaving:
+                get_logger(flow_id=row.flow_id, contact_id=contact.id).info(
+                    "property_trigger_unmatched", enrollment_id=row.workflow_id
+                )
         return enrolled
 
     async def pause(
@@ -413,6 +623,11 @@ class Enroller:
     async def exit(self, enrollment: Enrollment, reason: str, requested_by: str) -> None:
         await self._signal(enrollment.workflow_id, "exit", ExitSignal(reason=reason, requested_by=requested_by))
 
+    async def _exit_all(self, enrollments: Sequence[Enrollment], reason: str, requested_by: str) -> None:
+        await self._signal_all(
+            [e.workflow_id for e in enrollments], "exit", ExitSignal(reason=reason, requested_by=requested_by)
+        )
+
     async def _signal_active(
         self, session: AsyncSession, contact: Contact, name: str, payload, exclude: str | None = None
     ) -> list[Enrollment]:
@@ -420,16 +635,30 @@ class Enroller:
             e
             for e in (
                 await session.exec(
-                    select(Enrollment).where(
-                        Enrollment.contact_id == contact.id, Enrollment.status == EnrollmentStatus.active
-                    )
+                    select(Enrollment)
+                    .where(Enrollment.contact_id == contact.id, Enrollment.status == EnrollmentStatus.active)
+                    .order_by(Enrollment.id)
                 )
             ).all()
             if e.workflow_id != exclude
         ]
-        for enrollment in enrollments:
-            await self._signal(enrollment.workflow_id, name, payload)
+        await self._signal_all([e.workflow_id for e in enrollments], name, payload)
         return enrollments
+
+    async def _signal_all(self, workflow_ids: Sequence[str], name: str, payload) -> None:
+        """Signal every workflow, ``enrollment_signal_concurrency`` at a time; all are tried even
+        when one fails (TemporalUnavailable then, once they are done)."""
+        if len(workflow_ids) <= 1:
+            for workflow_id in workflow_ids:
+                await self._signal(workflow_id, name, payload)
+            return
+        gate = asyncio.Semaphore(self.settings.enrollment_signal_concurrency)
+
+        async def one(workflow_id: str) -> None:
+            async with gate:
+                await self._signal(workflow_id, name, payload)
+
+        await _all_or_first_error([one(w) for w in workflow_ids])
 
     async def _signal(self, workflow_id: str, name: str, payload) -> None:
         try:
@@ -438,6 +667,13 @@ class Enroller:
             if exc.status == RPCStatusCode.NOT_FOUND:
                 return  # finished between our read and the signal: nothing left to tell
             raise TemporalUnavailable(str(exc)) from exc
+
+
+async def _all_or_first_error(calls: Sequence[Awaitable[None]]) -> None:
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 def _as_int(value) -> int:

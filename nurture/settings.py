@@ -47,9 +47,19 @@ class Settings(BaseSettings):
     temporal_namespace: str = "default"
     temporal_task_queue: str = "nurture-enrollments"
     temporal_ui_port: int = 8233
-    # Enrollment workflow ids are "<prefix>-<flow id>-<contact id>"; give each deployment
-    # sharing a namespace its own prefix.
+    # Enrollment workflow ids are "<prefix>-<flow id>-<contact id>" (a re-enrollment, the contact's
+    # n-th in the flow, appends "-<n>"); give each deployment sharing a namespace its own prefix.
     workflow_id_prefix: str = "enrollment"
+    # Bulk pages, trigger scans and events that enroll or tell several enrollments at once keep
+    # at most this many workflow starts (and signals) in flight.
+    enrollment_start_concurrency: int = Field(default=32, ge=1, le=1000)
+    enrollment_signal_concurrency: int = Field(default=32, ge=1, le=1000)
+    # A start that fails on a transient Temporal error is tried this often in all, waiting
+    # backoff, 2 x backoff, ... between tries (the client's own retries come on top).
+    enrollment_start_attempts: int = Field(default=3, ge=1, le=20)
+    enrollment_start_backoff_seconds: float = Field(default=0.5, ge=0, le=60)
+    # Parsed flow versions kept in memory per process (versions never change once written).
+    flow_definition_cache_size: int = Field(default=256, ge=0, le=100_000)
     # The time-skipping test server does not know custom search attributes.
     temporal_search_attributes: bool = True
     # Keep NurtureStep and NurtureStatus current in visibility too: one upsert (one billable

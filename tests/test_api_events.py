@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 from sqlmodel import select
@@ -11,6 +13,7 @@ from temporalio.service import RetryConfig
 from temporalio.testing import WorkflowEnvironment
 
 from api.main import create_app
+from nurture.contracts import enrollment_workflow_id
 from nurture.db import Database
 from nurture.models import Contact, Enrollment, Event, Flow, FlowStatus, FlowVersion
 from tests.api_support import (  # noqa: F401  (fixtures)
@@ -25,6 +28,7 @@ from tests.api_support import (  # noqa: F401  (fixtures)
     workflow_state,
 )
 from tests.conftest import _binary, eventually
+from tests.trigger_support import run_of, started_with
 
 
 async def enrollments(api, **filters) -> list[dict]:
@@ -145,6 +149,31 @@ async def test_manual_enrollment(api, worker, db):
     missing = await api.post(f"/flows/{flow['id']}/enrollments", json={"email": "stranger@example.com"})
     assert missing.status_code == 404
     assert await count_rows(db, Enrollment) == 1
+
+
+async def test_two_requests_enrolling_one_contact_at_once_make_one_enrollment(api, worker, db, client, settings):
+    await create_template(api, "check-in")
+    flow = (await api.post("/flows", json={
+        "name": "Check-in", "trigger": {"type": "manual"},
+        "steps": [{"id": "check-in", "type": "send_email", "template": "check-in"}, {"id": "pause", "type": "delay", "duration": "7d"}],
+    })).json()
+    assert (await api.post(f"/flows/{flow['id']}/activate")).status_code == 200
+    contact = (await api.post("/contacts", json={"email": "twice@example.com", "name": "Tess"})).json()
+
+    first, second = await asyncio.gather(
+        api.post(f"/flows/{flow['id']}/enrollments", json={"contact_id": contact["id"]}),
+        api.post(f"/flows/{flow['id']}/enrollments", json={"contact_id": contact["id"]}),
+    )
+
+    assert sorted([first.status_code, second.status_code]) == [200, 201], (first.text, second.text)
+    assert first.json()["id"] == second.json()["id"]
+    [row] = await enrollments(api, flow_id=flow["id"])
+    assert row["workflow_id"] == enrollment_workflow_id(settings.workflow_id_prefix, flow["id"], contact["id"])
+    state = await wait_for_step(api, row["id"], "pause")
+    assert [s["step_id"] for s in state["sends"]] == ["check-in"]  # one workflow: one email
+    started = await started_with(client, row["workflow_id"])
+    assert (started.enrollment_id, started.contact.email) == (row["id"], "twice@example.com")  # type: ignore[union-attr]
+    assert await run_of(client, f"{row['workflow_id']}-2") is None
 
 
 async def test_unsubscribed_event_makes_the_enrollment_exit(api, worker):
@@ -274,3 +303,35 @@ async def test_temporal_down_is_503_and_nothing_is_committed(db, settings, dead_
         health = await http.get("/health")
         assert health.status_code == 503
         assert health.json()["database"] == "ok" and health.json()["temporal"].startswith("unreachable: ")
+
+
+async def test_temporal_down_leaves_no_enrollment_row_and_no_half_made_change(db, settings, dead_temporal, client, worker):
+    property_flow = {
+        "name": "New customers", "trigger": {"type": "property", "condition": {"property": "lifecycle_stage", "op": "eq", "value": "customer"}},
+        "steps": [{"id": "hello", "type": "send_email", "template": "hello"}],
+    }
+    manual_flow = {"name": "By hand", "trigger": {"type": "manual"}, "steps": [{"id": "hello", "type": "send_email", "template": "hello"}]}
+    down = create_app(settings, db=db, client=dead_temporal)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=down), base_url="http://test") as http:
+        await create_template(http, "hello")
+        flow_ids = []
+        for definition in (property_flow, manual_flow):
+            flow = (await http.post("/flows", json=definition)).json()
+            assert (await http.post(f"/flows/{flow['id']}/activate")).status_code == 200
+            flow_ids.append(flow["id"])
+        contact = (await http.post("/contacts", json={"email": "lead@example.com", "lifecycle_stage": "lead"})).json()
+
+        by_hand = await http.post(f"/flows/{flow_ids[1]}/enrollments", json={"contact_id": contact["id"]})
+        assert by_hand.status_code == 503, by_hand.text
+        became_customer = await http.patch(f"/contacts/{contact['id']}", json={"lifecycle_stage": "customer"})
+        assert became_customer.status_code == 503, became_customer.text
+        assert await count_rows(db, Enrollment) == 0
+        # The change is not kept either: the client's retry is a change, and the trigger fires then.
+        assert (await http.get(f"/contacts/{contact['id']}")).json()["lifecycle_stage"] == "lead"
+
+    up = create_app(settings, db=db, client=client)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=up), base_url="http://test") as http:
+        retried = await http.patch(f"/contacts/{contact['id']}", json={"lifecycle_stage": "customer"})
+        assert retried.status_code == 200, retried.text
+        [row] = await enrollments(http, flow_id=flow_ids[0])
+        assert row["contact_id"] == contact["id"] and row["sequence"] == 1

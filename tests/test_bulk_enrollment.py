@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import pytest
 from temporalio.api.enums.v1 import EventType
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
 
-from nurture.batch_contracts import BulkProgress
+from activities.enrolling import EnrollingActivities
+from nurture.batch_contracts import BulkPageInput, BulkProgress
 from tests.api_support import api, locs  # noqa: F401  (fixtures)
 from tests.conftest import eventually
 from tests.factories import add_active_flow, add_contact, add_templates
-from tests.trigger_support import TEMPLATES, batches, enrolled_contacts, one_email_flow  # noqa: F401
+from tests.temporal_link import cut_after, one_start_at_a_time, temporal_link  # noqa: F401  (fixture)
+from tests.trigger_support import (  # noqa: F401
+    TEMPLATES,
+    batches,
+    enrolled_contacts,
+    enrollments_of,
+    one_email_flow,
+    run_of,
+    started_with,
+)
 
 WEBINAR = {"tag": "webinar-2026"}
 
@@ -54,6 +67,10 @@ async def test_bulk_enrollment_enrolls_the_segment_at_the_rate_and_reports_progr
     assert final["skipped"] == {"unsubscribed": 1, "suppressed": 1}
     assert result.enrolled == 3
     assert await enrolled_contacts(db, flow.id) == [c.id for c in attendees]
+    # Each row's workflow started with the row's id and the contact as it was.
+    for row in await enrollments_of(db, flow.id):
+        started = await started_with(batches.client, row.workflow_id)
+        assert (started.enrollment_id, started.contact.id, started.flow_version) == (row.id, row.contact_id, 1)  # type: ignore[union-attr]
 
     # The rate limit: after each page of (at most) one second's worth of enrollments, a durable wait.
     history = await handle.fetch_history()
@@ -116,3 +133,35 @@ async def test_bulk_enrollment_input_is_checked(api, db):
     assert (await api.post("/flows/4242/bulk-enrollments", json={})).status_code == 404
     assert (await api.get(f"/bulk-enrollments/{'0' * 32}")).status_code == 404
     assert (await api.get("/bulk-enrollments/not-an-id")).status_code == 422
+
+
+async def test_a_page_whose_starts_partly_fail_is_retried_without_doubles_or_losses(db, client, settings, temporal_link, temporal_env):
+    await add_templates(db, TEMPLATES)
+    flow = await add_active_flow(db, one_email_flow({"type": "manual"}))
+    everyone = [await add_contact(db, f"c{i}@example.com") for i in range(6)]
+    at = await temporal_env.get_current_time()
+    page = BulkPageInput(bulk_id="b1", flow_id=flow.id, max_enrollments=10, scan_limit=10, at=at, bulk_started_at=at)
+
+    # The first attempt reaches Temporal through a link that breaks after two starts.
+    flaky = EnrollingActivities(db, await temporal_link.client(), one_start_at_a_time(settings))
+    first_try = ActivityEnvironment()
+    first_try.on_heartbeat = cut_after(temporal_link, 2)
+    with pytest.raises(ApplicationError, match="4 of the bulk page's enrollment workflows did not start"):
+        await first_try.run(flaky.bulk_enroll_page, page)
+    rows = await enrollments_of(db, flow.id)
+    assert [r.contact_id for r in rows] == [c.id for c in everyone]  # every row kept for the retry
+    runs = {r.id: await run_of(client, r.workflow_id) for r in rows}
+    assert sum(run is not None for run in runs.values()) == 2
+
+    # Temporal retries the page (same input): it finds its rows and starts the four left.
+    retried = await ActivityEnvironment().run(EnrollingActivities(db, client, settings).bulk_enroll_page, page)
+
+    assert (retried.examined, retried.matched, retried.enrolled, retried.skipped) == (6, 6, 6, {})
+    rows = await enrollments_of(db, flow.id)
+    assert [(r.contact_id, r.sequence) for r in rows] == [(c.id, 1) for c in everyone]
+    emails = {c.id: c.email for c in everyone}
+    for row in rows:
+        run = await run_of(client, row.workflow_id)
+        assert run is not None and runs[row.id] in (None, run)  # the two started first were not started again
+        started = await started_with(client, row.workflow_id)
+        assert (started.enrollment_id, started.contact.email) == (row.id, emails[row.contact_id])  # type: ignore[union-attr]

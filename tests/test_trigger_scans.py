@@ -5,9 +5,24 @@ from __future__ import annotations
 import calendar
 from datetime import date, timedelta
 
+import pytest
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities.enrolling import EnrollingActivities
+from nurture.batch_contracts import ScanPageInput
 from tests.conftest import eventually
 from tests.factories import add_active_flow, add_contact, add_templates, messages_of
-from tests.trigger_support import TEMPLATES, batches, enrolled_contacts, enrollments_of, one_email_flow  # noqa: F401
+from tests.temporal_link import cut_after, one_start_at_a_time, temporal_link  # noqa: F401  (fixture)
+from tests.trigger_support import (  # noqa: F401
+    TEMPLATES,
+    batches,
+    enrolled_contacts,
+    enrollments_of,
+    one_email_flow,
+    run_of,
+    started_with,
+)
 
 
 async def scan_now(temporal_env):
@@ -86,7 +101,8 @@ async def test_yearly_date_trigger_enrolls_on_the_birthday_every_year(db, batche
     assert next_year.flows[0].enrolled == 1
     rows = await enrollments_of(db, flow.id)
     assert [(e.contact_id, e.sequence) for e in rows] == [(birthday.id, 1), (birthday.id, 2)]
-    assert rows[0].workflow_id == rows[1].workflow_id and rows[0].run_id != rows[1].run_id
+    # Each enrollment its own workflow: the second (a re-enrollment) is the first's id with "-2".
+    assert rows[1].workflow_id == f"{rows[0].workflow_id}-2"
 
 
 async def _completed(db, flow_id: int, count: int) -> bool:
@@ -138,3 +154,36 @@ async def test_scan_without_flow_ids_covers_every_active_date_and_inactivity_flo
     result = await batches.scan(None, at)
 
     assert [(t.flow_id, t.enrolled) for t in result.flows] == [(inactivity.id, 1)]
+
+
+async def test_a_scan_page_whose_starts_partly_fail_is_retried_without_doubles_or_losses(db, client, settings, temporal_link, temporal_env):
+    await add_templates(db, TEMPLATES)
+    at = await scan_now(temporal_env)
+    flow = await add_active_flow(db, one_email_flow({"type": "inactivity", "days": 30}, template="nudge"))
+    idle = [await add_contact(db, f"idle{i}@example.com", last_activity_at=at - timedelta(days=40)) for i in range(5)]
+    await add_contact(db, "busy@example.com", last_activity_at=at - timedelta(days=1))
+    page = ScanPageInput(flow_id=flow.id, at=at, limit=50)
+
+    flaky = EnrollingActivities(db, await temporal_link.client(), one_start_at_a_time(settings))
+    first_try = ActivityEnvironment()
+    first_try.on_heartbeat = cut_after(temporal_link, 3)
+    with pytest.raises(ApplicationError, match="2 of the scan page's enrollment workflows did not start"):
+        await first_try.run(flaky.scan_trigger_page, page)
+    started_first = {r.id: await run_of(client, r.workflow_id) for r in await enrollments_of(db, flow.id)}
+    assert len(started_first) == 5 and sum(run is not None for run in started_first.values()) == 3
+
+    retried = await ActivityEnvironment().run(EnrollingActivities(db, client, settings).scan_trigger_page, page)
+
+    assert (retried.examined, retried.enrolled, retried.skipped) == (5, 5, {})
+    rows = await enrollments_of(db, flow.id)
+    assert [(r.contact_id, r.sequence) for r in rows] == [(c.id, 1) for c in idle]
+    for row in rows:
+        run = await run_of(client, row.workflow_id)
+        assert run is not None and started_first[row.id] in (None, run)
+        assert (await started_with(client, row.workflow_id)).enrollment_id == row.id
+
+    # A later scan in the same inactive spell enrolls nobody again.
+    later = await ActivityEnvironment().run(
+        EnrollingActivities(db, client, settings).scan_trigger_page, page.model_copy(update={"at": at + timedelta(hours=1)})
+    )
+    assert (later.enrolled, later.skipped) == (0, {"already_enrolled": 5})

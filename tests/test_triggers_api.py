@@ -147,7 +147,7 @@ async def test_suppression_keeps_contacts_out_of_every_kind_of_enrollment(api, w
     assert (await api.post(f"/flows/{manual_flow}/enrollments", json={"contact_id": prospect["id"]})).status_code == 201
 
 
-async def test_reenrollment_after_exit_starts_a_new_run_of_the_same_workflow_id(api, worker, db):
+async def test_reenrollment_after_exit_starts_a_workflow_of_its_own(api, worker, db):
     flow_id = await active_flow(api, one_email_flow({"type": "event", "event": "cart_abandoned"}, enrollment={"reenroll": "after_exit"}))
     first = await post_event(api, type="cart_abandoned", email="shopper@example.com", properties={"cart_value": 80})
     contact_id = first.json()["contact_id"]
@@ -163,7 +163,13 @@ async def test_reenrollment_after_exit_starts_a_new_run_of_the_same_workflow_id(
     assert second_id != first_id
     rows = await eventually(lambda: completed(2))
     assert [(r["flow_id"], r["sequence"]) for r in rows] == [(flow_id, 1), (flow_id, 2)]
-    assert rows[0]["workflow_id"] == rows[1]["workflow_id"] and rows[0]["run_id"] != rows[1]["run_id"]
+    assert rows[1]["workflow_id"] == f"{rows[0]['workflow_id']}-2" and rows[0]["run_id"] != rows[1]["run_id"]
+    # The enrollment's detail and history are its own workflow's.
+    for row in rows:
+        detail = (await api.get(f"/enrollments/{row['id']}")).json()
+        assert detail["workflow"]["workflow_id"] == row["workflow_id"] and detail["workflow"]["status"] == "completed"
+        history = (await api.get(f"/enrollments/{row['id']}/history")).json()
+        assert history["workflow_id"] == row["workflow_id"] and history["status"] == "completed"
 
     async def two_sent():
         items = (await api.get(f"/contacts/{contact_id}/messages")).json()["items"]

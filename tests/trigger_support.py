@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlmodel import select
 from temporalio.client import Client, WorkflowHandle
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from nurture.batch_contracts import (
     BULK_ENROLLMENT_WORKFLOW,
@@ -22,6 +22,7 @@ from nurture.batch_contracts import (
     TriggerScanResult,
     bulk_workflow_id,
 )
+from nurture.contracts import EnrollmentInput
 from nurture.db import Database
 from nurture.models import Contact, Enrollment
 from nurture.settings import Settings
@@ -121,3 +122,21 @@ async def set_contact(db: Database, contact_id: int, **fields: Any) -> None:
             setattr(contact, name, value)
         s.add(contact)
         await s.commit()
+
+
+async def started_with(client: Client, workflow_id: str) -> EnrollmentInput:
+    """The input the enrollment workflow was started with, read from its history."""
+    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    started = history.events[0].workflow_execution_started_event_attributes
+    [value] = await client.data_converter.decode(started.input.payloads, [EnrollmentInput])
+    return value
+
+
+async def run_of(client: Client, workflow_id: str) -> str | None:
+    """The run id of the workflow (none of these continue as new), None when there is none."""
+    try:
+        return (await client.get_workflow_handle(workflow_id).describe()).run_id
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise

@@ -64,6 +64,7 @@ async def upsert_contact(body: ContactUpsert, session: SessionDep, db: DatabaseD
         # An enrollment workflow loads the contact on its own connection: it must exist first. Undone on failure.
         await session.commit()
     contact_id = contact.id  # read now: a rollback expires the instance
+    after = contact_snapshot(contact)
     try:
         # The answer first: a contact that cannot be shown is refused before any workflow hears of it.
         answer = crud.answer(ContactOut, contact, status.HTTP_201_CREATED if created else status.HTTP_200_OK)
@@ -74,6 +75,9 @@ async def upsert_contact(body: ContactUpsert, session: SessionDep, db: DatabaseD
         if committed_early and contact_id is not None:
             await session.rollback()
             await crud.forget_new_contact(db, contact_id)
+        elif previous is not None and changed and contact_id is not None:
+            await session.rollback()
+            await crud.undo_contact_change(db, contact_id, previous, after, changed)
         raise
     get_logger(contact_id=contact_id).info("contact_upserted", created=created, changed=changed)
     return answer
@@ -99,7 +103,9 @@ async def get_contact(contact: ContactDep) -> Contact:
 
 
 @router.patch("/{contact_id}", response_model=ContactOut)
-async def update_contact(contact: ContactDep, body: ContactUpdate, session: SessionDep, enroller: EnrollerDep) -> Response:
+async def update_contact(
+    contact: ContactDep, body: ContactUpdate, session: SessionDep, db: DatabaseDep, enroller: EnrollerDep
+) -> Response:
     """Change the fields sent. Subscribing an unsubscribed contact is refused with 409."""
     previous = contact_snapshot(contact)
     changes = body.model_dump(exclude_unset=True)
@@ -113,9 +119,16 @@ async def update_contact(contact: ContactDep, body: ContactUpdate, session: Sess
     session.add(contact)
     await session.flush()
     answer = crud.answer(ContactOut, contact)  # before any workflow hears of the change
-    await enroller.contact_changed(session, contact, previous)
+    contact_id, after = contact.id, contact_snapshot(contact)
+    try:
+        await enroller.contact_changed(session, contact, previous)
+    except BaseException:
+        await session.rollback()
+        assert contact_id is not None
+        await crud.undo_contact_change(db, contact_id, previous, after, changed)
+        raise
     await session.commit()
-    get_logger(contact_id=contact.id).info("contact_updated", changed=changed)
+    get_logger(contact_id=contact_id).info("contact_updated", changed=changed)
     return answer
 
 

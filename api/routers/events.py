@@ -55,12 +55,18 @@ async def ingest_event(body: EventIn, session: SessionDep, db: DatabaseDep, enro
             await session.commit()
 
     contact_id = contact.id  # read now: a rollback expires the instance
+    # Enrolling commits (a row must be visible to its workflow before it starts): then the
+    # event is committed first and forgotten again should routing fail, so a retry routes it.
+    committed: list[int] = []
     try:
-        return await _record_and_route(body, session, enroller, contact, created)
+        return await _record_and_route(body, session, enroller, contact, created, committed)
     except BaseException:
-        if created and contact_id is not None:
+        if created or committed:
             await session.rollback()
-            await crud.forget_new_contact(db, contact_id)
+            for event_row in committed:
+                await crud.forget_event(db, event_row)
+            if created and contact_id is not None:
+                await crud.forget_new_contact(db, contact_id)
         raise
 
 
@@ -71,7 +77,7 @@ async def _enrolls_somewhere(session, event_type: str) -> bool:
     return flow is not None
 
 
-async def _record_and_route(body: EventIn, session, enroller, contact, created: bool):
+async def _record_and_route(body: EventIn, session, enroller, contact, created: bool, committed: list[int]):
     occurred_at = body.occurred_at or utcnow()
     event = Event(
         event_id=body.event_id or uuid.uuid4().hex,
@@ -98,6 +104,9 @@ async def _record_and_route(body: EventIn, session, enroller, contact, created: 
         session.add(contact)
         await enroller.contact_changed(session, contact)
     session.add(contact)
+    if await _enrolls_somewhere(session, body.type):
+        await session.commit()
+        committed.append(event.id)
 
     outcome = await enroller.route_event(session, contact, event)
     await session.commit()
