@@ -78,13 +78,15 @@ async def estimate(
         if with_events is not None:
             query = query.where(col(Contact.id).in_(sorted(with_events)))
         contacts = list((await session.exec(query)).all())
+        scanned = isinstance(trigger, (DateTrigger, InactivityTrigger))
+        events = await audience.recent_events_of(session, [c.id for c in contacts], [trigger.condition], now) if scanned else None  # type: ignore[union-attr]
         for contact in contacts:
             assert contact.id is not None
             result.examined += 1
             fields = contact_snapshot(contact).fields()
             since: datetime | None = None
             if isinstance(trigger, (DateTrigger, InactivityTrigger)):
-                since = await due_since(session, definition, contact, now, settings)
+                since = due_since(definition, contact, now, settings, events)
                 if since is None:
                     if isinstance(trigger, DateTrigger) and await _upcoming(session, definition, trigger, contact, now, settings):
                         result.upcoming_30d = (result.upcoming_30d or 0) + 1
