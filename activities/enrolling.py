@@ -174,7 +174,7 @@ class EnrollingActivities:
             raise_if_starts_failed(page, log.bind(enrolled=result.enrolled, cursor=result.next_cursor), "scan page")
         get_logger(flow_id=input.flow_id).info(
             "trigger_scan_page", trigger=result.trigger, examined=result.examined, enrolled=result.enrolled,
-            skipped=result.skipped, cursor=result.next_cursor,
+            skipped=result.skipped, cursor=result.next_cursor, restarted=page.restarted,
         )
         return result
 
@@ -224,7 +224,7 @@ class EnrollingActivities:
             raise_if_starts_failed(page, log.bind(enrolled=result.enrolled, cursor=result.next_cursor), "bulk page")
         get_logger(flow_id=input.flow_id, bulk_id=input.bulk_id).info(
             "bulk_enroll_page", examined=result.examined, enrolled=result.enrolled, skipped=result.skipped,
-            cursor=result.next_cursor,
+            cursor=result.next_cursor, restarted=page.restarted,
         )
         return result
 

@@ -78,10 +78,8 @@ async def estimate(
         if with_events is not None:
             query = query.where(col(Contact.id).in_(sorted(with_events)))
         contacts = list((await session.exec(query)).all())
-        events = (
-            await audience.recent_events_of(session, [c.id for c in contacts], [trigger.condition], now)
-            if isinstance(trigger, (DateTrigger, InactivityTrigger)) else None
-        )
+        scanned = isinstance(trigger, (DateTrigger, InactivityTrigger))
+        events = await audience.recent_events_of(session, [c.id for c in contacts], [trigger.condition], now) if scanned else None  # type: ignore[union-attr]
         for contact in contacts:
             assert contact.id is not None
             result.examined += 1

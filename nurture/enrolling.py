@@ -69,7 +69,7 @@ CRITERIA_NO_LONGER_MATCH = "criteria_no_longer_match"
 
 
 class TemporalUnavailable(Exception):
-    """Temporal could not be reached; nothing was committed."""
+    """Temporal could not be reached; enrollment rows whose workflow did not start were removed again."""
 
 
 @dataclass
@@ -293,19 +293,16 @@ class Enroller:
             enrolled += 1
 
         written = await self._write_rows(session, [c for _, c in candidates], at)
-        await session.commit()
+        definitions = await self._definitions_of(session, flow, {row.flow_version for _, _, row in again}, version)
+        await session.commit()  # before any start: the rows must be visible, and SQLite's lock free
 
         pendings: list[tuple[int, PendingStart]] = []
         for (index, candidate), (row, created) in zip(candidates, written):
             page.admissions[index] = Admission(row, skipped=None if created else "already_enrolled")
             if created:
                 pendings.append((index, PendingStart(row, self.starter.input_for(row, definition, candidate.contact))))
-        if again:
-            definitions = await self._definitions_of(session, flow, {row.flow_version for _, _, row in again}, version)
-            for index, contact, row in again:
-                pendings.append(
-                    (index, PendingStart(row, self.starter.input_for(row, definitions[row.flow_version], contact)))
-                )
+        for index, contact, row in again:
+            pendings.append((index, PendingStart(row, self.starter.input_for(row, definitions[row.flow_version], contact))))
         page.restarted = len(again)
 
         by_row = {id(p.enrollment): index for index, p in pendings}
