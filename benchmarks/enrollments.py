@@ -109,7 +109,7 @@ class Options:
     bulk_n: int = 1000
     bulk_rate: float = 1000.0
     history_samples: int = 3
-    import_rows: int = 1000
+    import_rows: int = 10_000
     scale: int = 0
     scale_goal_samples: int = 20
     scale_only: bool = False
@@ -386,7 +386,10 @@ def engine_table(report: dict[str, Any], backend_name: str) -> list[str]:
             lines.append(f"{'  activities, send_delay_send':40} " + ", ".join(f"{k} {v}" for k, v in costly.items()))
     imported = engine.get("import")
     if imported is not None:
-        detail = ", ".join(f"{k} {v}" for k, v in imported.items() if k != "status")
+        detail = ", ".join(
+            f"{k} {v['rows_per_s']} rows/s" if isinstance(v, dict) and "rows_per_s" in v else f"{k} {v}"
+            for k, v in imported.items() if k != "status"
+        )
         lines.append(f"{'contact import':40} {imported['status']}: {detail}")
     return lines
 
@@ -484,7 +487,8 @@ def parse(argv: list[str] | None = None) -> tuple[Options, Path]:
                         help="also enroll N contacts into a 1-day delay and read memory on the way (e.g. 20000)")
     parser.add_argument("--scale-goal-samples", type=int, default=Options.scale_goal_samples)
     parser.add_argument("--scale-only", action="store_true",
-                        help="only the scale run; its section replaces the one in --output, the rest is kept")
+                        help="only the scale run; its section replaces the one in --output, the rest is kept "
+                             "(a run without --scale keeps the scale section it finds there)")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where the JSON goes (default %(default)s)")
     args = parser.parse_args(argv)
     if args.scale_only and not args.scale:
@@ -497,11 +501,18 @@ def parse(argv: list[str] | None = None) -> tuple[Options, Path]:
 
 
 def merged(report: dict[str, Any], output: Path, options: Options) -> dict[str, Any]:
-    """A scale-only run keeps the rest of the previous results."""
-    if not options.scale_only or not output.exists():
+    """Runs of the two kinds keep each other's results: a scale-only run keeps the rest, a run
+    without the scale run keeps the last scale section (``scale_machine`` says where it ran)."""
+    if not output.exists():
         return report
     previous = json.loads(output.read_text())
-    return previous | {"scale": report["scale"], "scale_machine": report["machine"]}
+    if options.scale_only:
+        return previous | {"scale": report["scale"], "scale_machine": report["machine"]}
+    if "scale" not in report and "scale" in previous:
+        return report | {"scale": previous["scale"], "scale_machine": previous.get("scale_machine", previous["machine"])}
+    if "scale" in report:
+        return report | {"scale_machine": report["machine"]}
+    return report
 
 
 def main(argv: list[str] | None = None) -> None:
