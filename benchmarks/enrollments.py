@@ -92,6 +92,7 @@ from nurture.db import Database
 from nurture.enrolling import Enroller
 from nurture.logging import configure_logging
 from nurture.models import Message, utcnow
+from nurture.settings import Settings
 from worker.main import build_worker
 from workflows.enrollment import SEARCH_ATTRIBUTES
 
@@ -108,6 +109,8 @@ class Options:
     postgres: bool = True
     bulk_n: int = 1000
     bulk_rate: float = 1000.0
+    # Raw starts to compare bulk enrollment with: the engine's own starts in flight by default.
+    bulk_concurrency: int | None = None
     history_samples: int = 3
     import_rows: int = 10_000
     scale: int = 0
@@ -116,6 +119,14 @@ class Options:
 
 
 # --- raw Temporal --------------------------------------------------------------------
+
+
+def bulk_concurrency(options: Options) -> int:
+    """As many raw starts in flight as the engine's bulk enrollment keeps (its setting, when it has one)."""
+    if options.bulk_concurrency:
+        return options.bulk_concurrency
+    field = Settings.model_fields.get("enrollment_start_concurrency")
+    return int(field.default) if field is not None else options.concurrency
 
 
 async def measure_raw(client: Client, options: Options) -> dict[str, Any]:
@@ -180,7 +191,7 @@ async def measure_raw(client: Client, options: Options) -> dict[str, Any]:
         closed["delay_goal_exit"] = [h.id for h in closers]
 
         closed["wait_for_event_branch"] = await raw_branch_runs(client, queue, options.history_samples)
-        starts = await raw_starts(client, queue, options.bulk_n, options.concurrency)
+        starts = await raw_starts(client, queue, options.bulk_n, bulk_concurrency(options))
 
     return {
         "batch": asdict(batch),
@@ -480,6 +491,9 @@ def parse(argv: list[str] | None = None) -> tuple[Options, Path]:
     parser.add_argument("--no-postgres", action="store_true", help="SQLite only, even if PostgreSQL is reachable")
     parser.add_argument("--bulk-n", type=int, default=Options.bulk_n, help="contacts bulk-enrolled (default %(default)s)")
     parser.add_argument("--bulk-rate", type=float, default=Options.bulk_rate, help="rate asked of bulk enrollment")
+    parser.add_argument("--bulk-concurrency", type=int, default=None,
+                        help="raw starts in flight to compare bulk enrollment with "
+                             "(default: the engine's NURTURE_ENROLLMENT_START_CONCURRENCY default)")
     parser.add_argument("--history-samples", type=int, default=Options.history_samples,
                         help="histories read per flow shape (default %(default)s)")
     parser.add_argument("--import-rows", type=int, default=Options.import_rows, help="rows for the contact import case")
@@ -494,8 +508,10 @@ def parse(argv: list[str] | None = None) -> tuple[Options, Path]:
     if args.scale_only and not args.scale:
         parser.error("--scale-only needs --scale N")
     options = Options(
-        args.n, args.signal_samples, args.event_samples, args.concurrency, not args.no_postgres, args.bulk_n,
-        args.bulk_rate, args.history_samples, args.import_rows, args.scale, args.scale_goal_samples, args.scale_only,
+        n=args.n, signal_samples=args.signal_samples, event_samples=args.event_samples, concurrency=args.concurrency,
+        postgres=not args.no_postgres, bulk_n=args.bulk_n, bulk_rate=args.bulk_rate,
+        bulk_concurrency=args.bulk_concurrency, history_samples=args.history_samples, import_rows=args.import_rows,
+        scale=args.scale, scale_goal_samples=args.scale_goal_samples, scale_only=args.scale_only,
     )
     return options, args.output
 
