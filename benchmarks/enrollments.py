@@ -92,6 +92,7 @@ from nurture.db import Database
 from nurture.enrolling import Enroller
 from nurture.logging import configure_logging
 from nurture.models import Message, utcnow
+from nurture.settings import Settings
 from worker.main import build_worker
 from workflows.enrollment import SEARCH_ATTRIBUTES
 
@@ -108,14 +109,24 @@ class Options:
     postgres: bool = True
     bulk_n: int = 1000
     bulk_rate: float = 1000.0
+    # Raw starts to compare bulk enrollment with: the engine's own starts in flight by default.
+    bulk_concurrency: int | None = None
     history_samples: int = 3
-    import_rows: int = 1000
+    import_rows: int = 10_000
     scale: int = 0
     scale_goal_samples: int = 20
     scale_only: bool = False
 
 
 # --- raw Temporal --------------------------------------------------------------------
+
+
+def bulk_concurrency(options: Options) -> int:
+    """As many raw starts in flight as the engine's bulk enrollment keeps (its setting, when it has one)."""
+    if options.bulk_concurrency:
+        return options.bulk_concurrency
+    field = Settings.model_fields.get("enrollment_start_concurrency")
+    return int(field.default) if field is not None else options.concurrency
 
 
 async def measure_raw(client: Client, options: Options) -> dict[str, Any]:
@@ -180,7 +191,7 @@ async def measure_raw(client: Client, options: Options) -> dict[str, Any]:
         closed["delay_goal_exit"] = [h.id for h in closers]
 
         closed["wait_for_event_branch"] = await raw_branch_runs(client, queue, options.history_samples)
-        starts = await raw_starts(client, queue, options.bulk_n, options.concurrency)
+        starts = await raw_starts(client, queue, options.bulk_n, bulk_concurrency(options))
 
     return {
         "batch": asdict(batch),
@@ -386,7 +397,10 @@ def engine_table(report: dict[str, Any], backend_name: str) -> list[str]:
             lines.append(f"{'  activities, send_delay_send':40} " + ", ".join(f"{k} {v}" for k, v in costly.items()))
     imported = engine.get("import")
     if imported is not None:
-        detail = ", ".join(f"{k} {v}" for k, v in imported.items() if k != "status")
+        detail = ", ".join(
+            f"{k} {v['rows_per_s']} rows/s" if isinstance(v, dict) and "rows_per_s" in v else f"{k} {v}"
+            for k, v in imported.items() if k != "status"
+        )
         lines.append(f"{'contact import':40} {imported['status']}: {detail}")
     return lines
 
@@ -477,6 +491,9 @@ def parse(argv: list[str] | None = None) -> tuple[Options, Path]:
     parser.add_argument("--no-postgres", action="store_true", help="SQLite only, even if PostgreSQL is reachable")
     parser.add_argument("--bulk-n", type=int, default=Options.bulk_n, help="contacts bulk-enrolled (default %(default)s)")
     parser.add_argument("--bulk-rate", type=float, default=Options.bulk_rate, help="rate asked of bulk enrollment")
+    parser.add_argument("--bulk-concurrency", type=int, default=None,
+                        help="raw starts in flight to compare bulk enrollment with "
+                             "(default: the engine's NURTURE_ENROLLMENT_START_CONCURRENCY default)")
     parser.add_argument("--history-samples", type=int, default=Options.history_samples,
                         help="histories read per flow shape (default %(default)s)")
     parser.add_argument("--import-rows", type=int, default=Options.import_rows, help="rows for the contact import case")
@@ -484,24 +501,34 @@ def parse(argv: list[str] | None = None) -> tuple[Options, Path]:
                         help="also enroll N contacts into a 1-day delay and read memory on the way (e.g. 20000)")
     parser.add_argument("--scale-goal-samples", type=int, default=Options.scale_goal_samples)
     parser.add_argument("--scale-only", action="store_true",
-                        help="only the scale run; its section replaces the one in --output, the rest is kept")
+                        help="only the scale run; its section replaces the one in --output, the rest is kept "
+                             "(a run without --scale keeps the scale section it finds there)")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where the JSON goes (default %(default)s)")
     args = parser.parse_args(argv)
     if args.scale_only and not args.scale:
         parser.error("--scale-only needs --scale N")
     options = Options(
-        args.n, args.signal_samples, args.event_samples, args.concurrency, not args.no_postgres, args.bulk_n,
-        args.bulk_rate, args.history_samples, args.import_rows, args.scale, args.scale_goal_samples, args.scale_only,
+        n=args.n, signal_samples=args.signal_samples, event_samples=args.event_samples, concurrency=args.concurrency,
+        postgres=not args.no_postgres, bulk_n=args.bulk_n, bulk_rate=args.bulk_rate,
+        bulk_concurrency=args.bulk_concurrency, history_samples=args.history_samples, import_rows=args.import_rows,
+        scale=args.scale, scale_goal_samples=args.scale_goal_samples, scale_only=args.scale_only,
     )
     return options, args.output
 
 
 def merged(report: dict[str, Any], output: Path, options: Options) -> dict[str, Any]:
-    """A scale-only run keeps the rest of the previous results."""
-    if not options.scale_only or not output.exists():
+    """Runs of the two kinds keep each other's results: a scale-only run keeps the rest, a run
+    without the scale run keeps the last scale section (``scale_machine`` says where it ran)."""
+    if not output.exists():
         return report
     previous = json.loads(output.read_text())
-    return previous | {"scale": report["scale"], "scale_machine": report["machine"]}
+    if options.scale_only:
+        return previous | {"scale": report["scale"], "scale_machine": report["machine"]}
+    if "scale" not in report and "scale" in previous:
+        return report | {"scale": previous["scale"], "scale_machine": previous.get("scale_machine", previous["machine"])}
+    if "scale" in report:
+        return report | {"scale_machine": report["machine"]}
+    return report
 
 
 def main(argv: list[str] | None = None) -> None:

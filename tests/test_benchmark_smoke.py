@@ -4,10 +4,11 @@ benchmark's to report."""
 
 from __future__ import annotations
 
+import json
 
 import pytest
 
-from benchmarks.enrollments import Options, measure_engine, measure_raw, parse, ratios, table
+from benchmarks.enrollments import Options, measure_engine, measure_raw, merged, parse, ratios, table
 from benchmarks.scale import measure_scale
 from benchmarks.shapes import SHAPES
 from benchmarks.targets import TARGETS, evaluate
@@ -85,3 +86,17 @@ def test_the_command_line_sets_the_sizes():
     assert (options.bulk_n, options.scale, options.scale_only) == (50, 20000, True)
     with pytest.raises(SystemExit):
         parse(["--scale-only"])
+
+
+def test_a_run_keeps_the_scale_section_and_a_scale_only_run_keeps_the_rest(tmp_path):
+    output = tmp_path / "latest.json"
+    output.write_text(json.dumps({"machine": {"cpus": 1}, "raw": {"old": True}, "scale": {"enrollments": 20000}}))
+
+    normal, _ = parse([])
+    kept = merged({"machine": {"cpus": 2}, "raw": {"new": True}}, output, normal)
+    assert kept["raw"] == {"new": True} and kept["scale"] == {"enrollments": 20000}
+    assert kept["scale_machine"] == {"cpus": 1}
+
+    scale_only, _ = parse(["--scale", "5", "--scale-only"])
+    kept = merged({"machine": {"cpus": 3}, "scale": {"enrollments": 5}}, output, scale_only)
+    assert kept["raw"] == {"old": True} and kept["scale"] == {"enrollments": 5} and kept["scale_machine"] == {"cpus": 3}
