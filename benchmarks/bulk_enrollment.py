@@ -47,9 +47,9 @@ from activities.enrolling import EnrollingActivities
 
 from activities.email.providers import OutboxProvider
 from api.main import create_app
-from benchmarks.enrollments import (
+from benchmarks.flows import SHORT_FLOW
+from benchmarks.harness import (
     POSTGRES_URL,
-    SHORT_FLOW,
     add_flow,
     add_templates,
     machine,
