@@ -7,7 +7,8 @@ the message hears about it. The message row keeps the first open, click and deli
 A hard bounce or a complaint also changes the contact's subscription and tells its
 enrollments, which then exit. Bot and prefetch opens are recorded, flagged ``bot: true``,
 and neither signalled nor counted as engagement. Nothing here commits: the caller does,
-after Temporal was told.
+after Temporal was told (unless the event enrolls the contact in a flow it triggers: an
+enrollment's row is committed before its workflow starts, see nurture/enrolling.py).
 """
 
 from __future__ import annotations

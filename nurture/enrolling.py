@@ -506,7 +506,7 @@ class Enroller:
                 and event.occurred_at > enrollment.started_at
             ):
                 leaving.append(enrollment)
-        await self._exit_all(leaving, CRITERIA_NO_LONGER_MATCH, "trigger")
+        await self.exit_all(leaving, CRITERIA_NO_LONGER_MATCH, "trigger")
 
     async def _event_recipients(self, session: AsyncSession, contact: Contact, event: Event) -> list[Enrollment]:
         active = select(Enrollment).where(
@@ -595,7 +595,7 @@ class Enroller:
                 row for flow in stopping
                 if (row := latest.get((flow.id, contact.id))) is not None and row.status == EnrollmentStatus.active  # type: ignore[arg-type]
             ]
-            await self._exit_all(leaving, CRITERIA_NO_LONGER_MATCH, "trigger")
+            await self.exit_all(leaving, CRITERIA_NO_LONGER_MATCH, "trigger")
             for row in leaving:
                 get_logger(flow_id=row.flow_id, contact_id=contact.id).info(
                     "property_trigger_unmatched", enrollment_id=row.workflow_id
@@ -620,7 +620,8 @@ class Enroller:
     async def exit(self, enrollment: Enrollment, reason: str, requested_by: str) -> None:
         await self._signal(enrollment.workflow_id, "exit", ExitSignal(reason=reason, requested_by=requested_by))
 
-    async def _exit_all(self, enrollments: Sequence[Enrollment], reason: str, requested_by: str) -> None:
+    async def exit_all(self, enrollments: Sequence[Enrollment], reason: str, requested_by: str) -> None:
+        """``exit`` for many, ``enrollment_signal_concurrency`` at a time."""
         await self._signal_all(
             [e.workflow_id for e in enrollments], "exit", ExitSignal(reason=reason, requested_by=requested_by)
         )

@@ -255,9 +255,8 @@ async def deactivate_flow(
                 select(Enrollment).where(Enrollment.flow_id == flow_id, Enrollment.status == EnrollmentStatus.active)
             )
         ).all()
-        for enrollment in active:
-            await enroller.exit(enrollment, "flow_deactivated", requested_by)
-            exited.append(enrollment.id)
+        await enroller.exit_all(active, "flow_deactivated", requested_by)
+        exited = [enrollment.id for enrollment in active]  # type: ignore[misc]
     flow.status = FlowStatus.inactive
     flow.updated_at = utcnow()
     session.add(flow)
