@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import secrets
 import tempfile
 import time
 import uuid
@@ -36,22 +35,21 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
-from sqlmodel import func, select
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.enrolling import EnrollingActivities
-
 from activities.email.providers import OutboxProvider
+from activities.enrolling import EnrollingActivities
 from api.main import create_app
-from benchmarks.flows import SHORT_FLOW
+from benchmarks.flows import BULK_FLOW, SHORT_FLOW
 from benchmarks.harness import (
-    POSTGRES_URL,
     add_flow,
     add_templates,
+    backend,
+    engine_settings,
+    enrollment_rows,
     machine,
     postgres_reachable,
     temporal_binary,
@@ -60,7 +58,7 @@ from benchmarks.raw_workflow import RAW_WORKFLOW, RawInput, RawResult, RawWorkfl
 from nurture.batch_contracts import BulkPageInput
 from nurture.db import Database
 from nurture.logging import configure_logging
-from nurture.models import Contact, Enrollment, utcnow
+from nurture.models import Contact, utcnow
 from nurture.settings import Settings
 from worker.main import build_worker
 from workflows.enrollment import SEARCH_ATTRIBUTES
@@ -68,15 +66,7 @@ from workflows.enrollment import SEARCH_ATTRIBUTES
 RESULTS = Path(__file__).resolve().parent / "results" / "bulk_enrollment.json"
 
 
-WAITING_FLOW = {
-    "name": "Benchmark: wait an hour, then send",
-    "trigger": {"type": "manual"},
-    "steps": [
-        {"id": "wait", "type": "delay", "duration": "1h"},
-        {"id": "again", "type": "send_email", "template": "bench-again"},
-    ],
-}
-FLOWS = {"waiting": (WAITING_FLOW, 3600.0), "short": (SHORT_FLOW, 1.0)}
+FLOWS = {"waiting": (BULK_FLOW, 3600.0), "short": (SHORT_FLOW, 1.0)}
 
 
 @dataclass
@@ -106,11 +96,6 @@ async def measure_raw_starts(client: Client, options: Options) -> dict[str, Any]
     return {"started": options.n, "seconds": round(elapsed, 2), "starts_per_s": round(options.n / elapsed, 1)}
 
 
-async def enrollments_of(db: Database, flow_id: int | None) -> int:
-    async with db.session() as s:
-        return (await s.exec(select(func.count()).select_from(Enrollment).where(Enrollment.flow_id == flow_id))).one()
-
-
 async def measure_page(client: Client, db: Database, settings: Settings, options: Options) -> dict[str, Any]:
     """One page of N, run directly; no worker polls the queue its enrollments start on."""
     flow = await add_flow(db, FLOWS[options.flow][0])
@@ -124,7 +109,7 @@ async def measure_page(client: Client, db: Database, settings: Settings, options
     elapsed = time.perf_counter() - began
     return {
         "enrolled": result.enrolled,
-        "rows": await enrollments_of(db, flow.id),
+        "rows": await enrollment_rows(db, flow.id),  # type: ignore[arg-type]
         "seconds": round(elapsed, 2),
         "enrollments_per_s": round(result.enrolled / elapsed, 1),
     }
@@ -132,21 +117,7 @@ async def measure_page(client: Client, db: Database, settings: Settings, options
 
 async def measure_bulk(client: Client, db: Database, worker_db: Database, data_dir: Path, options: Options) -> dict[str, Any]:
     tag = f"bench-bulk-{uuid.uuid4().hex[:8]}"
-    settings = Settings(
-        _env_file=None,
-        data_dir=data_dir,
-        database_url=db.url,
-        temporal_task_queue=tag,
-        workflow_id_prefix=tag,
-        temporal_search_attributes=True,
-        email_provider="outbox",
-        auth_required=False,
-        rate_limit_enabled=False,
-        log_level="WARNING",
-        tracking_secret=secrets.token_urlsafe(32),
-        email_webhook_secret=secrets.token_urlsafe(32),
-        webhook_secret=secrets.token_urlsafe(32),
-    )
+    settings = engine_settings(db.url, data_dir, tag)
     raw = await measure_raw_starts(client, options)  # just before, on the same server: the baseline
     await add_templates(db)
     flow = await add_flow(db, FLOWS[options.flow][0])
@@ -170,38 +141,16 @@ async def measure_bulk(client: Client, db: Database, worker_db: Database, data_d
     bulk = {
         "status": progress["status"],
         "enrolled": progress["enrolled"],
-        "rows": await enrollments_of(db, flow.id),
+        "rows": await enrollment_rows(db, flow.id),  # type: ignore[arg-type]
         "seconds": round(elapsed, 2),
         "enrollments_per_s": round(progress["enrolled"] / elapsed, 1),
     }
     return {"raw": raw, "bulk": bulk, "page": await measure_page(client, db, settings, options)}
 
 
-async def on_sqlite(client: Client, workdir: Path, options: Options) -> dict[str, Any]:
-    url = f"sqlite:///{workdir / 'nurture.db'}"
-    db, worker_db = Database(url), Database(url)  # the API and the worker are separate processes
-    await db.create_all()
-    try:
-        return await measure_bulk(client, db, worker_db, workdir / "sqlite", options)
-    finally:
-        await db.dispose()
-        await worker_db.dispose()
-
-
-async def on_postgres(client: Client, workdir: Path, options: Options) -> dict[str, Any]:
-    schema = f"nurture_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    args = {"connect_args": {"options": f"-csearch_path={schema}"}}
-    db, worker_db = Database(POSTGRES_URL, **args), Database(POSTGRES_URL, **args)
-    try:
-        await db.create_all()
-        return await measure_bulk(client, db, worker_db, workdir / "postgresql", options)
-    finally:
-        await db.dispose()
-        await worker_db.dispose()
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+async def on_backend(name: str, client: Client, workdir: Path, options: Options) -> dict[str, Any]:
+    async with backend(name, workdir) as chosen:
+        return await measure_bulk(client, chosen.db, chosen.worker_db, workdir / name, options)
 
 
 async def run(options: Options, workdir: Path) -> dict[str, Any]:
@@ -213,9 +162,9 @@ async def run(options: Options, workdir: Path) -> dict[str, Any]:
     )
     try:
         report: dict[str, Any] = {"machine": machine(), "options": asdict(options)}
-        report["engine"] = {"sqlite": await on_sqlite(env.client, workdir, options)}
+        report["engine"] = {"sqlite": await on_backend("sqlite", env.client, workdir, options)}
         if options.postgres and postgres_reachable():
-            report["engine"]["postgresql"] = await on_postgres(env.client, workdir, options)
+            report["engine"]["postgresql"] = await on_backend("postgresql", env.client, workdir, options)
         report["ratios"] = {
             backend: {
                 what: round(measured[what]["enrollments_per_s"] / measured["raw"]["starts_per_s"], 2) for what in ("bulk", "page")
