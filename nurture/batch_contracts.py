@@ -124,7 +124,7 @@ class BulkEnrollmentInput(BaseModel):
     rate_per_second: float = Field(gt=0, le=1000)
     requested_by: str = "api"
     # Contacts read per page while looking for matches.
-    scan_limit: int = Field(default=500, ge=1, le=5000)
+    scan_limit: int = Field(default=1000, ge=1, le=5000)
     pages_per_run: int = Field(default=200, ge=1)
     carried: BulkProgress | None = None
     # A page whose worker died is retried elsewhere after this long (Settings.activity_heartbeat_timeout).

@@ -1,4 +1,4 @@
-"""Every patch in the enrollment workflow's code, where it stands (docs/workflow-versioning.md).
+"""Every patch in the workflows' code, where it stands (docs/workflow-versioning.md).
 
 ``ACTIVE``: guarded by ``workflow.patched(id)``; the old branch stays until no running enrollment
 started before ``deployed`` (the visibility query in the doc answers 0).
@@ -18,5 +18,8 @@ class Patch(NamedTuple):
     why: str
 
 
-ACTIVE: tuple[Patch, ...] = ()
+ACTIVE: tuple[Patch, ...] = (
+    Patch("bulk-pages-of-a-second", "2026-11-26",
+          "bulk enrollment pages of up to 1,000 and a pause that only makes up the rest of the second"),
+)
 DEPRECATED: tuple[Patch, ...] = ()
