@@ -47,7 +47,13 @@ async def start_bulk(engine: Engine, flow: Flow, company: str, rate: float) -> s
 
 
 async def bulk_progress(engine: Engine, bulk_id: str) -> dict[str, Any]:
-    response = await engine.api.get(f"/bulk-enrollments/{bulk_id}")
+    """The bulk workflow's progress; a 503 (its query timed out while the worker was busy with the
+    page and the new enrollments) is asked again, as a dashboard would, rather than ending the case."""
+    for _ in range(20):
+        response = await engine.api.get(f"/bulk-enrollments/{bulk_id}")
+        if response.status_code != 503:
+            break
+        await asyncio.sleep(1.0)
     response.raise_for_status()
     return response.json()
 
