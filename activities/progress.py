@@ -8,7 +8,7 @@ step already runs, or in the ``record_progress`` local activity before a wait an
 
 from __future__ import annotations
 
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 
@@ -34,26 +34,30 @@ async def apply_progress(session: AsyncSession, report: ProgressReport) -> bool:
         raise row_missing(report)
     if report.entered and await session.get(Contact, report.contact_id) is None:
         report = report.model_copy(update={"entered": []})  # deleted under the enrollment: no visit can refer to it
-    for entry in report.entered:  # per-step statistics (nurture/analytics.py)
-        seen = await session.exec(
-            select(StepVisit.id).where(
-                StepVisit.enrollment_id == report.enrollment_id,
-                StepVisit.step_id == entry.step_id,
-                StepVisit.entered_at == entry.at,
-            )
-        )
-        if seen.first() is None:
-            session.add(
-                StepVisit(
-                    enrollment_id=report.enrollment_id,
-                    flow_id=report.flow_id,
-                    flow_version=report.flow_version,
-                    contact_id=report.contact_id,
-                    step_id=entry.step_id,
-                    lifecycle_stage=entry.lifecycle_stage,
-                    entered_at=entry.at,
+    if report.entered:  # per-step statistics (nurture/analytics.py), each entry once
+        seen = set(
+            (
+                await session.exec(
+                    select(StepVisit.step_id, StepVisit.entered_at).where(
+                        StepVisit.enrollment_id == report.enrollment_id,
+                        col(StepVisit.entered_at) >= min(e.at for e in report.entered),
+                    )
                 )
-            )
+            ).all()
+        )
+        for entry in report.entered:
+            if (entry.step_id, entry.at) not in seen:
+                session.add(
+                    StepVisit(
+                        enrollment_id=report.enrollment_id,
+                        flow_id=report.flow_id,
+                        flow_version=report.flow_version,
+                        contact_id=report.contact_id,
+                        step_id=entry.step_id,
+                        lifecycle_stage=entry.lifecycle_stage,
+                        entered_at=entry.at,
+                    )
+                )
     if enrollment.progress_seq >= report.seq:
         return False
     enrollment.progress_seq = report.seq

@@ -36,8 +36,7 @@ from typing import Any
 
 import httpx
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
+from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
 
 from activities.email.providers import OutboxProvider
@@ -45,6 +44,7 @@ from activities.enrolling import EnrollingActivities
 from api.main import create_app
 from benchmarks.flows import BULK_FLOW, SHORT_FLOW
 from benchmarks.harness import (
+    dev_server,
     add_flow,
     add_templates,
     backend,
@@ -52,7 +52,6 @@ from benchmarks.harness import (
     enrollment_rows,
     machine,
     postgres_reachable,
-    temporal_binary,
 )
 from benchmarks.raw_workflow import RAW_WORKFLOW, RawInput, RawResult, RawWorkflow, noop
 from nurture.batch_contracts import BulkPageInput
@@ -61,7 +60,6 @@ from nurture.logging import configure_logging
 from nurture.models import Contact, utcnow
 from nurture.settings import Settings
 from worker.main import build_worker
-from workflows.enrollment import SEARCH_ATTRIBUTES
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bulk_enrollment.json"
 
@@ -154,12 +152,7 @@ async def on_backend(name: str, client: Client, workdir: Path, options: Options)
 
 
 async def run(options: Options, workdir: Path) -> dict[str, Any]:
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_binary(),
-        data_converter=pydantic_data_converter,
-        search_attributes=SEARCH_ATTRIBUTES,
-        dev_server_log_level="error",
-    )
+    env = await dev_server()
     try:
         report: dict[str, Any] = {"machine": machine(), "options": asdict(options)}
         report["engine"] = {"sqlite": await on_backend("sqlite", env.client, workdir, options)}

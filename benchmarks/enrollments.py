@@ -44,8 +44,6 @@ from typing import Any
 import httpx
 from sqlmodel import col, select
 from temporalio.client import Client, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.email.providers import OutboxProvider
@@ -53,6 +51,7 @@ from api.main import create_app
 from benchmarks.bulk import engine_bulk, raw_starts
 from benchmarks.flows import BRANCH_FLOW, BULK_FLOW, GOAL_FLOW, SHORT_FLOW
 from benchmarks.harness import (
+    dev_server,
     BACKENDS,
     LONG_WAIT,
     machine,
@@ -69,7 +68,6 @@ from benchmarks.harness import (
     poll,
     postgres_reachable,
     ratio,
-    temporal_binary,
 )
 from benchmarks.import_case import engine_import
 from benchmarks.raw_workflow import (
@@ -94,7 +92,6 @@ from nurture.logging import configure_logging
 from nurture.models import Message, utcnow
 from nurture.settings import Settings
 from worker.main import build_worker
-from workflows.enrollment import SEARCH_ATTRIBUTES
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "latest.json"
@@ -455,12 +452,7 @@ def table(report: dict[str, Any]) -> str:
 
 
 async def run(options: Options, workdir: Path) -> dict[str, Any]:
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_binary(),
-        data_converter=pydantic_data_converter,
-        search_attributes=SEARCH_ATTRIBUTES,
-        dev_server_log_level="error",
-    )
+    env = await dev_server()
     with_postgres = options.postgres and postgres_reachable()
     try:
         report: dict[str, Any] = {"machine": machine(), "options": asdict(options)}

@@ -7,14 +7,12 @@ its activities change underneath.
 
 from __future__ import annotations
 
-import subprocess
-
-import platform
-
 import asyncio
 import math
 import os
+import platform
 import secrets
+import subprocess
 import sys
 import time
 import uuid
@@ -31,13 +29,16 @@ import psycopg
 from sqlalchemy import func
 from sqlmodel import col, select
 from temporalio.client import Client, WorkflowHandle
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
 
 from nurture.contracts import ENROLLMENT_WORKFLOW, EnrollmentResult, EnrollmentState
 from nurture.db import Database
 from nurture.enrolling import Enroller
 from nurture.flow import load_flow
 from nurture.migrating import upgrade
+from nurture.search_attributes import SEARCH_ATTRIBUTE_KEYS
 from nurture.models import Contact, Enrollment, Event, Flow, FlowStatus, FlowVersion, Template, utcnow
 from nurture.settings import Settings
 
@@ -237,20 +238,14 @@ async def backend(name: str, workdir: Path) -> AsyncIterator[Backend]:
     """A fresh SQLite file or PostgreSQL schema, migrated as in production (a worker process refuses
     anything else); the API and the worker are separate processes in production, so they get
     separate pools here too."""
+    schema = None
     if name == "sqlite":
         url = f"sqlite:///{workdir / f'nurture-{uuid.uuid4().hex[:6]}.db'}"
-        db, worker_db = Database(url), Database(url)
-        try:
-            await upgrade(db)
-            yield Backend(name, url, db, worker_db)
-        finally:
-            await db.dispose()
-            await worker_db.dispose()
-        return
-    schema = f"nurture_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    else:
+        schema = f"nurture_bench_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA "{schema}"')
+        url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
     db, worker_db = Database(url), Database(url)
     try:
         await upgrade(db)
@@ -258,8 +253,9 @@ async def backend(name: str, workdir: Path) -> AsyncIterator[Backend]:
     finally:
         await db.dispose()
         await worker_db.dispose()
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        if schema is not None:
+            with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 def engine_settings(db_url: str, data_dir: Path, tag: str, **overrides) -> Settings:
@@ -419,3 +415,13 @@ def machine() -> dict[str, Any]:
         "temporalio": version("temporalio"),
         "temporal_cli": cli,
     }
+
+
+async def dev_server() -> WorkflowEnvironment:
+    """The benchmarks' own Temporal dev server, with the project's search attributes."""
+    return await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_binary(),
+        data_converter=pydantic_data_converter,
+        search_attributes=SEARCH_ATTRIBUTE_KEYS,
+        dev_server_log_level="error",
+    )

@@ -30,14 +30,11 @@ from typing import Any
 
 import httpx
 import psycopg
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
-from benchmarks.harness import POSTGRES_URL, machine, postgres_reachable, temporal_binary
+from benchmarks.harness import POSTGRES_URL, dev_server, machine, postgres_reachable
 from nurture.api_keys import Role, create_key
 from nurture.db import Database
 from nurture.migrating import upgrade
-from workflows.enrollment import SEARCH_ATTRIBUTES
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "imports.json"
@@ -168,12 +165,7 @@ async def on_postgres(temporal_address: str, rows: int, workdir: Path) -> dict:
 
 
 async def run(rows: int, postgres: bool, workdir: Path) -> dict[str, Any]:
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_binary(),
-        data_converter=pydantic_data_converter,
-        search_attributes=SEARCH_ATTRIBUTES,
-        dev_server_log_level="error",
-    )
+    env = await dev_server()
     try:
         address = env.client.service_client.config.target_host
         report: dict[str, Any] = {"machine": machine(), "rows": rows, "imports": {}}

@@ -138,13 +138,9 @@ class EnrollmentWorkflow:
     async def run(self, input: EnrollmentInput) -> EnrollmentResult:
         try:
             return await self._interpret(input)
-        except ActivityError as err:
-            if not_on_record(err):
+        except (ActivityError, ApplicationError) as err:
+            if isinstance(err, ActivityError) and not_on_record(err):
                 return self._unrecorded()
-            if not is_cancelled_exception(err):
-                await self._record_failure(err)
-            raise
-        except ApplicationError as err:
             # The row must not say "active" about a workflow that has failed; a cancelled
             # enrollment is not a failed one (Temporal closes it as cancelled).
             if not is_cancelled_exception(err):
