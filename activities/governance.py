@@ -2,7 +2,8 @@
 
 A send is deferred to the next allowed moment, never dropped. The cap is enforced
 in one database transaction that locks the contact row, so two flows sending at
-the same instant cannot both pass.
+the same instant cannot both pass; without a cap (or for a transactional send)
+nothing is counted and the contact row is not locked.
 """
 
 from __future__ import annotations
@@ -76,12 +77,17 @@ class SendGate:
     """Decides, inside the send activity's first transaction, whether a message may go now.
 
     A decision to send reserves the message row (it counts against the cap from then on), so a
-    send is one activity: the gate, then delivery. The contact row is locked for the decision,
-    which serialises every reservation for one contact (SQLite's BEGIN IMMEDIATE does the same).
+    send is one activity: the gate, then delivery. When the cap counts the send (``counts``), the
+    contact row is locked for the decision, which serialises every reservation for one contact
+    (SQLite's BEGIN IMMEDIATE does the same).
     """
 
     def __init__(self, settings: Settings):
         self.settings = settings
+
+    def counts(self, input: SendEmailInput) -> bool:
+        """Whether the frequency cap applies to this send: its decision then needs the contact row locked."""
+        return bool(self.settings.frequency_cap) and not input.transactional
 
     def _quiet_hours(self, transactional: bool) -> tuple[time, time] | None:
         s = self.settings
@@ -102,7 +108,7 @@ class SendGate:
             return slot, reason
 
         cap = self.settings.frequency_cap
-        if cap and not input.transactional:
+        if self.counts(input):
             window = timedelta(hours=self.settings.frequency_cap_window_hours)
             recent = (
                 await session.exec(

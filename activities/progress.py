@@ -8,6 +8,8 @@ step already runs, or in the ``record_progress`` local activity before a wait an
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
@@ -35,16 +37,9 @@ async def apply_progress(session: AsyncSession, report: ProgressReport) -> bool:
     if report.entered and await session.get(Contact, report.contact_id) is None:
         report = report.model_copy(update={"entered": []})  # deleted under the enrollment: no visit can refer to it
     if report.entered:  # per-step statistics (nurture/analytics.py), each entry once
-        seen = set(
-            (
-                await session.exec(
-                    select(StepVisit.step_id, StepVisit.entered_at).where(
-                        StepVisit.enrollment_id == report.enrollment_id,
-                        col(StepVisit.entered_at) >= min(e.at for e in report.entered),
-                    )
-                )
-            ).all()
-        )
+        # Each entry rides in exactly one report: one the row has not reached yet holds only new
+        # entries, one it has (a retried activity, a late report) may hold some already written.
+        seen = await _entries_written(session, report) if enrollment.progress_seq >= report.seq else set()
         for entry in report.entered:
             if (entry.step_id, entry.at) not in seen:
                 session.add(
@@ -71,6 +66,19 @@ async def apply_progress(session: AsyncSession, report: ProgressReport) -> bool:
     enrollment.updated_at = utcnow()
     session.add(enrollment)
     return True
+
+
+async def _entries_written(session: AsyncSession, report: ProgressReport) -> set[tuple[str, datetime]]:
+    return set(
+        (
+            await session.exec(
+                select(StepVisit.step_id, StepVisit.entered_at).where(
+                    StepVisit.enrollment_id == report.enrollment_id,
+                    col(StepVisit.entered_at) >= min(e.at for e in report.entered),
+                )
+            )
+        ).all()
+    )
 
 
 def row_missing(report: ProgressReport) -> ApplicationError:

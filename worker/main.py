@@ -22,6 +22,7 @@ from nurture.migrating import SchemaNotCurrent, require_current_schema
 from nurture.settings import Settings, get_settings
 from nurture.temporal import connect
 from nurture.trigger_schedule import ensure_trigger_scan_schedule
+from worker.sandbox import compile_workflows_once
 from workflows import WORKFLOWS
 
 
@@ -29,6 +30,8 @@ def build_worker(client: Client, db: Database, provider: EmailProvider, settings
     # Stopping lets running activities finish for this long before they are cancelled.
     options.setdefault("graceful_shutdown_timeout", timedelta(seconds=settings.worker_graceful_shutdown_seconds))
     options["interceptors"] = [*options.get("interceptors", []), KeepAliveInterceptor()]
+    # The sandbox imports the workflow modules for every new run: compile them once, not each time.
+    compile_workflows_once({workflow.__module__.partition(".")[0] for workflow in WORKFLOWS})
     return Worker(
         client,
         task_queue=settings.temporal_task_queue,

@@ -22,7 +22,7 @@ from activities.progress import apply_progress
 from nurture.contracts import SendEmailInput, SendEmailResult
 from nurture.db import Database
 from nurture.logging import get_logger
-from nurture.models import Message, MessageStatus, Template, utcnow
+from nurture.models import Contact, Message, MessageStatus, Template, utcnow
 from nurture.snapshots import contact_snapshot
 
 FINAL = {MessageStatus.sent, MessageStatus.refused, MessageStatus.failed}
@@ -49,69 +49,21 @@ class EmailActivities:
 
     @activity.defn(name="send_email")
     async def send_email(self, input: SendEmailInput) -> SendEmailResult:
+        """Three short transactions, none of them open while the template renders or the provider
+        works: reserve (the step's report, the gate, the message row), record the attempt (the
+        rendered message, ``sending``), record the outcome."""
         log = get_logger(
             flow_id=input.flow_id, enrollment_id=input.workflow_id, contact_id=input.contact_id, step_id=input.step_id
         )
         async with self.db.session() as session:
-            if input.progress is not None:
-                await apply_progress(session, input.progress)
-            message = (
-                await session.exec(select(Message).where(Message.idempotency_key == input.idempotency_key))
-            ).first()
-            if message is not None and message.status in FINAL:
-                await session.commit()
-                log.info("send_already_done", message_id=message.id, status=message.status)
-                return _result(message)
-            if message is not None and message.status == MessageStatus.sending:
-                # An earlier attempt handed the message over and was cut off before hearing back
-                # (its worker died or timed out): nothing tells whether the provider took it. Resend
-                # under the same key and Message-ID; only a non-idempotent provider can get it twice.
-                log.warning(
-                    "send_outcome_unknown", message_id=message.id, attempt=message.attempts,
-                    provider=self.provider.name, may_duplicate=not self.provider.idempotent,
-                )
+            reserved = await self._reserve(session, input, log)
+            if isinstance(reserved, SendEmailResult):
+                return reserved
+            message, contact, template = reserved
 
-            contact = await require_contact(session, input.contact_id, lock=True)
-            if message is None and contact.subscription_status == "subscribed" and self.gate is not None:
-                # No message yet: this is the first attempt, and the gate decides (a retry's
-                # message was reserved by the attempt before it).
-                deferral = await self.gate.defer(session, contact, input)
-                if deferral is not None:
-                    await session.commit()  # the progress report, if any
-                    until, reason = deferral
-                    return SendEmailResult(message_id=None, status="deferred", defer_until=until, detail=reason)
-            template = (await session.exec(select(Template).where(Template.key == input.template))).first()
-            if message is None:
-                message = Message(
-                    idempotency_key=input.idempotency_key,
-                    workflow_id=input.workflow_id,
-                    flow_id=input.flow_id,
-                    flow_version=input.flow_version,
-                    step_id=input.step_id,
-                    contact_id=input.contact_id,
-                    to_email=contact.email,
-                    template_key=input.template,
-                    variant=input.variant,
-                    kind="transactional" if input.transactional else "marketing",
-                    provider=self.provider.name,
-                    scheduled_at=input.scheduled_at,
-                )
-            message.attempts += 1
-
-            if contact.subscription_status != "subscribed":
-                message.status = MessageStatus.refused
-                message.error = f"contact is {contact.subscription_status}"
-                return await _save(session, message, log, "send_refused")
-            if template is None:
-                message.status = MessageStatus.failed
-                message.error = f"template '{input.template}' does not exist"
-                await _save(session, message, log, "send_failed")
-                raise ApplicationError(message.error, type="TemplateError", non_retryable=True)
             context: dict = {"contact": contact_snapshot(contact).fields()}
             links: dict[str, str] = {}
             if self.consent is not None:
-                session.add(message)
-                await session.flush()  # the message id goes into the unsubscribe link
                 links = self.consent.context(contact.id, message.id, input.flow_id, input.scheduled_at)
                 context.update(links)
             try:
@@ -126,8 +78,6 @@ class EmailActivities:
                 rendered = with_unsubscribe_footer(rendered, links["unsubscribe_url"])
                 headers = self.consent.headers(links["unsubscribe_url"])
             if self.tracker is not None:
-                session.add(message)
-                await session.flush()  # the message id goes into the tracking links
                 rendered.html = self.tracker.apply(rendered.html, message.id, input.scheduled_at)
 
             message.subject, message.html, message.text = rendered.subject, rendered.html, rendered.text
@@ -170,7 +120,72 @@ class EmailActivities:
 
             if message.status != MessageStatus.sent:  # a provider that does not call back
                 await record_sent(provider_id)
-            return await _save(session, message, log, "sent")
+            return _logged(message, log, "sent")
+
+    async def _reserve(
+        self, session, input: SendEmailInput, log
+    ) -> SendEmailResult | tuple[Message, Contact, Template]:
+        """The first transaction: the step's progress report, the gate's decision and the message row,
+        committed together. A result when the send ends here (done before, deferred, refused)."""
+        if input.progress is not None:
+            await apply_progress(session, input.progress)
+        message = (
+            await session.exec(select(Message).where(Message.idempotency_key == input.idempotency_key))
+        ).first()
+        if message is not None and message.status in FINAL:
+            await session.commit()
+            log.info("send_already_done", message_id=message.id, status=message.status)
+            return _result(message)
+        if message is not None and message.status == MessageStatus.sending:
+            # An earlier attempt handed the message over and was cut off before hearing back
+            # (its worker died or timed out): nothing tells whether the provider took it. Resend
+            # under the same key and Message-ID; only a non-idempotent provider can get it twice.
+            log.warning(
+                "send_outcome_unknown", message_id=message.id, attempt=message.attempts,
+                provider=self.provider.name, may_duplicate=not self.provider.idempotent,
+            )
+
+        # No message yet: this is the first attempt, and the gate decides (a retry's message was
+        # reserved by the attempt before it). Only a frequency cap needs the contact locked.
+        gated = message is None and self.gate is not None
+        contact = await require_contact(session, input.contact_id, lock=gated and self.gate.counts(input))
+        if gated and contact.subscription_status == "subscribed":
+            deferral = await self.gate.defer(session, contact, input)
+            if deferral is not None:
+                await session.commit()  # the progress report, if any
+                until, reason = deferral
+                return SendEmailResult(message_id=None, status="deferred", defer_until=until, detail=reason)
+        template = (await session.exec(select(Template).where(Template.key == input.template))).first()
+        if message is None:
+            message = Message(
+                idempotency_key=input.idempotency_key,
+                workflow_id=input.workflow_id,
+                flow_id=input.flow_id,
+                flow_version=input.flow_version,
+                step_id=input.step_id,
+                contact_id=input.contact_id,
+                to_email=contact.email,
+                template_key=input.template,
+                variant=input.variant,
+                kind="transactional" if input.transactional else "marketing",
+                provider=self.provider.name,
+                scheduled_at=input.scheduled_at,
+                status=MessageStatus.reserved,
+            )
+        message.attempts += 1
+
+        if contact.subscription_status != "subscribed":
+            message.status = MessageStatus.refused
+            message.error = f"contact is {contact.subscription_status}"
+            return await _save(session, message, log, "send_refused")
+        if template is None:
+            message.status = MessageStatus.failed
+            message.error = f"template '{input.template}' does not exist"
+            await _save(session, message, log, "send_failed")
+            raise ApplicationError(message.error, type="TemplateError", non_retryable=True)
+        session.add(message)
+        await session.commit()  # reserved: it counts against the cap, and its id goes into the links
+        return message, contact, template
 
 
 async def _retry_later(
@@ -210,7 +225,10 @@ async def _retry_later(
 async def _save(session, message: Message, log, what: str) -> SendEmailResult:
     session.add(message)
     await session.commit()
-    await session.refresh(message)
+    return _logged(message, log, what)
+
+
+def _logged(message: Message, log, what: str) -> SendEmailResult:
     log.info(what, message_id=message.id, status=message.status, error=message.error, attempt=message.attempts)
     return _result(message)
 

@@ -35,9 +35,11 @@ with workflow.unsafe.imports_passed_through():
         ResumeUpdate,
     )
     from nurture.flow.language import Step
+    # The pure reducer (no Temporal calls, no clock: every moment is an argument) is loaded once per
+    # process, not once per run: the sandbox would otherwise rebuild its dataclasses for every enrollment.
+    from workflows.enrollment.state import RunState
 
 from workflows.enrollment import calls
-from workflows.enrollment.state import RunState
 from workflows.enrollment.steps import STEP_HANDLERS
 
 
