@@ -34,7 +34,7 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from nurture.contracts import ENROLLMENT_WORKFLOW, EnrollmentResult, EnrollmentState
-from nurture.db import Database
+from nurture.db import Database, worker_database
 from nurture.enrolling import Enroller
 from nurture.flow import load_flow
 from nurture.migrating import upgrade
@@ -246,7 +246,7 @@ async def backend(name: str, workdir: Path) -> AsyncIterator[Backend]:
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
             conn.execute(f'CREATE SCHEMA "{schema}"')
         url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    db, worker_db = Database(url), Database(url)
+    db, worker_db = Database(url), worker_database(url, Settings(_env_file=None))
     try:
         await upgrade(db)
         yield Backend(name, url, db, worker_db)

@@ -13,7 +13,7 @@ from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from nurture import models  # noqa: F401  (registers the tables)
-from nurture.settings import async_database_url
+from nurture.settings import Settings, async_database_url
 
 
 class Database:
@@ -47,6 +47,12 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def worker_database(url: str, settings: Settings) -> Database:
+    """The worker's database: its pool sized from the worker's activity slots (settings)."""
+    in_memory = make_url(async_database_url(url)).database in (None, "", ":memory:")
+    return Database(url) if in_memory else Database(url, pool_size=settings.worker_database_connections)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

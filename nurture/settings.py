@@ -219,6 +219,11 @@ class Settings(BaseSettings):
     # On SIGTERM the worker stops polling and lets running activities finish for this long. Keep
     # it below the supervisor's own grace (compose stop_grace_period 30 s, `nurture stack` 15 s).
     worker_graceful_shutdown_seconds: float = Field(default=10.0, ge=0, le=3600)
+    # What one worker runs at once (Temporal's slots). Each running activity may hold a database
+    # connection, so the worker's pool has one per slot unless worker_database_pool_size says otherwise.
+    worker_max_concurrent_activities: int = Field(default=50, ge=1, le=1000)
+    worker_max_concurrent_local_activities: int = Field(default=20, ge=1, le=1000)
+    worker_database_pool_size: int | None = Field(default=None, ge=1, le=1000)
 
     log_level: str = "INFO"
     log_json: bool = False
@@ -230,6 +235,14 @@ class Settings(BaseSettings):
     @property
     def send_activity_timeout(self) -> timedelta:
         return timedelta(seconds=self.smtp.timeout_seconds + self.send_activity_margin_seconds)
+
+    @property
+    def worker_database_connections(self) -> int:
+        """The worker's pool: one connection per activity and local activity slot, so no activity waits
+        for one (a wait past the heartbeat timeout had the send retried)."""
+        return self.worker_database_pool_size or (
+            self.worker_max_concurrent_activities + self.worker_max_concurrent_local_activities
+        )
 
     @property
     def resolved_database_url(self) -> str:

@@ -14,7 +14,7 @@ from temporalio.worker import Worker
 from activities import build_activities
 from activities.heartbeat import KeepAliveInterceptor
 from activities.email.providers import EmailProvider, provider_from_settings
-from nurture.db import Database
+from nurture.db import Database, worker_database
 from nurture.deployment_secrets import WORKER_SECRETS, ForgeableSecret, require_secrets, with_stored_secrets
 from nurture.logging import configure_logging, get_logger
 from nurture.metrics import serve_worker_metrics
@@ -30,6 +30,9 @@ def build_worker(client: Client, db: Database, provider: EmailProvider, settings
     # Stopping lets running activities finish for this long before they are cancelled.
     options.setdefault("graceful_shutdown_timeout", timedelta(seconds=settings.worker_graceful_shutdown_seconds))
     options["interceptors"] = [*options.get("interceptors", []), KeepAliveInterceptor()]
+    if "tuner" not in options:
+        options.setdefault("max_concurrent_activities", settings.worker_max_concurrent_activities)
+        options.setdefault("max_concurrent_local_activities", settings.worker_max_concurrent_local_activities)
     # The sandbox imports the workflow modules for every new run: compile them once, not each time.
     compile_workflows_once({workflow.__module__.partition(".")[0] for workflow in WORKFLOWS})
     return Worker(
@@ -43,7 +46,7 @@ def build_worker(client: Client, db: Database, provider: EmailProvider, settings
 
 async def run(settings: Settings) -> None:
     log = get_logger(component="worker")
-    db = Database(settings.resolved_database_url)
+    db = worker_database(settings.resolved_database_url, settings)
     # Never create tables here: workers starting together raced; `nurture migrate` upgrades.
     try:
         await require_current_schema(db)
