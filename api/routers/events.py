@@ -208,7 +208,7 @@ def _batch_items(body: bytes, content_type: str, limit: int) -> list[Any]:
         raise _invalid("a JSON array of events is expected (or JSON lines with Content-Type application/x-ndjson)")
     if len(items) > limit:
         raise HTTPException(
-            status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            status_code=status.HTTP_413_CONTENT_TOO_LARGE,
             detail=f"{len(items)} events in one batch; at most {limit} (setting event_batch_max)",
         )
     return items
