@@ -31,6 +31,7 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from nurture.db import Database
 from nurture.enrolling import Enroller, RouteOutcome
@@ -99,57 +100,62 @@ class EventInbox:
         Raises what routing raised (TemporalUnavailable, a database error): the failed event and
         the ones after it stay pending, for the next call or the sweep.
         """
-        async with self._contact_lock(contact_id):
-            async with self.db.session() as session:
-                events = list(
-                    (
-                        await session.exec(
-                            select(Event)
-                            .where(Event.contact_id == contact_id, Event.inbox_status == PENDING)
-                            .order_by(col(Event.id))
-                        )
-                    ).all()
-                )
-                if not events:
-                    return {}
-                contact = await session.get(Contact, contact_id)
-                if contact is None:  # cannot happen while events refer to it; nothing to route to
-                    return {}
-                triggers = await enroller.event_triggers(session)
-                done: dict[str, Routed] = {}
-                for event in events:
-                    if event.type in UNSUBSCRIBE_EVENTS:
-                        await enroller.contact_changed(session, contact)
-                    routed = Routed.of(await enroller.route_event(session, contact, event, triggers))
-                    event.inbox_status = ROUTED
-                    event.routing = routed.as_json()
-                    session.add(event)
-                    await session.commit()
-                    done[event.event_id] = routed
-                    get_logger(contact_id=contact_id, event_id=event.event_id).info(
-                        "event_routed", type=event.type, enrolled=routed.enrolled, signalled=routed.signalled
+        async with self._contact_session(contact_id) as session:
+            events = list(
+                (
+                    await session.exec(
+                        select(Event)
+                        .where(Event.contact_id == contact_id, Event.inbox_status == PENDING)
+                        .order_by(col(Event.id))
                     )
-                return done
+                ).all()
+            )
+            if not events:
+                return {}
+            contact = await session.get(Contact, contact_id)
+            if contact is None:  # cannot happen while events refer to it; nothing to route to
+                return {}
+            triggers = await enroller.event_triggers(session)
+            done: dict[str, Routed] = {}
+            for event in events:
+                if event.type in UNSUBSCRIBE_EVENTS:
+                    await enroller.contact_changed(session, contact)
+                routed = Routed.of(await enroller.route_event(session, contact, event, triggers))
+                event.inbox_status = ROUTED
+                event.routing = routed.as_json()
+                session.add(event)
+                await session.commit()
+                done[event.event_id] = routed
+                get_logger(contact_id=contact_id, event_id=event.event_id).info(
+                    "event_routed", type=event.type, enrolled=routed.enrolled, signalled=routed.signalled
+                )
+            return done
 
     @asynccontextmanager
-    async def _contact_lock(self, contact_id: int) -> AsyncIterator[None]:
+    async def _contact_session(self, contact_id: int) -> AsyncIterator[AsyncSession]:
+        """A session that alone routes this contact: one per contact in this process (a lock), and on
+        PostgreSQL across processes (a session advisory lock on the session's own connection: a
+        transaction lock would end at the first commit, and routing commits per event)."""
         entry = self._locks.setdefault(contact_id, _ContactLock())
         entry.users += 1
         try:
-            async with entry.lock, self._gate:
-                if self.db.engine.dialect.name != "postgresql":
-                    yield
-                    return
-                # Other API processes: a session lock on a connection of its own (a transaction
-                # lock would end at the first commit, and routing commits per event).
-                async with self.db.engine.connect() as conn:
-                    await conn.execute(_LOCK, {"space": _LOCK_SPACE, "contact": contact_id})
-                    await conn.commit()
-                    try:
-                        yield
-                    finally:
-                        await conn.execute(_UNLOCK, {"space": _LOCK_SPACE, "contact": contact_id})
+            async with entry.lock, self._gate, self.db.engine.connect() as conn:
+                session = AsyncSession(bind=conn, expire_on_commit=False)
+                locked = conn.dialect.name == "postgresql"
+                try:
+                    if locked:
+                        await conn.execute(_LOCK, {"space": _LOCK_SPACE, "contact": contact_id})
                         await conn.commit()
+                    yield session
+                finally:
+                    await session.close()
+                    if locked:
+                        try:
+                            await conn.execute(_UNLOCK, {"space": _LOCK_SPACE, "contact": contact_id})
+                            await conn.commit()
+                        except Exception:
+                            # Never hand a connection that may still hold the lock back to the pool.
+                            await conn.invalidate()
         finally:
             entry.users -= 1
             if entry.users == 0:

@@ -77,8 +77,9 @@ class Settings(BaseSettings):
     # POST /events answers once the event is routed (with `enrolled`, `signalled`) unless the request
     # says ?wait=false; false here turns the default around (a tracker posting at volume).
     events_wait_by_default: bool = True
-    # Contacts whose pending events one API process routes at once.
-    event_route_concurrency: int = Field(default=64, ge=1, le=10_000)
+    # Contacts whose pending events one API process routes at once (each holds a database
+    # connection while it routes: keep it below the pool's size).
+    event_route_concurrency: int = Field(default=10, ge=1, le=10_000)
     # Each API process looks for events still pending after event_sweep_after_seconds (their
     # accepting process died before routing them, or Temporal was away) this often, and routes
     # up to event_sweep_batch contacts' events per look.
