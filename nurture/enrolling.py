@@ -477,11 +477,7 @@ class Enroller:
             return outcome
         if triggers is None:
             triggers = await self.event_triggers(session)
-        triggered = [
-            (flow, version)
-            for flow, version, trigger in triggers.by_type.get(event.type, ())
-            if matches_properties(trigger.where, event.properties)
-        ]
+        triggered = triggered_by(triggers, event)
         if triggered:
             for admission in await self._admit_flows(session, contact, triggered, utcnow()):
                 if admission.created and admission.enrollment is not None:
@@ -534,27 +530,35 @@ class Enroller:
     async def _active_enrollments(
         self, session: AsyncSession, contact: Contact
     ) -> list[tuple[Enrollment, tuple]]:
-        """The contact's running enrollments, each with its version's key in the parsed-definition cache."""
+        assert contact.id is not None
+        return (await self.active_enrollments_of(session, [contact.id])).get(contact.id, [])
+
+    async def active_enrollments_of(
+        self, session: AsyncSession, contact_ids: Sequence[int]
+    ) -> dict[int, list[tuple[Enrollment, tuple]]]:
+        """The contacts' running enrollments (by id), each with its version's key in the
+        parsed-definition cache; one query."""
+        if not contact_ids:
+            return {}
         rows = await session.exec(
             select(Enrollment, FlowVersion.id, FlowVersion.created_at)
             .join(
                 FlowVersion,
                 (FlowVersion.flow_id == Enrollment.flow_id) & (FlowVersion.version == Enrollment.flow_version),
             )
-            .where(Enrollment.contact_id == contact.id, Enrollment.status == EnrollmentStatus.active)
+            .where(col(Enrollment.contact_id).in_(sorted(set(contact_ids))), Enrollment.status == EnrollmentStatus.active)
             .order_by(Enrollment.id)
         )
-        return [
-            (row, version_key(row.flow_id, row.flow_version, version_id, created_at))
-            for row, version_id, created_at in rows.all()
-        ]
+        found: dict[int, list[tuple[Enrollment, tuple]]] = {}
+        for row, version_id, created_at in rows.all():
+            found.setdefault(row.contact_id, []).append(
+                (row, version_key(row.flow_id, row.flow_version, version_id, created_at))
+            )
+        return found
 
-    async def _unenroll_active_again(
-        self, session: AsyncSession, event: Event, active: Sequence[tuple[Enrollment, tuple]]
-    ) -> None:
-        """Any event since the enrollment began is activity: inactivity flows that unenroll when their
-        trigger stops matching let the contact go."""
-        definitions = {key: cached_definition(key) for _, key in active}
+    async def definitions_of(self, session: AsyncSession, keys: Iterable[tuple]) -> dict[tuple, FlowDefinition]:
+        """Parsed definitions by version key: from the per-process cache, the missing ones in one query."""
+        definitions = {key: cached_definition(key) for key in keys}
         missing = [key for key, found in definitions.items() if found is None]
         if missing:
             loaded = await session.exec(select(FlowVersion).where(col(FlowVersion.id).in_([k[2] for k in missing])))
@@ -562,32 +566,32 @@ class Enroller:
                 definitions[version_key(version.flow_id, version.version, version.id, version.created_at)] = (  # type: ignore[arg-type]
                     self.definition(version)
                 )
-        leaving = []
-        for enrollment, key in active:
-            definition = definitions.get(key)
-            if definition is None:
-                continue
-            policy = definition.enrollment
-            if (
-                isinstance(definition.trigger, InactivityTrigger)
-                and policy is not None
-                and policy.unenroll_when_trigger_stops_matching
-                and event.occurred_at > enrollment.started_at
-            ):
-                leaving.append(enrollment)
-        await self.exit_all(leaving, CRITERIA_NO_LONGER_MATCH, "trigger")
+        return {key: found for key, found in definitions.items() if found is not None}
+
+    async def _unenroll_active_again(
+        self, session: AsyncSession, event: Event, active: Sequence[tuple[Enrollment, tuple]]
+    ) -> None:
+        definitions = await self.definitions_of(session, [key for _, key in active])
+        await self.exit_all(inactivity_leavers(event, active, definitions), CRITERIA_NO_LONGER_MATCH, "trigger")
 
     async def _event_recipients(
         self, session: AsyncSession, contact: Contact, event: Event, active: Sequence[Enrollment]
     ) -> list[Enrollment]:
         message_id = event.properties.get("message_id")
+        message = None
         if event.type in MESSAGE_EVENTS and message_id is not None:
-            # An open or click concerns the enrollment that sent that email, not every flow.
             message = await session.get(Message, _as_int(message_id))
-            if message is None or message.contact_id != contact.id or message.workflow_id is None:
-                return []
-            return [e for e in active if e.workflow_id == message.workflow_id]
-        return list(active)
+        return event_recipients(event, contact.id, active, message)  # type: ignore[arg-type]
+
+    async def tell_event(
+        self, event: Event, recipients: Sequence[Enrollment], leaving: Sequence[Enrollment]
+    ) -> None:
+        """Signal the event to its recipients, then let go of the enrollments it ends (inactivity)."""
+        signal = ContactEventSignal(
+            event_id=event.event_id, type=event.type, properties=event.properties, occurred_at=event.occurred_at
+        )
+        await self._signal_all([e.workflow_id for e in recipients], "contact_event", signal)
+        await self.exit_all(leaving, CRITERIA_NO_LONGER_MATCH, "trigger")
 
     # --- telling running enrollments ----------------------------------------
 
@@ -733,6 +737,55 @@ class Enroller:
             if exc.status == RPCStatusCode.NOT_FOUND:
                 return  # finished between our read and the signal: nothing left to tell
             raise TemporalUnavailable(str(exc)) from exc
+
+
+def message_of(event: Event) -> int | None:
+    """The message an open or click is about (its ``message_id`` property), or None."""
+    message_id = event.properties.get("message_id")
+    if event.type in MESSAGE_EVENTS and message_id is not None:
+        return _as_int(message_id)
+    return None
+
+
+def event_recipients(
+    event: Event, contact_id: int, active: Sequence[Enrollment], message: Message | None
+) -> list[Enrollment]:
+    """The running enrollments an event concerns: all of the contact's, but an open or click only
+    the enrollment that sent that email (``message``, looked up by ``message_of``)."""
+    if message_of(event) is not None:
+        if message is None or message.contact_id != contact_id or message.workflow_id is None:
+            return []
+        return [e for e in active if e.workflow_id == message.workflow_id]
+    return list(active)
+
+
+def inactivity_leavers(
+    event: Event, active: Sequence[tuple[Enrollment, tuple]], definitions: Mapping[tuple, FlowDefinition]
+) -> list[Enrollment]:
+    """Any event since the enrollment began is activity: inactivity flows that unenroll when their
+    trigger stops matching let the contact go."""
+    leaving = []
+    for enrollment, key in active:
+        definition = definitions.get(key)
+        if definition is None:
+            continue
+        policy = definition.enrollment
+        if (
+            isinstance(definition.trigger, InactivityTrigger)
+            and policy is not None
+            and policy.unenroll_when_trigger_stops_matching
+            and event.occurred_at > enrollment.started_at
+        ):
+            leaving.append(enrollment)
+    return leaving
+
+
+def triggered_by(triggers: EventTriggers, event: Event) -> list[tuple[Flow, FlowVersion]]:
+    return [
+        (flow, version)
+        for flow, version, trigger in triggers.by_type.get(event.type, ())
+        if matches_properties(trigger.where, event.properties)
+    ]
 
 
 async def _all_or_first_error(calls: Sequence[Awaitable[None]]) -> None:

@@ -77,15 +77,13 @@ class Settings(BaseSettings):
     # POST /events answers once the event is routed (with `enrolled`, `signalled`) unless the request
     # says ?wait=false; false here turns the default around (a tracker posting at volume).
     events_wait_by_default: bool = True
-    # Contacts whose pending events one API process routes at once (each holds a database
-    # connection while it routes: keep it below the pool's size).
-    event_route_concurrency: int = Field(default=10, ge=1, le=10_000)
-    # Each API process looks for events still pending after event_sweep_after_seconds (their
-    # accepting process died before routing them, or Temporal was away) this often, and routes
-    # up to event_sweep_batch contacts' events per look.
+    # The router (one at a time per database) takes up to event_route_batch pending events at once
+    # and tells up to event_route_concurrency contacts at once.
+    event_route_batch: int = Field(default=500, ge=1, le=100_000)
+    event_route_concurrency: int = Field(default=64, ge=1, le=10_000)
+    # Each API process also routes what is pending this often: events whose accepting process
+    # died before routing them, or that Temporal was away for.
     event_sweep_interval_seconds: float = Field(default=5.0, gt=0, le=3_600)
-    event_sweep_after_seconds: float = Field(default=10.0, ge=0, le=86_400)
-    event_sweep_batch: int = Field(default=500, ge=1, le=100_000)
     # Events in one POST /events/batch (413 past it; the body also counts against max_body_bytes).
     event_batch_max: int = Field(default=1_000, ge=1, le=100_000)
 

@@ -18,7 +18,7 @@ from sqlmodel import col, select
 from api import crud
 from api.deps import DatabaseDep, EnrollerFactoryDep, EventInboxDep, SessionDep, SettingsDep
 from api.schemas.events import EventBatchOut, EventBatchResult, EventIn, EventOut
-from nurture.event_inbox import PENDING, Routed
+from nurture.event_inbox import PENDING
 from nurture.event_types import UNSUBSCRIBE_EVENTS
 from nurture.logging import get_logger
 from nurture.models import Contact, Event, SubscriptionStatus, utcnow
@@ -106,21 +106,18 @@ async def ingest_event(
     assert contact_id is not None and event_row is not None
     answer = EventOut(event_id=event.event_id, contact_id=contact_id, duplicate=False, contact_created=created)
     if not wait:
-        inbox.route_soon(get_enroller, [contact_id])
+        inbox.kick(get_enroller)
         answer.routed = False
         return answer
 
     try:
-        routed = (await inbox.route_contact(await get_enroller(), contact_id)).get(event.event_id)
+        routed = await inbox.routed(get_enroller, event_row)
     except Exception:
         # The client is told it failed: nothing of it stays, so that its retry is routed.
         await crud.forget_event(db, event_row, only_pending=True)
         if created:
             await crud.forget_new_contact(db, contact_id)
         raise
-    if routed is None:  # routed by another router first (the sweep, a concurrent request)
-        await session.refresh(event)
-        routed = Routed.stored(event) or Routed()
     get_logger(contact_id=contact_id, event_id=event.event_id).info(
         "event_ingested", type=event.type, contact_created=created, enrolled=routed.enrolled, signalled=routed.signalled
     )
@@ -187,7 +184,7 @@ async def ingest_batch(
     results.extend(accepted)
     results.sort(key=lambda r: r.index)
     if contact_ids:
-        inbox.route_soon(get_enroller, contact_ids)
+        inbox.kick(get_enroller)
     counts = {kind: sum(1 for r in results if r.status == kind) for kind in ("accepted", "duplicate", "rejected")}
     get_logger(component="events").info("event_batch_ingested", **counts)
     return EventBatchOut(
