@@ -367,6 +367,17 @@ def parse(argv: list[str] | None = None):
 if __name__ == "__main__":
     arguments = parse()
     outcome = asyncio.run(main(arguments))
-    print(table(outcome))
-    if arguments.profile is None:
+    if arguments.profile is not None:
+        print(table(outcome))
+    else:
+        # A run of some backends keeps the others' last results (each entry says when it ran).
+        ran = {run["backend"] for run in outcome["backends"]}
+        for run in outcome["backends"]:
+            run["started"] = outcome["started"]
+        if arguments.output.exists():
+            before = json.loads(arguments.output.read_text())
+            outcome["backends"] = [r for r in before.get("backends", []) if r["backend"] not in ran] + outcome["backends"]
+            if "raw_signals" not in outcome and "raw_signals" in before:
+                outcome["raw_signals"] = before["raw_signals"]
         arguments.output.write_text(json.dumps(outcome, indent=2) + "\n")
+        print(table(outcome))

@@ -243,6 +243,9 @@ class EventInbox:
             if message_ids
             else {}
         )
+        # End the reading transaction before the signals: on SQLite it holds the write lock, and the
+        # requests accepting new events must not wait for Temporal.
+        await session.commit()
         done: dict[int, Routed] = {}
         failures: dict[int, BaseException] = {}
         gate = asyncio.Semaphore(self.settings.event_route_concurrency)
