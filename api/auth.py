@@ -42,6 +42,8 @@ POLICY: tuple[Rule, ...] = (
     rule("POST", r"^/contacts/\{contact_id\}/(pause|resume)$", PAUSERS),
     rule("GET", r"^/contacts/\{contact_id\}(/.*)?$", ALL),
     rule("GET", r"^/pauses$", ALL),
+    # Events, one at a time or in batches: site trackers, CRM connectors, importers.
+    rule("POST", r"^/events(/batch)?$", WRITERS),
     rule("GET", r"^/", frozenset({Role.admin, Role.marketer, Role.read_only})),
     rule("POST PUT PATCH DELETE", r"^/", WRITERS),
 )

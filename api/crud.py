@@ -106,13 +106,14 @@ async def undo_contact_change(
         get_logger(contact_id=contact_id).warning("contact_change_undo_failed", error=str(exc))
 
 
-async def forget_event(db: Database, event_row_id: int) -> None:
+async def forget_event(db: Database, event_row_id: int, *, only_pending: bool = False) -> None:
     """Undo an event committed by a request that then failed, so that the client's retry
-    (the same event_id) is routed instead of answered as a duplicate."""
+    (the same event_id) is routed instead of answered as a duplicate. ``only_pending``: unless a
+    router routed it meanwhile (then it stays, and the retry is a duplicate)."""
     try:
         async with db.session() as session:
             event = await session.get(Event, event_row_id)
-            if event is not None:
+            if event is not None and (not only_pending or event.inbox_status == "pending"):
                 await session.delete(event)
                 await session.commit()
     except Exception as exc:  # the original error is what the client must see

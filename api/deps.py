@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -15,6 +15,7 @@ from api.state import TemporalConnection
 from nurture.api_keys import Role
 from nurture.db import Database
 from nurture.enrolling import Enroller
+from nurture.event_inbox import EventInbox
 from nurture.models import ApiKey, Contact
 from nurture.pausing import Actor
 from nurture.settings import Settings
@@ -60,6 +61,29 @@ def get_enroller(client: ClientDep, settings: SettingsDep) -> Enroller:
 
 
 EnrollerDep = Annotated[Enroller, Depends(get_enroller)]
+
+
+def get_event_inbox(request: Request, db: DatabaseDep) -> EventInbox:
+    """The process's event inbox (its routing locks and background tasks), on the app's database."""
+    inbox: EventInbox | None = getattr(request.app.state, "event_inbox", None)
+    if inbox is None or inbox.db is not db:
+        inbox = request.app.state.event_inbox = EventInbox(db, request.app.state.settings)
+    return inbox
+
+
+EventInboxDep = Annotated[EventInbox, Depends(get_event_inbox)]
+
+
+def enroller_factory(temporal: TemporalDep, settings: SettingsDep) -> Callable[[], Awaitable[Enroller]]:
+    """An Enroller made when routing needs it: the request that does not wait needs no Temporal."""
+
+    async def make() -> Enroller:
+        return Enroller(await temporal.get(), settings)
+
+    return make
+
+
+EnrollerFactoryDep = Annotated[Callable[[], Awaitable[Enroller]], Depends(enroller_factory)]
 
 
 # --- who is asking ---------------------------------------------------------------

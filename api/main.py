@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -37,7 +38,8 @@ from api.routers import (
 from api.state import TemporalConnection
 from nurture.db import Database
 from nurture.deployment_secrets import API_SECRETS, ForgeableSecret, require_secrets, with_stored_secrets
-from nurture.enrolling import TemporalUnavailable
+from nurture.enrolling import Enroller, TemporalUnavailable
+from nurture.event_inbox import EventInbox
 from nurture.flow import FlowDefinition
 from nurture.logging import configure_logging, get_logger
 from nurture.migrating import SchemaNotCurrent, require_current_schema
@@ -90,9 +92,19 @@ def create_app(
             except TemporalUnavailable:
                 log.warning("api_started_without_temporal", address=settings.temporal_address)
         log.info("api_started", namespace=settings.temporal_namespace, task_queue=settings.temporal_task_queue)
+        # Events stored but not routed (their process died first, or Temporal was away) are routed here.
+        inbox = app.state.event_inbox = EventInbox(app.state.db, app.state.settings)
+
+        async def enroller() -> Enroller:
+            return Enroller(await temporal.get(), app.state.settings)
+
+        sweeps = asyncio.create_task(inbox.run_sweeps(enroller))
         try:
             yield
         finally:
+            sweeps.cancel()
+            await asyncio.gather(sweeps, return_exceptions=True)
+            await inbox.drain()
             if owned_db is not None:
                 await owned_db.dispose()
                 app.state.db = None
@@ -107,6 +119,7 @@ def create_app(
     app.state.settings = settings
     app.state.db = db
     app.state.temporal = TemporalConnection(settings, client)
+    app.state.event_inbox = None  # made with the database (lifespan) or by the first event (api.deps)
 
     install_error_handlers(app)
     # Starlette runs the middleware added last first: the rate limit refuses a flood before any

@@ -141,7 +141,7 @@ def api_command(settings: Settings) -> list[str]:
         str(settings.api_port),
         # uvicorn would take X-Forwarded-For from loopback peers; the app decides (trusted_proxies).
         "--no-proxy-headers",
-    ]
+    ] + (["--workers", str(settings.api_workers)] if settings.api_workers > 1 else [])
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ from nurture.flow.conditions import matches_properties
 from nurture.flow.language import EventTrigger, FlowDefinition
 from nurture.flow.triggers import EnrollmentPolicy, InactivityTrigger, PropertyTrigger
 from nurture.event_types import MESSAGE_EVENTS
-from nurture.flow_definitions import parsed_definition
+from nurture.flow_definitions import cached_definition, parsed_definition, version_key
 from nurture.logging import get_logger
 from nurture.models import (
     Contact,
@@ -103,6 +103,17 @@ class PageAdmissions:
     @property
     def failed(self) -> list[Admission]:
         return [a for a in self.admissions if a.start_failed is not None]
+
+
+@dataclass(frozen=True)
+class EventTriggers:
+    """The active flows' event triggers by event type, with the flow and version rows to enroll in."""
+
+    by_type: Mapping[str, Sequence[tuple[Flow, FlowVersion, EventTrigger]]]
+
+
+# Compiled event triggers per set of active versions (rows id and creation instant: immutable), per process.
+_compiled_triggers: dict[tuple, EventTriggers] = {}
 
 
 @dataclass
@@ -444,35 +455,66 @@ class Enroller:
 
     # --- events --------------------------------------------------------------
 
-    async def route_event(self, session: AsyncSession, contact: Contact, event: Event) -> RouteOutcome:
-        """Forward the event to the enrollments it concerns, then enroll per matching triggers."""
+    async def route_event(
+        self, session: AsyncSession, contact: Contact, event: Event, triggers: EventTriggers | None = None
+    ) -> RouteOutcome:
+        """Forward the event to the enrollments it concerns, then enroll per matching triggers.
+
+        ``triggers``: the active flows' event triggers, compiled once per set of active versions
+        (``event_triggers``); read here when not given.
+        """
         outcome = RouteOutcome()
         signal = ContactEventSignal(
             event_id=event.event_id, type=event.type, properties=event.properties, occurred_at=event.occurred_at
         )
-        recipients = await self._event_recipients(session, contact, event)
+        active = await self._active_enrollments(session, contact)
+        recipients = await self._event_recipients(session, contact, event, [e for e, _ in active])
         await self._signal_all([e.workflow_id for e in recipients], "contact_event", signal)
         outcome.signalled.extend(recipients)
 
-        await self._unenroll_active_again(session, contact, event)
+        await self._unenroll_active_again(session, event, active)
         if contact.subscription_status != SubscriptionStatus.subscribed:
             return outcome
-        rows = await session.exec(
-            select(Flow, FlowVersion)
-            .join(FlowVersion, (FlowVersion.flow_id == Flow.id) & (FlowVersion.version == Flow.active_version))
-            .where(Flow.status == FlowStatus.active, Flow.trigger_event == event.type)
-            .order_by(Flow.id)
-        )
-        triggered = []
-        for flow, version in rows.all():
-            trigger = self.definition(version).trigger
-            if isinstance(trigger, EventTrigger) and matches_properties(trigger.where, event.properties):
-                triggered.append((flow, version))
+        if triggers is None:
+            triggers = await self.event_triggers(session)
+        triggered = triggered_by(triggers, event)
         if triggered:
             for admission in await self._admit_flows(session, contact, triggered, utcnow()):
                 if admission.created and admission.enrollment is not None:
                     outcome.enrolled.append(admission.enrollment)
         return outcome
+
+    async def event_triggers(self, session: AsyncSession) -> EventTriggers:
+        """The active flows' event triggers by event type: one small query to learn which versions
+        are active, compiled (definitions parsed, rows loaded) only when that set changed."""
+        keys = (
+            await session.exec(
+                select(Flow.id, FlowVersion.id, FlowVersion.created_at)
+                .join(FlowVersion, (FlowVersion.flow_id == Flow.id) & (FlowVersion.version == Flow.active_version))
+                .where(Flow.status == FlowStatus.active, col(Flow.trigger_event).is_not(None))
+                .order_by(Flow.id)
+            )
+        ).all()
+        fingerprint = tuple(tuple(k) for k in keys)
+        found = _compiled_triggers.get(fingerprint)
+        if found is not None:
+            return found
+        rows = await session.exec(
+            select(Flow, FlowVersion)
+            .join(FlowVersion, (FlowVersion.flow_id == Flow.id) & (FlowVersion.version == Flow.active_version))
+            .where(Flow.status == FlowStatus.active, col(Flow.trigger_event).is_not(None))
+            .order_by(Flow.id)
+        )
+        by_type: dict[str, list[tuple[Flow, FlowVersion, EventTrigger]]] = {}
+        for flow, version in rows.all():
+            trigger = self.definition(version).trigger
+            if isinstance(trigger, EventTrigger):
+                by_type.setdefault(trigger.event, []).append((flow, version, trigger))
+        compiled = EventTriggers(by_type)
+        _compiled_triggers[fingerprint] = compiled
+        while len(_compiled_triggers) > 8:
+            _compiled_triggers.pop(next(iter(_compiled_triggers)))
+        return compiled
 
     async def forward_event(self, session: AsyncSession, contact: Contact, event: Event) -> list[Enrollment]:
         """Tell the running enrollments only, no trigger: for an event routed before whose signals
@@ -480,46 +522,76 @@ class Enroller:
         signal = ContactEventSignal(
             event_id=event.event_id, type=event.type, properties=event.properties, occurred_at=event.occurred_at
         )
-        recipients = await self._event_recipients(session, contact, event)
+        active = await self._active_enrollments(session, contact)
+        recipients = await self._event_recipients(session, contact, event, [e for e, _ in active])
         await self._signal_all([e.workflow_id for e in recipients], "contact_event", signal)
         return recipients
 
-    async def _unenroll_active_again(self, session: AsyncSession, contact: Contact, event: Event) -> None:
-        """Any event since the enrollment began is activity: inactivity flows that unenroll when their
-        trigger stops matching let the contact go."""
+    async def _active_enrollments(
+        self, session: AsyncSession, contact: Contact
+    ) -> list[tuple[Enrollment, tuple]]:
+        assert contact.id is not None
+        return (await self.active_enrollments_of(session, [contact.id])).get(contact.id, [])
+
+    async def active_enrollments_of(
+        self, session: AsyncSession, contact_ids: Sequence[int]
+    ) -> dict[int, list[tuple[Enrollment, tuple]]]:
+        """The contacts' running enrollments (by id), each with its version's key in the
+        parsed-definition cache; one query."""
+        if not contact_ids:
+            return {}
         rows = await session.exec(
-            select(Enrollment, FlowVersion)
+            select(Enrollment, FlowVersion.id, FlowVersion.created_at)
             .join(
                 FlowVersion,
                 (FlowVersion.flow_id == Enrollment.flow_id) & (FlowVersion.version == Enrollment.flow_version),
             )
-            .where(Enrollment.contact_id == contact.id, Enrollment.status == EnrollmentStatus.active)
+            .where(col(Enrollment.contact_id).in_(sorted(set(contact_ids))), Enrollment.status == EnrollmentStatus.active)
+            .order_by(Enrollment.id)
         )
-        leaving = []
-        for enrollment, version in rows.all():
-            definition = self.definition(version)
-            policy = definition.enrollment
-            if (
-                isinstance(definition.trigger, InactivityTrigger)
-                and policy is not None
-                and policy.unenroll_when_trigger_stops_matching
-                and event.occurred_at > enrollment.started_at
-            ):
-                leaving.append(enrollment)
-        await self.exit_all(leaving, CRITERIA_NO_LONGER_MATCH, "trigger")
+        found: dict[int, list[tuple[Enrollment, tuple]]] = {}
+        for row, version_id, created_at in rows.all():
+            found.setdefault(row.contact_id, []).append(
+                (row, version_key(row.flow_id, row.flow_version, version_id, created_at))
+            )
+        return found
 
-    async def _event_recipients(self, session: AsyncSession, contact: Contact, event: Event) -> list[Enrollment]:
-        active = select(Enrollment).where(
-            Enrollment.contact_id == contact.id, Enrollment.status == EnrollmentStatus.active
-        )
+    async def definitions_of(self, session: AsyncSession, keys: Iterable[tuple]) -> dict[tuple, FlowDefinition]:
+        """Parsed definitions by version key: from the per-process cache, the missing ones in one query."""
+        definitions = {key: cached_definition(key) for key in keys}
+        missing = [key for key, found in definitions.items() if found is None]
+        if missing:
+            loaded = await session.exec(select(FlowVersion).where(col(FlowVersion.id).in_([k[2] for k in missing])))
+            for version in loaded.all():
+                definitions[version_key(version.flow_id, version.version, version.id, version.created_at)] = (  # type: ignore[arg-type]
+                    self.definition(version)
+                )
+        return {key: found for key, found in definitions.items() if found is not None}
+
+    async def _unenroll_active_again(
+        self, session: AsyncSession, event: Event, active: Sequence[tuple[Enrollment, tuple]]
+    ) -> None:
+        definitions = await self.definitions_of(session, [key for _, key in active])
+        await self.exit_all(inactivity_leavers(event, active, definitions), CRITERIA_NO_LONGER_MATCH, "trigger")
+
+    async def _event_recipients(
+        self, session: AsyncSession, contact: Contact, event: Event, active: Sequence[Enrollment]
+    ) -> list[Enrollment]:
         message_id = event.properties.get("message_id")
+        message = None
         if event.type in MESSAGE_EVENTS and message_id is not None:
-            # An open or click concerns the enrollment that sent that email, not every flow.
             message = await session.get(Message, _as_int(message_id))
-            if message is None or message.contact_id != contact.id or message.workflow_id is None:
-                return []
-            active = active.where(Enrollment.workflow_id == message.workflow_id)
-        return list((await session.exec(active.order_by(Enrollment.id))).all())
+        return event_recipients(event, contact.id, active, message)  # type: ignore[arg-type]
+
+    async def tell_event(
+        self, event: Event, recipients: Sequence[Enrollment], leaving: Sequence[Enrollment]
+    ) -> None:
+        """Signal the event to its recipients, then let go of the enrollments it ends (inactivity)."""
+        signal = ContactEventSignal(
+            event_id=event.event_id, type=event.type, properties=event.properties, occurred_at=event.occurred_at
+        )
+        await self._signal_all([e.workflow_id for e in recipients], "contact_event", signal)
+        await self.exit_all(leaving, CRITERIA_NO_LONGER_MATCH, "trigger")
 
     # --- telling running enrollments ----------------------------------------
 
@@ -665,6 +737,55 @@ class Enroller:
             if exc.status == RPCStatusCode.NOT_FOUND:
                 return  # finished between our read and the signal: nothing left to tell
             raise TemporalUnavailable(str(exc)) from exc
+
+
+def message_of(event: Event) -> int | None:
+    """The message an open or click is about (its ``message_id`` property), or None."""
+    message_id = event.properties.get("message_id")
+    if event.type in MESSAGE_EVENTS and message_id is not None:
+        return _as_int(message_id)
+    return None
+
+
+def event_recipients(
+    event: Event, contact_id: int, active: Sequence[Enrollment], message: Message | None
+) -> list[Enrollment]:
+    """The running enrollments an event concerns: all of the contact's, but an open or click only
+    the enrollment that sent that email (``message``, looked up by ``message_of``)."""
+    if message_of(event) is not None:
+        if message is None or message.contact_id != contact_id or message.workflow_id is None:
+            return []
+        return [e for e in active if e.workflow_id == message.workflow_id]
+    return list(active)
+
+
+def inactivity_leavers(
+    event: Event, active: Sequence[tuple[Enrollment, tuple]], definitions: Mapping[tuple, FlowDefinition]
+) -> list[Enrollment]:
+    """Any event since the enrollment began is activity: inactivity flows that unenroll when their
+    trigger stops matching let the contact go."""
+    leaving = []
+    for enrollment, key in active:
+        definition = definitions.get(key)
+        if definition is None:
+            continue
+        policy = definition.enrollment
+        if (
+            isinstance(definition.trigger, InactivityTrigger)
+            and policy is not None
+            and policy.unenroll_when_trigger_stops_matching
+            and event.occurred_at > enrollment.started_at
+        ):
+            leaving.append(enrollment)
+    return leaving
+
+
+def triggered_by(triggers: EventTriggers, event: Event) -> list[tuple[Flow, FlowVersion]]:
+    return [
+        (flow, version)
+        for flow, version, trigger in triggers.by_type.get(event.type, ())
+        if matches_properties(trigger.where, event.properties)
+    ]
 
 
 async def _all_or_first_error(calls: Sequence[Awaitable[None]]) -> None:

@@ -18,6 +18,18 @@ _Key = tuple[int, int, int, datetime | None]
 _parsed: OrderedDict[_Key, FlowDefinition] = OrderedDict()
 
 
+def version_key(flow_id: int, version: int, row_id: int, created_at: datetime | None) -> _Key:
+    return (flow_id, version, row_id, created_at)
+
+
+def cached_definition(key: _Key) -> FlowDefinition | None:
+    """The parsed definition of the version with this key, if this process parsed it already."""
+    found = _parsed.get(key)
+    if found is not None:
+        _parsed.move_to_end(key)
+    return found
+
+
 def parsed_definition(version: FlowVersion, keep: int = 256) -> FlowDefinition:
     """The version's definition as a model; callers must not change it (it is shared)."""
     if version.id is None:  # not written yet: nothing stable to key it by

@@ -90,6 +90,11 @@ class Event(SQLModel, table=True):
     properties: dict[str, Any] = _json()
     occurred_at: datetime = _when(nullable=False, default=utcnow)
     received_at: datetime = _when(nullable=False, default=utcnow)
+    # The inbox (nurture/event_inbox.py): POST /events stores an event "pending" and answers; a router
+    # then routes the contact's pending events in order and marks them "routed" with what it did
+    # (``routing``: enrollments started and told). None: stored by a path that acted on it at once.
+    inbox_status: str | None = Field(default=None, sa_column=sa.Column(sa.String(16), nullable=True, index=True))
+    routing: dict[str, Any] | None = Field(default=None, sa_column=sa.Column(sa.JSON, nullable=True))
 
 
 class Template(SQLModel, table=True):

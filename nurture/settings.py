@@ -69,6 +69,23 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # uvicorn worker processes of the API (`nurture stack`, the compose file). With more than one,
+    # set rate_limit_redis_url so the rate limits count across them (else each counts its own).
+    api_workers: int = Field(default=1, ge=1, le=64)
+
+    # --- the event inbox (docs/event-ingest.md) ---
+    # POST /events answers once the event is routed (with `enrolled`, `signalled`) unless the request
+    # says ?wait=false; false here turns the default around (a tracker posting at volume).
+    events_wait_by_default: bool = True
+    # The router (one at a time per database) takes up to event_route_batch pending events at once
+    # and tells up to event_route_concurrency contacts at once.
+    event_route_batch: int = Field(default=500, ge=1, le=100_000)
+    event_route_concurrency: int = Field(default=64, ge=1, le=10_000)
+    # Each API process also routes what is pending this often: events whose accepting process
+    # died before routing them, or that Temporal was away for.
+    event_sweep_interval_seconds: float = Field(default=5.0, gt=0, le=3_600)
+    # Events in one POST /events/batch (413 past it; the body also counts against max_body_bytes).
+    event_batch_max: int = Field(default=1_000, ge=1, le=100_000)
 
     email_provider: Literal["outbox", "smtp"] = "outbox"
     email_from: str = "Nurture <marketing@example.com>"

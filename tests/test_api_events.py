@@ -79,6 +79,7 @@ async def test_same_event_id_twice_is_a_duplicate_and_does_nothing_again(api, wo
         "contact_created": False,
         "enrolled": [],
         "signalled": [],
+        "routed": True,
     }
     assert len(await enrollments(api)) == 1
     assert await count_rows(db, Event) == 1

@@ -84,6 +84,8 @@ def test_children_run_on_this_interpreter():
     assert cli.api_command(settings) == [
         sys.executable, "-m", "uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8123", "--no-proxy-headers",
     ]
+    several = Settings(_env_file=None, api_workers=4)
+    assert cli.api_command(several)[-2:] == ["--workers", "4"]
 
 
 def test_temporal_binary_comes_from_this_environment():

@@ -26,7 +26,7 @@ from nurture import migrating
 from nurture.db import Database
 from nurture.migrate_command import migrate_command
 from nurture.migrating import BASELINE_REVISION, MIGRATIONS_DIR, SchemaMismatch, SchemaNotCurrent
-from nurture.models import Contact, Event
+from nurture.models import Contact, Event, utcnow
 from nurture.settings import Settings
 from tests.conftest import BACKENDS, POSTGRES_URL
 from tests.test_deploy import GOOD_SECRET, bare_env, free_port, run_until_exit
@@ -92,11 +92,19 @@ async def without_revision(db: Database) -> None:
 
 
 async def add_contact_with_event(db: Database, email: str = "ada@example.com") -> int:
+    """A contact and an event as the release before migrations wrote them (the baseline's columns only:
+    today's models may have more)."""
     async with db.session() as session:
         contact = Contact(email=email, name="Ada")
         session.add(contact)
         await session.flush()
-        session.add(Event(event_id=f"e-{email}", contact_id=contact.id, type="demo_requested"))
+        await session.execute(
+            sa.text(
+                "INSERT INTO events (event_id, contact_id, type, properties, occurred_at, received_at) "
+                "VALUES (:event_id, :contact_id, 'demo_requested', '{}', :now, :now)"
+            ),
+            {"event_id": f"e-{email}", "contact_id": contact.id, "now": utcnow()},
+        )
         await session.commit()
         return contact.id
 

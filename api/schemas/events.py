@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
@@ -33,3 +33,27 @@ class EventOut(BaseModel):
     contact_created: bool = False
     enrolled: list[int] = Field(default_factory=list, description="Enrollments this event started.")
     signalled: list[int] = Field(default_factory=list, description="Running enrollments told about the event.")
+    routed: bool = Field(
+        default=True,
+        description="False when the answer came before routing (?wait=false): enrolled and signalled are "
+        "then empty, and the event is routed right after, in the order the contact's events were accepted.",
+    )
+
+
+class EventBatchResult(BaseModel):
+    index: int = Field(description="The event's position in the batch (0-based).")
+    status: Literal["accepted", "duplicate", "rejected"] = Field(
+        description="accepted: stored, routed in the background; duplicate: this event_id was already "
+        "received (or came earlier in the batch); rejected: invalid, see errors."
+    )
+    event_id: str | None = None
+    contact_id: int | None = None
+    contact_created: bool = False
+    errors: list[dict[str, Any]] = Field(default_factory=list, description="For a rejected event: loc, msg, type.")
+
+
+class EventBatchOut(BaseModel):
+    accepted: int
+    duplicates: int
+    rejected: int
+    results: list[EventBatchResult]
