@@ -29,6 +29,9 @@ class OutgoingEmail(BaseModel):
     html: str
     text: str
     headers: dict[str, str] = Field(default_factory=dict)
+    # Our message id and enrollment, carried in the provider's own metadata field (SES tags,
+    # SendGrid custom_args, Postmark Metadata, Mailgun v: variables) and returned in its reports.
+    metadata: dict[str, str] = Field(default_factory=dict)
 
 
 class PermanentDeliveryError(Exception):
@@ -36,7 +39,14 @@ class PermanentDeliveryError(Exception):
 
 
 class TemporaryDeliveryError(Exception):
-    """The provider could not take the message now; a later attempt may succeed."""
+    """The provider could not take the message now; a later attempt may succeed.
+
+    ``retry_after``: seconds the provider asked us to wait (its Retry-After), honoured by the retry.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 Accepted = Callable[[str], Awaitable[None]]
@@ -185,4 +195,12 @@ async def _close(client: aiosmtplib.SMTP, timeout: float) -> None:
 def provider_from_settings(settings: Settings) -> EmailProvider:
     if settings.email_provider == "smtp":
         return SmtpProvider(settings.smtp)
+    if settings.email_provider == "ses":
+        from activities.email.ses import SesProvider
+
+        return SesProvider(settings.ses)
+    if settings.email_provider in ("sendgrid", "postmark", "mailgun"):
+        from activities.email.http_apis import HTTP_PROVIDERS
+
+        return HTTP_PROVIDERS[settings.email_provider](getattr(settings, settings.email_provider))
     return OutboxProvider(settings.outbox_dir)
