@@ -294,12 +294,16 @@ class Settings(BaseSettings):
         return timedelta(seconds=timeout + self.send_activity_margin_seconds)
 
     @property
-    def send_task_queue(self) -> str | None:
-        """Where sends run when the provider has a rate: every worker polls it at that rate."""
+    def send_rate_per_second(self) -> float | None:
+        """The chosen provider's send rate across every worker; None: no limit."""
         api = self.provider_api
-        if api is None or not api.max_sends_per_second:
-            return None
-        return f"{self.temporal_task_queue}-sends-{self.email_provider}"
+        return api.max_sends_per_second if api is not None and api.max_sends_per_second else None
+
+    @property
+    def send_task_queue(self) -> str:
+        """Every worker polls it, at the provider's rate. Enrollments started while the provider
+        has a rate send through it (the name carries no provider: changing either strands nothing)."""
+        return f"{self.temporal_task_queue}-sends"
 
     @property
     def resolved_database_url(self) -> str:

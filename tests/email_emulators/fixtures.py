@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import boto3
 import pytest
@@ -15,29 +17,43 @@ from tests.email_emulators.vendors import MailgunEmulator, PostmarkEmulator, Sen
 SES_SENDER = "marketing@example.com"
 
 
+@asynccontextmanager
+async def running(name: str) -> AsyncIterator[tuple[Any, Any]]:
+    """The vendor's emulator on loopback and the provider settings that point at it."""
+    if name == "sendgrid":
+        emulator: Any = SendgridEmulator()
+        async with serving(emulator.app) as url:
+            yield emulator, SendgridSettings(base_url=url, api_key=emulator.credential, webhook_public_key=emulator.public_key)
+    elif name == "postmark":
+        emulator = PostmarkEmulator()
+        async with serving(emulator.app) as url:
+            yield emulator, PostmarkSettings(
+                base_url=url, server_token=emulator.credential, webhook_username="postmark", webhook_password="hook-secret"
+            )
+    else:
+        emulator = MailgunEmulator()
+        async with serving(emulator.app) as url:
+            yield emulator, MailgunSettings(
+                base_url=url, domain=emulator.domain, api_key=emulator.credential, webhook_signing_key=emulator.signing_key
+            )
+
+
 @pytest.fixture
 async def sendgrid() -> AsyncIterator[tuple[SendgridEmulator, SendgridSettings]]:
-    emulator = SendgridEmulator()
-    async with serving(emulator.app) as url:
-        yield emulator, SendgridSettings(base_url=url, api_key=emulator.credential, webhook_public_key=emulator.public_key)
+    async with running("sendgrid") as pair:
+        yield pair
 
 
 @pytest.fixture
 async def postmark() -> AsyncIterator[tuple[PostmarkEmulator, PostmarkSettings]]:
-    emulator = PostmarkEmulator()
-    async with serving(emulator.app) as url:
-        yield emulator, PostmarkSettings(
-            base_url=url, server_token=emulator.credential, webhook_username="postmark", webhook_password="hook-secret"
-        )
+    async with running("postmark") as pair:
+        yield pair
 
 
 @pytest.fixture
 async def mailgun() -> AsyncIterator[tuple[MailgunEmulator, MailgunSettings]]:
-    emulator = MailgunEmulator()
-    async with serving(emulator.app) as url:
-        yield emulator, MailgunSettings(
-            base_url=url, domain=emulator.domain, api_key=emulator.credential, webhook_signing_key=emulator.signing_key
-        )
+    async with running("mailgun") as pair:
+        yield pair
 
 
 @pytest.fixture(scope="session")
