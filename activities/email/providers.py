@@ -192,15 +192,51 @@ async def _close(client: aiosmtplib.SMTP, timeout: float) -> None:
     client.close()
 
 
+class PacedProvider:
+    """Hands messages to ``inner`` no faster than ``rate`` a second, evenly spaced, from this process.
+
+    The global rate is Temporal's task-queue limit on the send queue (worker/main.py); its token
+    bucket hands a backlog over in a burst (about a second's worth at once), which a provider
+    counting per second answers with 429. Spacing the hand-overs here keeps one worker's sends
+    even; several workers share the global rate, so each is rarely held here at all.
+    """
+
+    def __init__(self, inner: EmailProvider, rate: float):
+        self.inner = inner
+        self.name = inner.name
+        self.idempotent = inner.idempotent
+        self.interval = 1.0 / rate
+        self._next = 0.0
+        self._turn = asyncio.Lock()
+
+    async def deliver(self, email: OutgoingEmail, accepted: Accepted | None = None) -> str:
+        async with self._turn:
+            now = asyncio.get_running_loop().time()
+            at = max(now, self._next)
+            self._next = at + self.interval
+        if at > now:
+            await asyncio.sleep(at - now)
+        return await self.inner.deliver(email, accepted)
+
+    async def aclose(self) -> None:
+        close = getattr(self.inner, "aclose", None)
+        if close is not None:
+            await close()
+
+
 def provider_from_settings(settings: Settings) -> EmailProvider:
+    provider: EmailProvider
     if settings.email_provider == "smtp":
-        return SmtpProvider(settings.smtp)
-    if settings.email_provider == "ses":
+        provider = SmtpProvider(settings.smtp)
+    elif settings.email_provider == "ses":
         from activities.email.ses import SesProvider
 
-        return SesProvider(settings.ses)
-    if settings.email_provider in ("sendgrid", "postmark", "mailgun"):
+        provider = SesProvider(settings.ses)
+    elif settings.email_provider in ("sendgrid", "postmark", "mailgun"):
         from activities.email.http_apis import HTTP_PROVIDERS
 
-        return HTTP_PROVIDERS[settings.email_provider](getattr(settings, settings.email_provider))
-    return OutboxProvider(settings.outbox_dir)
+        provider = HTTP_PROVIDERS[settings.email_provider](getattr(settings, settings.email_provider))
+    else:
+        return OutboxProvider(settings.outbox_dir)
+    rate = settings.send_rate_per_second
+    return PacedProvider(provider, rate) if rate else provider

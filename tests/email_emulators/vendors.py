@@ -51,6 +51,7 @@ class VendorEmulator:
     throttled: int = 0
     _throttle_next: int = 0
     _window: deque = field(default_factory=deque)
+    admitted: list[float] = field(default_factory=list)  # monotonic time of each request let through
 
     def __post_init__(self) -> None:  # each vendor builds its app here
         pass
@@ -73,7 +74,17 @@ class VendorEmulator:
                 self.throttled += 1
                 return True
             self._window.append(now)
+        self.admitted.append(time.monotonic())
         return False
+
+    def busiest_second(self) -> int:
+        """The most requests let through within any one second."""
+        most, first = 0, 0
+        for last, at in enumerate(self.admitted):
+            while at - self.admitted[first] >= 1.0:
+                first += 1
+            most = max(most, last - first + 1)
+        return most
 
 
 # --- SendGrid v3 -------------------------------------------------------------------------------
