@@ -20,6 +20,19 @@ from nurture.metrics import instrumented
 from nurture.settings import Settings
 
 
+def email_activities(
+    db: Database, provider: EmailProvider, settings: Settings, renderer: TemplateRenderer | None = None
+) -> EmailActivities:
+    renderer = renderer or TemplateRenderer.from_settings(settings)
+    return EmailActivities(db, provider, settings.email_from, LinkTracker.from_settings(settings),
+                           ConsentLinks.from_settings(settings), renderer, SendGate(settings))
+
+
+def build_send_activities(db: Database, provider: EmailProvider, settings: Settings) -> list:
+    """What the send task queue's worker runs: only the send (settings.send_task_queue)."""
+    return instrumented([email_activities(db, provider, settings).send_email])
+
+
 def build_activities(
     db: Database,
     provider: EmailProvider,
@@ -29,8 +42,7 @@ def build_activities(
 ) -> list:
     contacts = ContactActivities(db)
     renderer = TemplateRenderer.from_settings(settings)
-    email = EmailActivities(db, provider, settings.email_from, LinkTracker.from_settings(settings),
-                            ConsentLinks.from_settings(settings), renderer, SendGate(settings))
+    email = email_activities(db, provider, settings, renderer)
     progress = ProgressActivities(db)
     scheduling = SchedulingActivities(db, settings.default_send_time)
     actions = ActionActivities(db, provider, client, settings)

@@ -173,6 +173,9 @@ class EnrollmentInput(BaseModel):
     continue_as_new_after_events: int | None = None
     carried: CarriedState | None = None
     timeouts: ActivityTimeouts = Field(default_factory=ActivityTimeouts)
+    # Sends go to this task queue, rate-limited per provider (settings.send_task_queue); None: the
+    # enrollment's own queue, as every enrollment started before it existed keeps doing.
+    send_task_queue: str | None = None
 
 
 class EnrollmentState(BaseModel):

@@ -17,7 +17,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -26,7 +26,14 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from nurture.enrolling import Enroller
-from nurture.event_types import EMAIL_BOUNCED, EMAIL_CLICKED, EMAIL_COMPLAINED, EMAIL_DELIVERED, EMAIL_OPENED
+from nurture.event_types import (
+    EMAIL_BOUNCED,
+    EMAIL_CLICKED,
+    EMAIL_COMPLAINED,
+    EMAIL_DELIVERED,
+    EMAIL_OPENED,
+    UNSUBSCRIBED,
+)
 from nurture.logging import get_logger
 from nurture.models import Contact, Event, Message, SubscriptionStatus, utcnow
 from nurture.settings import Settings
@@ -61,12 +68,22 @@ class ProviderEvent(BaseModel):
     """One report in a provider webhook, in the normalized shape (docs/observability.md)."""
 
     id: str | None = Field(default=None, max_length=200, description="The provider's event id: a resent report is ignored.")
-    type: Literal["delivered", "bounced", "complained"]
+    type: Literal["delivered", "bounced", "complained", "opened", "clicked", "unsubscribed"]
     message_id: int | None = Field(default=None, ge=1, le=2_147_483_647, description="Our message id.")
     provider_message_id: str | None = Field(default=None, max_length=300, description="Or the provider's (Message-ID).")
     bounce_type: Literal["hard", "soft"] = "hard"
     reason: str | None = Field(default=None, max_length=1000)
     occurred_at: datetime | None = None
+    # Opens and clicks the provider tracked (leave its tracking off when ours is on: each counts).
+    url: str | None = Field(default=None, max_length=4000, description="The link clicked.")
+    user_agent: str | None = Field(default=None, max_length=1000)
+
+
+@dataclass
+class ReportsRecorded:
+    recorded: list[str] = field(default_factory=list)  # the type of each report recorded
+    duplicates: int = 0
+    ignored: list[str] = field(default_factory=list)
 
 
 class ProviderBatch(BaseModel):
@@ -82,20 +99,26 @@ class EngagementRecorder:
     async def message(self, message_id: int) -> Message | None:
         return await self.session.get(Message, message_id) if 0 < message_id < 2**31 else None
 
-    async def opened(self, message: Message, user_agent: str | None, at: datetime) -> Recorded:
+    async def opened(
+        self, message: Message, user_agent: str | None, at: datetime, event_id: str | None = None, **extra: Any
+    ) -> Recorded:
         reason = bot_reason(message, user_agent, at, self.settings)
-        properties = {**_about(message), "user_agent": (user_agent or "")[:300], "bot": reason is not None}
+        properties = {**_about(message), **extra, "user_agent": (user_agent or "")[:300], "bot": reason is not None}
         if reason is not None:
             properties["bot_reason"] = reason
-        event = await self._event(message, EMAIL_OPENED, f"open:{message.id}:{uuid.uuid4().hex}", properties, at)
+        event_id = event_id or f"open:{message.id}:{uuid.uuid4().hex}"
+        event = await self._event(message, EMAIL_OPENED, event_id, properties, at)
         if reason is None:
             message.opened_at = message.opened_at or at
             await self._engaged(message, event)
         return Recorded(event, bot_reason=reason)
 
-    async def clicked(self, message: Message, url: str, user_agent: str | None, at: datetime) -> Recorded:
-        properties = {**_about(message), "url": url, "user_agent": (user_agent or "")[:300]}
-        event = await self._event(message, EMAIL_CLICKED, f"click:{message.id}:{uuid.uuid4().hex}", properties, at)
+    async def clicked(
+        self, message: Message, url: str, user_agent: str | None, at: datetime, event_id: str | None = None, **extra: Any
+    ) -> Recorded:
+        properties = {**_about(message), **extra, "url": url, "user_agent": (user_agent or "")[:300]}
+        event_id = event_id or f"click:{message.id}:{uuid.uuid4().hex}"
+        event = await self._event(message, EMAIL_CLICKED, event_id, properties, at)
         message.clicked_at = message.clicked_at or at
         await self._engaged(message, event)
         return Recorded(event)
@@ -108,12 +131,22 @@ class EngagementRecorder:
         if (await self.session.exec(select(Event.id).where(Event.event_id == event_id))).first() is not None:
             return Recorded(None, duplicate=True)
         at = report.occurred_at or utcnow()
+        if report.type == "opened":
+            return await self.opened(message, report.user_agent, at, event_id, provider=provider)
+        if report.type == "clicked":
+            return await self.clicked(message, report.url or "", report.user_agent, at, event_id, provider=provider)
         properties: dict[str, Any] = {**_about(message), "provider": provider}
         if report.reason:
             properties["reason"] = report.reason
         contact = await self.session.get(Contact, message.contact_id)
         assert contact is not None
-        if report.type == "delivered":
+        if report.type == "unsubscribed":
+            # Through the provider's own unsubscribe link or list-unsubscribe handling: the same
+            # consent as ours (api/routers/consent.py), so every enrollment of the contact exits.
+            event = await self._event(message, UNSUBSCRIBED, event_id, {**properties, "source": provider}, at)
+            contact.last_activity_at = max(contact.last_activity_at or at, at)
+            await self._unreachable(contact, SubscriptionStatus.unsubscribed)
+        elif report.type == "delivered":
             event = await self._event(message, EMAIL_DELIVERED, event_id, properties, at)
             message.delivered_at = message.delivered_at or at
         elif report.type == "bounced":
@@ -130,6 +163,19 @@ class EngagementRecorder:
         self.session.add(message)
         await (await self.get_enroller()).route_event(self.session, contact, event)
         return Recorded(event)
+
+    async def provider_reports(self, provider: str, reports: list[ProviderEvent], where: list[str]) -> ReportsRecorded:
+        """Record a webhook's reports (``where`` names each in the answer); nothing is committed."""
+        done = ReportsRecorded()
+        for report, name in zip(reports, where, strict=True):
+            outcome = await self.provider_event(provider, report)
+            if outcome.duplicate:
+                done.duplicates += 1
+            elif outcome.event is None:
+                done.ignored.append(f"{name}: no message of provider '{provider}' matches")
+            else:
+                done.recorded.append(report.type)
+        return done
 
     async def _reported_message(self, provider: str, report: ProviderEvent) -> Message | None:
         if report.message_id is not None:

@@ -82,6 +82,7 @@ class Starter:
             timeouts=ActivityTimeouts(
                 send=self.settings.send_activity_timeout, heartbeat=self.settings.activity_heartbeat_timeout
             ),
+            send_task_queue=self.settings.send_task_queue if self.settings.send_rate_per_second else None,
         )
 
     async def start(self, pending: PendingStart) -> None:

@@ -299,6 +299,17 @@ class WebhookCall(SQLModel, table=True):
     completed_at: datetime | None = _when()
 
 
+class WebhookToken(SQLModel, table=True):
+    """A provider webhook's one-time token (Mailgun's ``signature.token``), kept so a captured
+    request cannot be played again; rows older than the signature tolerance may be deleted."""
+
+    __tablename__ = "webhook_tokens"
+
+    provider: str = Field(sa_column=sa.Column(sa.String(40), primary_key=True))
+    token: str = Field(sa_column=sa.Column(sa.String(200), primary_key=True))
+    seen_at: datetime = _when(nullable=False, default=utcnow, index=True)
+
+
 class PauseLog(SQLModel, table=True):
     """The audit trail of sales pauses: who paused or resumed whom, until when and why."""
 

@@ -31,6 +31,56 @@ class SmtpSettings(BaseModel):
     timeout_seconds: float = Field(default=30.0, gt=0, le=600)
 
 
+class ProviderApiSettings(BaseModel):
+    """What every HTTP email provider shares (docs/email-providers.md)."""
+
+    # The vendor's API root; tests and benchmarks point it at an emulator on loopback.
+    base_url: str = ""
+    # The whole request (connect to the provider's answer) must fit in this.
+    timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    # Sends to this provider leave through their own task queue, at most this many per second across
+    # every worker (Temporal's task-queue rate limit); 0: no queue of their own, no limit.
+    max_sends_per_second: float = Field(default=0.0, ge=0, le=100_000)
+
+
+class SesSettings(ProviderApiSettings):
+    region: str = "us-east-1"
+    # None: the AWS SDK's own credential chain (environment, profile, instance role).
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    configuration_set: str | None = None  # where SES publishes delivery events (to SNS)
+    # A new SES account may send 14 messages a second; raise it with the account's quota.
+    max_sends_per_second: float = Field(default=14.0, ge=0, le=100_000)
+    # SNS signs its webhooks with a certificate fetched from an https://sns.<region>.amazonaws.com
+    # URL; a test emulator serving its own certificate is trusted by this URL prefix. Never in production.
+    sns_trusted_url_prefix: str | None = None
+    # Only notifications of these topics are taken (empty: any topic; set it in production).
+    sns_topic_arns: list[str] = Field(default_factory=list)
+
+
+class SendgridSettings(ProviderApiSettings):
+    base_url: str = "https://api.sendgrid.com"
+    api_key: str | None = None
+    # The Signed Event Webhook's verification key (base64 ECDSA P-256 public key, from the console).
+    webhook_public_key: str | None = None
+
+
+class PostmarkSettings(ProviderApiSettings):
+    base_url: str = "https://api.postmarkapp.com"
+    server_token: str | None = None
+    message_stream: str = "outbound"
+    # Postmark's webhooks carry no signature: the webhook URL holds these as basic auth.
+    webhook_username: str | None = None
+    webhook_password: str | None = None
+
+
+class MailgunSettings(ProviderApiSettings):
+    base_url: str = "https://api.mailgun.net"  # https://api.eu.mailgun.net for an EU domain
+    domain: str = ""
+    api_key: str | None = None
+    webhook_signing_key: str | None = None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="NURTURE_", env_nested_delimiter="__", env_file=".env", extra="ignore"
@@ -87,9 +137,14 @@ class Settings(BaseSettings):
     # Events in one POST /events/batch (413 past it; the body also counts against max_body_bytes).
     event_batch_max: int = Field(default=1_000, ge=1, le=100_000)
 
-    email_provider: Literal["outbox", "smtp"] = "outbox"
+    email_provider: Literal["outbox", "smtp", "ses", "sendgrid", "postmark", "mailgun"] = "outbox"
     email_from: str = "Nurture <marketing@example.com>"
     smtp: SmtpSettings = SmtpSettings()
+    # The providers' HTTP APIs (docs/email-providers.md): NURTURE_SES__REGION, NURTURE_SENDGRID__API_KEY ...
+    ses: SesSettings = SesSettings()
+    sendgrid: SendgridSettings = SendgridSettings()
+    postmark: PostmarkSettings = PostmarkSettings()
+    mailgun: MailgunSettings = MailgunSettings()
 
     sms_provider: Literal["outbox"] = "outbox"
 
@@ -250,8 +305,27 @@ class Settings(BaseSettings):
         return timedelta(seconds=self.activity_heartbeat_timeout_seconds)
 
     @property
+    def provider_api(self) -> ProviderApiSettings | None:
+        """The chosen provider's HTTP API settings (None for the outbox and SMTP)."""
+        return getattr(self, self.email_provider) if self.email_provider in PROVIDER_APIS else None
+
+    @property
     def send_activity_timeout(self) -> timedelta:
-        return timedelta(seconds=self.smtp.timeout_seconds + self.send_activity_margin_seconds)
+        api = self.provider_api
+        timeout = api.timeout_seconds if api is not None else self.smtp.timeout_seconds
+        return timedelta(seconds=timeout + self.send_activity_margin_seconds)
+
+    @property
+    def send_rate_per_second(self) -> float | None:
+        """The chosen provider's send rate across every worker; None: no limit."""
+        api = self.provider_api
+        return api.max_sends_per_second if api is not None and api.max_sends_per_second else None
+
+    @property
+    def send_task_queue(self) -> str:
+        """Every worker polls it, at the provider's rate. Enrollments started while the provider
+        has a rate send through it (the name carries no provider: changing either strands nothing)."""
+        return f"{self.temporal_task_queue}-sends"
 
     @property
     def worker_database_connections(self) -> int:
@@ -275,6 +349,9 @@ class Settings(BaseSettings):
     @property
     def sms_outbox_dir(self) -> Path:
         return self.data_dir / "sms-outbox"
+
+
+PROVIDER_APIS = ("ses", "sendgrid", "postmark", "mailgun")
 
 
 def async_database_url(url: str) -> str:

@@ -11,7 +11,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 from temporalio.worker import Worker
 
-from activities import build_activities
+from activities import build_activities, build_send_activities
 from activities.heartbeat import KeepAliveInterceptor
 from activities.email.providers import EmailProvider, provider_from_settings
 from nurture.db import Database, worker_database
@@ -44,6 +44,22 @@ def build_worker(client: Client, db: Database, provider: EmailProvider, settings
     )
 
 
+def build_send_worker(client: Client, db: Database, provider: EmailProvider, settings: Settings, **options) -> Worker:
+    """The worker of the send task queue: only sends, at most the provider's rate per second across
+    every worker (Temporal's task-queue rate limit, enforced by the server; every worker sets the
+    same value). Runs in every worker process, also without a rate, so no send that was routed
+    here while a rate was set waits for a poller after the setting changes."""
+    options.setdefault("graceful_shutdown_timeout", timedelta(seconds=settings.worker_graceful_shutdown_seconds))
+    options["interceptors"] = [*options.get("interceptors", []), KeepAliveInterceptor()]
+    return Worker(
+        client,
+        task_queue=settings.send_task_queue,
+        activities=build_send_activities(db, provider, settings),
+        max_task_queue_activities_per_second=settings.send_rate_per_second,
+        **options,
+    )
+
+
 async def run(settings: Settings) -> None:
     log = get_logger(component="worker")
     db = worker_database(settings.resolved_database_url, settings)
@@ -55,7 +71,9 @@ async def run(settings: Settings) -> None:
         await db.dispose()
         raise SystemExit(2) from exc
     client = await connect(settings)
-    worker = build_worker(client, db, provider_from_settings(settings), settings)
+    provider = provider_from_settings(settings)
+    worker = build_worker(client, db, provider, settings)
+    send_worker = build_send_worker(client, db, provider, settings)
     try:
         # Activation creates it too; this heals a schedule deleted by hand or a changed interval.
         await ensure_trigger_scan_schedule(client, settings)
@@ -68,8 +86,11 @@ async def run(settings: Settings) -> None:
     # The worker's own counters (activities, sends, latency); the API serves its own on GET /metrics.
     if serve_worker_metrics(settings.worker_metrics_port) is not None:
         log.info("worker_metrics", port=settings.worker_metrics_port, path="/metrics")
-    log.info("worker_started", task_queue=settings.temporal_task_queue, provider=settings.email_provider)
-    async with worker:
+    log.info(
+        "worker_started", task_queue=settings.temporal_task_queue, provider=settings.email_provider,
+        send_task_queue=settings.send_task_queue, sends_per_second=settings.send_rate_per_second,
+    )
+    async with worker, send_worker:
         await stop.wait()
         # Leaving the block stops polling at once, then waits for the activities in flight.
         log.info("worker_stopping", graceful_shutdown_seconds=settings.worker_graceful_shutdown_seconds)

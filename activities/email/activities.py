@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from jinja2 import TemplateError
 from sqlmodel import select
 from temporalio import activity
@@ -107,6 +109,7 @@ class EmailActivities:
                         html=rendered.html,
                         text=rendered.text,
                         headers=headers,
+                        metadata={"nurture_message_id": str(message.id), "nurture_enrollment": input.workflow_id},
                     ),
                     accepted=record_sent,
                 )
@@ -214,11 +217,15 @@ async def _retry_later(
     message.error = str(exc)
     session.add(message)
     await session.commit()
-    log.warning("send_retry", message_id=message.id, error=message.error, attempt=message.attempts)
+    log.warning(
+        "send_retry", message_id=message.id, error=message.error, attempt=message.attempts, retry_after=exc.retry_after
+    )
     return ApplicationError(
         f"temporary delivery failure: {exc}",
         type="TemporaryDeliveryFailure",
         category=ApplicationErrorCategory.BENIGN,
+        # A throttling provider's Retry-After, instead of the policy's backoff for this attempt.
+        next_retry_delay=timedelta(seconds=exc.retry_after) if exc.retry_after else None,
     )
 
 

@@ -29,6 +29,9 @@ class OutgoingEmail(BaseModel):
     html: str
     text: str
     headers: dict[str, str] = Field(default_factory=dict)
+    # Our message id and enrollment, carried in the provider's own metadata field (SES tags,
+    # SendGrid custom_args, Postmark Metadata, Mailgun v: variables) and returned in its reports.
+    metadata: dict[str, str] = Field(default_factory=dict)
 
 
 class PermanentDeliveryError(Exception):
@@ -36,7 +39,14 @@ class PermanentDeliveryError(Exception):
 
 
 class TemporaryDeliveryError(Exception):
-    """The provider could not take the message now; a later attempt may succeed."""
+    """The provider could not take the message now; a later attempt may succeed.
+
+    ``retry_after``: seconds the provider asked us to wait (its Retry-After), honoured by the retry.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 Accepted = Callable[[str], Awaitable[None]]
@@ -182,7 +192,51 @@ async def _close(client: aiosmtplib.SMTP, timeout: float) -> None:
     client.close()
 
 
+class PacedProvider:
+    """Hands messages to ``inner`` no faster than ``rate`` a second, evenly spaced, from this process.
+
+    The global rate is Temporal's task-queue limit on the send queue (worker/main.py); its token
+    bucket hands a backlog over in a burst (about a second's worth at once), which a provider
+    counting per second answers with 429. Spacing the hand-overs here keeps one worker's sends
+    even; several workers share the global rate, so each is rarely held here at all.
+    """
+
+    def __init__(self, inner: EmailProvider, rate: float):
+        self.inner = inner
+        self.name = inner.name
+        self.idempotent = inner.idempotent
+        self.interval = 1.0 / rate
+        self._next = 0.0
+        self._turn = asyncio.Lock()
+
+    async def deliver(self, email: OutgoingEmail, accepted: Accepted | None = None) -> str:
+        async with self._turn:
+            now = asyncio.get_running_loop().time()
+            at = max(now, self._next)
+            self._next = at + self.interval
+        if at > now:
+            await asyncio.sleep(at - now)
+        return await self.inner.deliver(email, accepted)
+
+    async def aclose(self) -> None:
+        close = getattr(self.inner, "aclose", None)
+        if close is not None:
+            await close()
+
+
 def provider_from_settings(settings: Settings) -> EmailProvider:
+    provider: EmailProvider
     if settings.email_provider == "smtp":
-        return SmtpProvider(settings.smtp)
-    return OutboxProvider(settings.outbox_dir)
+        provider = SmtpProvider(settings.smtp)
+    elif settings.email_provider == "ses":
+        from activities.email.ses import SesProvider
+
+        provider = SesProvider(settings.ses)
+    elif settings.email_provider in ("sendgrid", "postmark", "mailgun"):
+        from activities.email.http_apis import HTTP_PROVIDERS
+
+        provider = HTTP_PROVIDERS[settings.email_provider](getattr(settings, settings.email_provider))
+    else:
+        return OutboxProvider(settings.outbox_dir)
+    rate = settings.send_rate_per_second
+    return PacedProvider(provider, rate) if rate else provider

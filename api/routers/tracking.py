@@ -153,7 +153,9 @@ async def email_webhook(
     settings: SettingsDep,
     temporal: TemporalDep,
 ) -> WebhookOut:
-    """Delivery reports from the email provider: `delivered`, `bounced` (hard or soft), `complained`.
+    """Delivery reports from the email provider: `delivered`, `bounced` (hard or soft), `complained`,
+    `opened`, `clicked`, `unsubscribed`. (SES, SendGrid, Postmark and Mailgun post their own format
+    to their own endpoints: `/webhooks/ses` ...)
 
     Signed like our own webhooks: `X-Nurture-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "<t>.<body>">`
     with `email_webhook_secret`. Each report becomes an event on the contact and is routed to its
@@ -173,19 +175,11 @@ async def email_webhook(
             [{"type": e["type"], "loc": ("body", *e["loc"]), "msg": e["msg"]} for e in exc.errors()]
         ) from exc
     recorder = EngagementRecorder(session, settings, _enroller_of(temporal, settings))
-    recorded: list[str] = []
-    duplicates = 0
-    ignored: list[str] = []
-    for index, report in enumerate(batch.events):
-        outcome = await recorder.provider_event(provider, report)
-        if outcome.duplicate:
-            duplicates += 1
-        elif outcome.event is None:
-            ignored.append(f"events[{index}]: no message of provider '{provider}' matches")
-        else:
-            recorded.append(report.type)
+    done = await recorder.provider_reports(provider, batch.events, [f"events[{i}]" for i in range(len(batch.events))])
     await session.commit()
-    for kind in recorded:
+    for kind in done.recorded:
         EMAIL_WEBHOOK_EVENTS.labels(provider, kind).inc()
-    get_logger(provider=provider).info("email_webhook", recorded=len(recorded), duplicates=duplicates, ignored=len(ignored))
-    return WebhookOut(recorded=len(recorded), duplicates=duplicates, ignored=ignored)
+    get_logger(provider=provider).info(
+        "email_webhook", recorded=len(done.recorded), duplicates=done.duplicates, ignored=len(done.ignored)
+    )
+    return WebhookOut(recorded=len(done.recorded), duplicates=done.duplicates, ignored=done.ignored)

@@ -68,10 +68,14 @@ async def record_progress(report: ProgressReport) -> None:
     )
 
 
-async def send_email(input: SendEmailInput, timeouts: ActivityTimeouts) -> SendEmailResult:
+async def send_email(input: SendEmailInput, timeouts: ActivityTimeouts, task_queue: str | None = None) -> SendEmailResult:
     return await workflow.execute_activity_method(
         EmailActivities.send_email,
         input,
+        # The provider's rate-limited queue when the enrollment was started with one; the command
+        # is the same either way (a task queue is not part of replay's comparison), and an
+        # enrollment started without one keeps its own queue for life.
+        task_queue=task_queue,
         # Sized from the SMTP timeout; the heartbeat moves a dead worker's send within seconds.
         start_to_close_timeout=timeouts.send,
         heartbeat_timeout=timeouts.heartbeat,

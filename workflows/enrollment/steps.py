@@ -101,6 +101,7 @@ async def send_email(run: EnrollmentWorkflow, step: SendEmailStep) -> str | None
                     progress=run.take_progress_report(),
                 ),
                 run.input.timeouts,
+                run.input.send_task_queue,
             )
         except ActivityError as err:
             if isinstance(err.cause, ApplicationError) and err.cause.type in ("ContactMissing", "EnrollmentNotRecorded"):
