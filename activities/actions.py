@@ -74,7 +74,7 @@ class ActionActivities:
             message.subject, message.text, message.html = subject, text, html
             message.attempts += 1
             session.add(message)
-            await self._queue_crm_task(session, input, contact, subject, f"Flow {input.flow_id}, step '{input.step_id}'.\n\n{text}")
+            crm = await self._queue_crm_task(session, input, contact, subject, f"Flow {input.flow_id}, step '{input.step_id}'.\n\n{text}")
             await session.commit()
             await self.provider.deliver(
                 OutgoingEmail(
@@ -89,7 +89,7 @@ class ActionActivities:
             message.status, message.sent_at = MessageStatus.sent, utcnow()
             session.add(message)
             await session.commit()
-            return ActionResult(status="done", detail=f"owner notified ({to})", record_id=message.id)
+            return ActionResult(status="done", detail=f"owner notified ({to}){crm}", record_id=message.id)
 
     @activity.defn(name="create_task")
     async def create_task(self, input: CreateTaskInput) -> ActionResult:
@@ -123,7 +123,7 @@ class ActionActivities:
             )
             session.add(task)
             recent = await _recent_activity(session, contact.id)
-            await self._queue_crm_task(
+            crm = await self._queue_crm_task(
                 session, input, contact, title,
                 f"{description}\n\nFlow {input.flow_id}, step '{input.step_id}'.\nRecent activity:\n{recent}",
                 due_at=input.due_at,
@@ -133,11 +133,12 @@ class ActionActivities:
             get_logger(flow_id=input.flow_id, enrollment_id=input.workflow_id, contact_id=contact.id).info(
                 "task_created", task_id=task.id, assignee=assignee
             )
-            return ActionResult(status="done", detail=f"{task.kind} '{title}' for {assignee}", record_id=task.id)
+            return ActionResult(status="done", detail=f"{task.kind} '{title}' for {assignee}{crm}", record_id=task.id)
 
-    async def _queue_crm_task(self, session, input, contact, subject: str, body: str, due_at=None) -> None:
-        """The same task for the contact's owner in the CRM, pushed by the CRM sync (nurture/crm/writes.py)."""
-        await queue_write(
+    async def _queue_crm_task(self, session, input, contact, subject: str, body: str, due_at=None) -> str:
+        """The same task for the contact's owner in the CRM, pushed by the CRM sync (nurture/crm/writes.py);
+        what the enrollment's timeline says of it."""
+        queued = await queue_write(
             session, self.settings, key=f"crm:{input.idempotency_key}", kind=TASK, contact_id=contact.id,
             workflow_id=input.workflow_id,
             payload={
@@ -145,6 +146,7 @@ class ActionActivities:
                 "due_at": due_at.isoformat() if due_at else None,
             },
         )
+        return f"; CRM task queued for {self.settings.crm_provider}" if queued is not None else ""
 
     @activity.defn(name="enroll_in_flow")
     async def enroll_in_flow(self, input: EnrollInFlowInput) -> ActionResult:

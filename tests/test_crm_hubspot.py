@@ -15,6 +15,7 @@ import pytest
 from sqlmodel import select
 
 from api.main import create_app
+from nurture.api_keys import Role, create_key
 from nurture.contracts import EnrollmentState
 from nurture.crm.contracts import CRM_SYNC_WORKFLOW, CrmSyncInput, CrmSyncResult
 from nurture.crm.mapping import MappingInvalid, load_mapping
@@ -193,6 +194,15 @@ async def test_the_rep_sets_the_pause_property_and_the_contacts_flows_pause_unde
     async with db.session() as s:
         assert len((await s.exec(select(PauseLog).where(PauseLog.contact_id == contact.id))).all()) == 1
 
+    # The rep clears the date: the pause the CRM set ends, in the CRM's name too.
+    cleared = await hubspot.deliver(crm_api, WEBHOOK, hubspot.change("contacts", record.id, {"nurture_pause_until": ""}))
+
+    assert cleared.status_code == 200
+    assert (await handle.query("state", result_type=EnrollmentState)).paused is None
+    async with db.session() as s:
+        actions = [(e.action, e.actor) for e in (await s.exec(select(PauseLog).where(PauseLog.contact_id == contact.id))).all()]
+    assert actions == [("pause", "rep-jane"), ("resume", "rep-jane")]
+
 
 async def test_a_crm_unsubscribe_suppresses_the_contact_and_ends_its_flows(hubspot, crm_api, db, client, crm_settings, temporal_env):
     record, contact = await linked_contact(hubspot, crm_api, db)
@@ -268,6 +278,43 @@ async def test_the_crm_down_then_rate_limited_loses_and_doubles_no_write(hubspot
     assert any(status == 429 for _, _, status in hubspot.requests)
     status = (await crm_api.get("/crm/status")).json()
     assert status["connected"] is True and status["writes"] == {"queued": 0, "done": 4, "failed": 0}
+
+
+async def test_opens_clicks_and_unsubscribes_are_logged_on_the_crm_timeline_once(hubspot, crm_api, db, client, crm_settings):
+    record, contact = await linked_contact(hubspot, crm_api, db)
+    for event in ({"type": "email_clicked", "properties": {"url": "https://example.com/pricing", "template": "demo-welcome"}},
+                  {"type": "unsubscribed"}):
+        answer = await crm_api.post("/events", json={"contact_id": contact.id, **event})
+        assert answer.status_code == 202, answer.text
+
+    assert (await sync(client, crm_settings)).pushed == 1
+    assert (await sync(client, crm_settings)).pushed == 0
+
+    [note] = hubspot.objects["notes"].values()
+    assert note.associations == {"contacts": [record.id]}
+    body = note.properties["hs_note_body"]
+    assert "email_clicked (template=demo-welcome, url=https://example.com/pricing)" in body and "unsubscribed" in body
+
+
+async def test_a_full_resync_is_an_admin_call_and_one_runs_at_a_time(hubspot, db, client, crm_settings, crm_worker):
+    keys = {}
+    async with db.session() as s:
+        for role in (Role.admin, Role.marketer):
+            keys[role] = (await create_key(s, f"{role} key", role))[1]
+        await s.commit()
+    app = create_app(crm_settings.model_copy(update={"auth_required": True}), db=db, client=client)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+        refused = await http.post("/crm/resync", headers={"Authorization": f"Bearer {keys[Role.marketer]}"})
+        first = await http.post("/crm/resync", headers={"Authorization": f"Bearer {keys[Role.admin]}"})
+        second = await http.post("/crm/resync", headers={"Authorization": f"Bearer {keys[Role.admin]}"})
+        status = await http.get("/crm/status", headers={"Authorization": f"Bearer {keys[Role.marketer]}"})
+
+    assert refused.status_code == 403
+    assert first.status_code == second.status_code == 202
+    assert first.json()["workflow_id"] == second.json()["workflow_id"]
+    assert status.status_code == 200 and status.json()["resync_requested_at"] is not None
+    result = await client.get_workflow_handle(first.json()["workflow_id"], result_type=CrmSyncResult).result()
+    assert result.error is None
 
 
 # --- reconciliation ------------------------------------------------------------------------------

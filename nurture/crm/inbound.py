@@ -19,7 +19,7 @@ from datetime import datetime
 
 from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 
@@ -29,7 +29,7 @@ from nurture.crm.mapping import CrmMapping
 from nurture.enrolling import Enroller
 from nurture.event_types import DEAL_STAGE_CHANGED
 from nurture.logging import get_logger
-from nurture.models import Contact, Event, SubscriptionStatus, utcnow
+from nurture.models import Contact, Event, PauseLog, SubscriptionStatus, utcnow
 from nurture.pausing import Actor, Pauser
 from nurture.snapshots import contact_snapshot
 
@@ -76,6 +76,11 @@ class CrmInbound:
             applied.told = len(await self.enroller.contact_changed(session, contact, previous, created=created))
             log.info("crm_contact_applied", created=created, changed=changed, told=applied.told)
         pause = self.mapping.pause_request(record.properties, utcnow())
+        if pause is None and await self._paused_from_crm(session, contact):
+            # The rep cleared the property (or its date passed): the pause the CRM set ends.
+            actor = Actor(rep=contact.paused_by or UNOWNED, requested_by=self.provider, authenticated=True)
+            confirmed = await Pauser(self.client).resume(session, contact, actor, "pause property cleared in the CRM")
+            log.info("crm_pause_ended", enrollments=len(confirmed))
         if pause is not None and contact.paused_until != pause[0]:
             until, reason = pause
             rep = contact.owner or UNOWNED
@@ -84,6 +89,20 @@ class CrmInbound:
             applied.paused_until = until
             log.info("crm_pause_applied", until=until.isoformat(), by=rep, enrollments=len(confirmed))
         return applied
+
+    async def _paused_from_crm(self, session: AsyncSession, contact: Contact) -> bool:
+        """Whether the contact is paused now by a pause this CRM set (the latest pause entry is ours)."""
+        if contact.paused_until is None or contact.paused_until <= utcnow():
+            return False
+        latest = (
+            await session.exec(
+                select(PauseLog).where(PauseLog.contact_id == contact.id).order_by(col(PauseLog.id).desc())
+            )
+        ).first()
+        return (
+            latest is not None and not latest.flow_ids and latest.action in ("pause", "extend")
+            and latest.requested_by == self.provider
+        )
 
     async def contact_deleted(self, session: AsyncSession, crm_id: str) -> Applied:
         """The CRM deleted the record: the contact stays (its history is ours) but loses the link."""
