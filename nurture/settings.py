@@ -236,8 +236,6 @@ class Settings(BaseSettings):
     # again after this many seconds at most.
     crm_write_batch: int = Field(default=100, ge=1, le=1000)
     crm_max_retry_after_seconds: float = Field(default=600.0, ge=1, le=86_400)
-    # A write that keeps failing with a CRM refusal (not an outage) is marked failed after this many tries.
-    crm_write_max_attempts: int = Field(default=20, ge=1, le=1000)
 
     # --- durability (docs/running.md) ---
     # Long activities heartbeat; a worker that dies is noticed after this long and its activities
