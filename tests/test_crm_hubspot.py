@@ -358,3 +358,31 @@ async def _paused_by(db: Database, contact_id: int, who: str) -> bool:
 async def _at_step(handle, step: str) -> bool:
     state = await handle.query("state", result_type=EnrollmentState)
     return state.current_step == step and state.waiting_until is not None
+
+
+async def test_the_worker_schedules_the_reconciliation_that_imports_crm_contacts(dev_env, hubspot, db, crm_settings):
+    """On the dev server (the test server has no Schedules): the schedule runs the sync on the worker's queue."""
+    from activities.email.providers import OutboxProvider
+    from nurture.crm.contracts import crm_sync_schedule_id
+    from nurture.crm.schedule import ensure_crm_sync_schedule
+
+    client = dev_env.client
+    hubspot.put("contacts", {"email": "scheduled@example.com", "firstname": "Sched", "hubspot_owner_id": "77"})
+    schedule = client.get_schedule_handle(crm_sync_schedule_id(crm_settings.workflow_id_prefix, "hubspot"))
+    try:
+        async with build_worker(client, db, OutboxProvider(crm_settings.outbox_dir), crm_settings):
+            await ensure_crm_sync_schedule(client, crm_settings)
+            await ensure_crm_sync_schedule(client, crm_settings)  # again: the one schedule stays
+            described = await schedule.describe()
+            assert [i.every for i in described.schedule.spec.intervals] == [timedelta(minutes=5)]
+
+            await schedule.trigger()
+
+            async def imported():
+                async with db.session() as s:
+                    return (await s.exec(select(Contact).where(Contact.email == "scheduled@example.com"))).first()
+
+            contact = await eventually(imported, timeout=30)
+            assert contact.owner == "rep-jane" and contact.crm_id is not None
+    finally:
+        await schedule.delete()
