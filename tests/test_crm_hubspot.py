@@ -218,6 +218,21 @@ async def test_a_crm_unsubscribe_suppresses_the_contact_and_ends_its_flows(hubsp
         assert (await s.get(Contact, contact.id)).subscription_status == "unsubscribed"
 
 
+async def test_a_delivery_hubspot_cannot_be_asked_about_is_answered_503_and_applied_when_delivered_again(hubspot, crm_api, db):
+    record = hubspot.put("contacts", {"email": "later@example.com", "firstname": "Later"})
+    events = [hubspot.event("contact.creation", record.id)]
+    hubspot.fail_next(1, 429, retry_after=10, method="GET")
+
+    refused = await hubspot.deliver(crm_api, WEBHOOK, events)
+
+    assert refused.status_code == 503 and "429" in refused.json()["detail"]
+    async with db.session() as s:
+        assert (await s.exec(select(Contact))).all() == []
+    assert (await hubspot.deliver(crm_api, WEBHOOK, events)).status_code == 200
+    async with db.session() as s:
+        assert (await s.exec(select(Contact.email))).all() == ["later@example.com"]
+
+
 # --- outbound ------------------------------------------------------------------------------------
 
 

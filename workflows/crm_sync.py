@@ -84,7 +84,7 @@ class CrmSyncWorkflow:
                     start_to_close_timeout=timedelta(minutes=10), heartbeat_timeout=HEARTBEAT, retry_policy=crm_retry(input.crm_attempts),
                 )
             except ActivityError as err:
-                result.error = f"sync: {_cause(err)}"
+                result.error = "; ".join(filter(None, [result.error, f"sync: {_cause(err)}"]))
                 break
             pages += 1
             newest = progress.newest

@@ -96,6 +96,7 @@ class HubSpotEmulator:
         self.faults: list[Fault] = []
         self.down = False
         self.requests: list[tuple[str, str, int]] = []  # method, path, status
+        self.request_times: list[float] = []  # time.monotonic() of each, in order
         self.writes: list[tuple[str, str, dict[str, str]]] = []  # (kind, id, properties) per accepted write
         self._last = datetime.now(UTC)
         self.base_url = ""
@@ -203,6 +204,7 @@ class HubSpotEmulator:
             else:
                 await app(scope, receive, recording_send)
             self.requests.append((request.method, request.url.path, status["code"]))
+            self.request_times.append(time.monotonic())
 
         return guarded
 
