@@ -127,6 +127,18 @@ async def test_a_contact_created_in_hubspot_arrives_mapped_with_its_owner(hubspo
     shown = (await crm_api.get(f"/contacts/{contact.id}")).json()
     assert shown["crm_id"] == record.id
 
+    # Changes to several contacts, one of them gone since, are read in one batch call.
+    hubspot.change("contacts", record.id, {"company": "Analytical Engines"})
+    reads = len([r for r in hubspot.requests if r[1].endswith("/batch/read")])
+    answer = await hubspot.deliver(crm_api, WEBHOOK, [
+        hubspot.event("contact.propertyChange", record.id, "company", "Analytical Engines"),
+        hubspot.event("contact.propertyChange", "999999", "company", "Gone"),
+    ])
+    assert answer.json()["contacts"] == 1 and answer.json()["ignored"] == ["contact 999999: no longer in the CRM"]
+    assert len([r for r in hubspot.requests if r[1].endswith("/batch/read")]) == reads + 1
+    async with db.session() as s:
+        assert (await s.get(Contact, contact.id)).company == "Analytical Engines"
+
 
 async def test_a_deal_moved_to_closed_won_ends_the_handoff_on_its_won_path(hubspot, crm_api, db, client, crm_settings, temporal_env):
     record, contact = await linked_contact(hubspot, crm_api, db)
@@ -221,7 +233,7 @@ async def test_a_crm_unsubscribe_suppresses_the_contact_and_ends_its_flows(hubsp
 async def test_a_delivery_hubspot_cannot_be_asked_about_is_answered_503_and_applied_when_delivered_again(hubspot, crm_api, db):
     record = hubspot.put("contacts", {"email": "later@example.com", "firstname": "Later"})
     events = [hubspot.event("contact.creation", record.id)]
-    hubspot.fail_next(1, 429, retry_after=10, method="GET")
+    hubspot.fail_next(1, 429, retry_after=10, path_contains="/contacts/batch/read")
 
     refused = await hubspot.deliver(crm_api, WEBHOOK, events)
 

@@ -116,11 +116,10 @@ class HubSpotWebhook:
                 deals.append(event)
             else:
                 done.ignored.append(f"[{index}]: {kind} {event.property_name or ''}".rstrip())
-        for crm_id in changed_contacts:
-            record = await self.connector.get_contact(crm_id, properties)
-            if record is None:
-                done.ignored.append(f"contact {crm_id}: no longer in the CRM")
-                continue
+        records = await self.connector.get_contacts(changed_contacts, properties) if changed_contacts else []
+        missing = set(changed_contacts) - {r.id for r in records}
+        done.ignored.extend(f"contact {crm_id}: no longer in the CRM" for crm_id in changed_contacts if crm_id in missing)
+        for record in records:
             applied = await self.inbound.contact_record(session, record)
             done.contacts += 1
             done.signalled += applied.told

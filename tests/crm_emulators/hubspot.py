@@ -303,9 +303,18 @@ class HubSpotEmulator:
         inputs = body.get("inputs") or []
         if len(inputs) > BATCH_MAX:
             return _error(400, f"Batch size limit is {BATCH_MAX}", "VALIDATION_ERROR")
-        results = [self.objects[kind][i["id"]].answer(body.get("properties"), kind) for i in inputs if i["id"] in self.objects[kind]]
+        known = {i["id"]: o for i in inputs if (o := self.objects[kind].get(i["id"])) is not None and not o.archived}
+        results = [o.answer(body.get("properties"), kind) for o in known.values()]
         now = _iso(self.now())
-        return JSONResponse({"status": "COMPLETE", "results": results, "startedAt": now, "completedAt": now})
+        answer: dict[str, Any] = {"status": "COMPLETE", "results": results, "startedAt": now, "completedAt": now}
+        missing = [i["id"] for i in inputs if i["id"] not in known]
+        if not missing:
+            return JSONResponse(answer)
+        # Some ids unknown: 207 Multi-Status with an error naming them, as HubSpot answers.
+        answer.update(numErrors=1, errors=[{"status": "error", "category": "OBJECT_NOT_FOUND",
+                                            "message": "Could not get some CONTACT objects, they may be deleted or not exist.",
+                                            "context": {"ids": missing}}])
+        return JSONResponse(answer, status_code=207)
 
     async def batch_upsert(self, request: Request) -> Response:
         kind = request.path_params["kind"]
