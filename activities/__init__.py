@@ -46,7 +46,7 @@ def build_activities(
     crm = crm or connector_for(settings)
     synced = CrmActivities(db, crm, client, settings) if crm is not None else None
     crm_activities = [
-        synced.push_crm_writes, synced.queue_crm_engagement, synced.start_crm_sync, synced.sync_crm_page,
+        synced.push_crm_writes, synced.queue_crm_engagement, synced.start_crm_sync, synced.sync_crm_page, synced.sync_crm_deals,
         synced.finish_crm_sync,
     ] if synced is not None else []
     # Every activity is timed into nurture_activity_seconds (nurture/metrics.py).

@@ -195,7 +195,8 @@ class CrmActivities:
             session.add(state)
             await session.commit()
             since = EPOCH if input.full or state.cursor is None else state.cursor
-            return SyncStart(since=since)
+            deal_since = EPOCH if input.full or state.deal_cursor is None else state.deal_cursor
+            return SyncStart(since=since, deal_since=deal_since)
 
     @activity.defn(name="sync_crm_page")
     async def sync_crm_page(self, input: SyncPageInput) -> SyncPageResult:
@@ -229,12 +230,54 @@ class CrmActivities:
         CRM_SYNC_CONTACTS.labels(self.connector.provider, "changed").inc(result.changed)
         return result
 
+    @activity.defn(name="sync_crm_deals")
+    async def sync_crm_deals(self, input: SyncPageInput) -> SyncPageResult:
+        """One page of deals modified since ``input.since``, for CRMs that do not push deal changes
+        (Salesforce opportunities): a stage that moved becomes a deal_stage_changed event."""
+        if self.client is None:
+            raise ApplicationError("this worker has no Temporal client", non_retryable=True)
+        mapping = mapping_for(self.settings)
+        try:
+            deals, after = await self.connector.changed_deals(input.since, input.after, self.settings.crm_batch_size)
+        except CrmUnavailable as exc:
+            wait = min(exc.retry_after or 0, self.settings.crm_max_retry_after_seconds)
+            raise ApplicationError(
+                str(exc), type="CrmUnavailable", next_retry_delay=timedelta(seconds=wait) if wait else None
+            ) from exc
+        except (CrmAuthFailed, CrmRejected) as exc:
+            raise ApplicationError(str(exc), type=type(exc).__name__, non_retryable=True) from exc
+        inbound = CrmInbound(self.connector.provider, mapping, self.client, Enroller(self.client, self.settings))
+        result = SyncPageResult(after=after)
+        properties = mapping.crm_properties()
+        for deal in deals:
+            async with self.db.session() as session:
+                contacts = []
+                for crm_id in deal.contact_ids:
+                    contact = await inbound.by_crm_id(session, crm_id)
+                    if contact is None:
+                        record = await self.connector.get_contact(crm_id, properties)
+                        contact = (await inbound.contact_record(session, record)).contact if record else None
+                    if contact is not None:
+                        contacts.append(contact)
+                modified = parse_crm_time(str(deal.properties.get("SystemModstamp") or "")) or utcnow()
+                recorded = await inbound.deal_stage(
+                    session, deal, contacts, f"deal:{deal.id}:{modified.isoformat()}", modified, only_if_moved=True
+                )
+                await session.commit()
+            result.read += 1
+            result.changed += 1 if recorded else 0
+            if result.newest is None or modified > result.newest:
+                result.newest = modified
+        return result
+
     @activity.defn(name="finish_crm_sync")
     async def finish_crm_sync(self, input: SyncFinishInput) -> None:
         async with self.db.session() as session:
             state = await _state(session, self.connector.provider)
             if input.cursor is not None and (state.cursor is None or input.cursor > state.cursor):
                 state.cursor = input.cursor
+            if input.deal_cursor is not None and (state.deal_cursor is None or input.deal_cursor > state.deal_cursor):
+                state.deal_cursor = input.deal_cursor
             if input.error is None:
                 state.last_success_at, state.last_error = utcnow(), None
                 if input.full:

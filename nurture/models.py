@@ -369,6 +369,8 @@ class CrmSyncState(SQLModel, table=True):
     provider: str = Field(sa_column=sa.Column(sa.String(40), primary_key=True))
     # Records modified at or after this were not all read yet (the CRM's last-modified time).
     cursor: datetime | None = _when()
+    # The same for deals (opportunities), where the CRM does not push their changes.
+    deal_cursor: datetime | None = _when()
     last_run_at: datetime | None = _when()
     last_success_at: datetime | None = _when()
     last_error: str | None = None

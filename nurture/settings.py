@@ -212,7 +212,7 @@ class Settings(BaseSettings):
 
     # --- CRM sync (docs/crm.md) ---
     # "none": the service's own contact store only. "hubspot": two-way sync through HubSpot's client.
-    crm_provider: Literal["none", "hubspot"] = "none"
+    crm_provider: Literal["none", "hubspot", "salesforce"] = "none"
     # A HubSpot private app's access token (scopes in docs/crm.md).
     crm_hubspot_token: str | None = None
     # HubSpot's API host; tests point HubSpot's client at a local emulator through it.
@@ -221,6 +221,17 @@ class Settings(BaseSettings):
     crm_hubspot_app_secret: str | None = None
     # The app's id: changes HubSpot reports as made by this app are our own writes (never applied back).
     crm_hubspot_app_id: str | None = None
+    # Salesforce: a connected app with the OAuth 2.0 client credentials flow (docs/crm.md).
+    crm_salesforce_login_url: str = "https://login.salesforce.com"
+    crm_salesforce_client_id: str | None = None
+    crm_salesforce_client_secret: str | None = None
+    crm_salesforce_api_version: str = "59.0"
+    # A CA bundle to trust for Salesforce's hosts (a corporate proxy; the tests' local emulator). Unset: the system's.
+    crm_salesforce_ca_bundle: Path | None = None
+    # The Contact's External ID field that holds the email: contacts created here are upserted by it.
+    crm_salesforce_contact_external_id: str = "Nurture_Email__c"
+    # The Task's External ID field that holds a write's idempotency key.
+    crm_salesforce_task_external_id: str = "Nurture_Key__c"
     # Webhooks older or newer than this (X-HubSpot-Request-Timestamp) are refused; HubSpot's window is 5 minutes.
     crm_webhook_tolerance_seconds: int = Field(default=300, ge=1, le=3600)
     # The YAML mapping of fields, owners and stages; the defaults of nurture/crm/mapping.py when unset.

@@ -51,65 +51,76 @@ class CrmSyncWorkflow:
 
     @workflow.run
     async def run(self, input: CrmSyncInput) -> CrmSyncResult:
-        result = CrmSyncResult(read=input.read, changed=input.changed)
         progress = self._progress
+        pushed = 0
         if not input.started:
+            error = None
             try:
                 await workflow.execute_activity_method(
                     CrmActivities.queue_crm_engagement, PushWritesInput(),
                     start_to_close_timeout=timedelta(minutes=2), retry_policy=DB_RETRY,
                 )
-                pushed: PushWritesResult = await workflow.execute_activity_method(
+                done: PushWritesResult = await workflow.execute_activity_method(
                     CrmActivities.push_crm_writes, PushWritesInput(),
-                    start_to_close_timeout=timedelta(minutes=10), heartbeat_timeout=HEARTBEAT, retry_policy=crm_retry(input.crm_attempts),
+                    start_to_close_timeout=timedelta(minutes=10), heartbeat_timeout=HEARTBEAT,
+                    retry_policy=crm_retry(input.crm_attempts),
                 )
-                result.pushed = pushed.pushed
+                pushed = done.pushed
             except ActivityError as err:
-                result.error = f"push: {_cause(err)}"
+                error = f"push: {_cause(err)}"
             start: SyncStart = await workflow.execute_activity_method(
                 CrmActivities.start_crm_sync, SyncStartInput(full=input.full),
                 start_to_close_timeout=timedelta(minutes=1), retry_policy=DB_RETRY,
             )
-            progress = input.model_copy(update={"since": start.since, "started": True})
+            progress = input.model_copy(update={"since": start.since, "deal_since": start.deal_since, "started": True,
+                                                "error": error, "pushed": pushed})
             self._progress = progress
 
         pages = 0
-        while True:
+        while progress.phase in ("contacts", "deals"):
             if pages >= progress.pages_per_run or workflow.info().is_continue_as_new_suggested():
                 workflow.continue_as_new(progress)
-            assert progress.since is not None
+            contacts = progress.phase == "contacts"
+            since = progress.since if contacts else progress.deal_since
+            assert since is not None
             try:
                 page: SyncPageResult = await workflow.execute_activity_method(
-                    CrmActivities.sync_crm_page, SyncPageInput(since=progress.since, after=progress.after),
-                    start_to_close_timeout=timedelta(minutes=10), heartbeat_timeout=HEARTBEAT, retry_policy=crm_retry(input.crm_attempts),
+                    CrmActivities.sync_crm_page if contacts else CrmActivities.sync_crm_deals,
+                    SyncPageInput(since=since, after=progress.after),
+                    start_to_close_timeout=timedelta(minutes=10), heartbeat_timeout=HEARTBEAT,
+                    retry_policy=crm_retry(input.crm_attempts),
                 )
             except ActivityError as err:
-                result.error = "; ".join(filter(None, [result.error, f"sync: {_cause(err)}"]))
+                progress = progress.model_copy(update={
+                    "error": "; ".join(filter(None, [progress.error, f"sync {progress.phase}: {_cause(err)}"])),
+                    "phase": "done",
+                })
                 break
             pages += 1
-            newest = progress.newest
+            newest_name = "newest" if contacts else "deal_newest"
+            newest = getattr(progress, newest_name)
             if page.newest is not None and (newest is None or page.newest > newest):
                 newest = page.newest
             progress = progress.model_copy(
-                update={"after": page.after, "newest": newest, "read": progress.read + page.read,
+                update={"after": page.after, newest_name: newest, "read": progress.read + page.read,
                         "changed": progress.changed + page.changed}
             )
-            self._progress = progress
             if page.after is None:
-                if page.capped and newest is not None and newest > progress.since:
+                if contacts and page.capped and newest is not None and newest > since:
                     # The search's cap, not the end: search again from the newest change seen.
                     progress = progress.model_copy(update={"since": newest})
-                    continue
-                break
+                else:
+                    progress = progress.model_copy(update={"phase": "deals" if contacts else "done", "after": None})
+            self._progress = progress
 
         await workflow.execute_activity_method(
             CrmActivities.finish_crm_sync,
-            SyncFinishInput(cursor=progress.newest, read=progress.read, changed=progress.changed,
-                            full=progress.full, error=result.error),
+            SyncFinishInput(cursor=progress.newest, deal_cursor=progress.deal_newest, read=progress.read,
+                            changed=progress.changed, full=progress.full, error=progress.error),
             start_to_close_timeout=timedelta(minutes=1), retry_policy=DB_RETRY,
         )
-        result.read, result.changed, result.cursor = progress.read, progress.changed, progress.newest
-        return result
+        return CrmSyncResult(pushed=progress.pushed, read=progress.read, changed=progress.changed,
+                             cursor=progress.newest, error=progress.error)
 
 
 def _cause(err: ActivityError) -> str:

@@ -16,16 +16,20 @@ def connector_for(settings: Settings) -> CrmConnector | None:
         from nurture.crm.hubspot import HubSpotConnector
 
         return HubSpotConnector(settings)
+    if settings.crm_provider == "salesforce":
+        from nurture.crm.salesforce import SalesforceConnector
+
+        return SalesforceConnector(settings)
     return None
 
 
 @lru_cache(maxsize=8)
-def _mapping(path: Path | None, modified: float) -> CrmMapping:
-    return load_mapping(path)
+def _mapping(path: Path | None, modified: float, provider: str) -> CrmMapping:
+    return load_mapping(path, provider)
 
 
 def mapping_for(settings: Settings) -> CrmMapping:
     """The mapping file's content (read again when the file changes)."""
     path = settings.crm_mapping_file
     modified = path.stat().st_mtime if path is not None and path.exists() else 0.0
-    return _mapping(path, modified)
+    return _mapping(path, modified, settings.crm_provider)

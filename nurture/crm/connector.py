@@ -41,9 +41,12 @@ class CrmContact:
     updated_at: datetime | None = None
     archived: bool = False
 
+    # The record's email, as the connector read it (each CRM names the field its own way).
+    email_address: str | None = None
+
     @property
     def email(self) -> str | None:
-        value = self.properties.get("email")
+        value = self.email_address or self.properties.get("email")
         return str(value).strip().lower() if value else None
 
 
@@ -89,6 +92,10 @@ class CrmConnector(Protocol):
     ) -> ContactPage: ...
 
     async def get_deal(self, deal_id: str) -> CrmDeal | None: ...
+
+    async def changed_deals(self, since: datetime, after: str | None, limit: int) -> tuple[list[CrmDeal], str | None]:
+        """Deals modified since ``since`` and where the next page starts, for CRMs that do not push them."""
+        ...
 
     async def upsert_contacts(self, records: list[tuple[str, dict[str, str]]]) -> dict[str, str]:
         """Create or update by email; answer email -> CRM id."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from typing import Literal
+
 from pydantic import BaseModel
 
 CRM_SYNC_WORKFLOW = "CrmSyncWorkflow"
@@ -21,12 +23,17 @@ class CrmSyncInput(BaseModel):
     """Started by the Schedule with no fields (incremental) or by POST /crm/resync (full)."""
 
     full: bool = False
-    # Carried across continue-as-new: where the run is.
+    # Carried across continue-as-new: where the run is (contacts first, then deals).
+    phase: Literal["contacts", "deals", "done"] = "contacts"
     since: datetime | None = None
+    deal_since: datetime | None = None
     after: str | None = None
     newest: datetime | None = None
+    deal_newest: datetime | None = None
     read: int = 0
     changed: int = 0
+    pushed: int = 0
+    error: str | None = None
     started: bool = False
     pages_per_run: int = 50
     # Tries of each CRM call before the run records the error and leaves the rest to the next run.
@@ -57,6 +64,7 @@ class SyncStartInput(BaseModel):
 
 class SyncStart(BaseModel):
     since: datetime
+    deal_since: datetime
 
 
 class SyncPageInput(BaseModel):
@@ -76,6 +84,7 @@ class SyncPageResult(BaseModel):
 
 class SyncFinishInput(BaseModel):
     cursor: datetime | None = None
+    deal_cursor: datetime | None = None
     read: int = 0
     changed: int = 0
     full: bool = False

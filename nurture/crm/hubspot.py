@@ -171,6 +171,10 @@ class HubSpotConnector:
         properties = dict(found.properties or {})
         return CrmDeal(id=str(found.id), stage=str(properties.get("dealstage") or ""), contact_ids=contacts, properties=properties)
 
+    async def changed_deals(self, since: datetime, after: str | None, limit: int) -> tuple[list[CrmDeal], str | None]:
+        """HubSpot pushes deal stage changes by webhook (deal.propertyChange): the sync reads none."""
+        return [], None
+
     # --- tasks and notes -----------------------------------------------------
 
     async def find_activity(self, activity: CrmActivity) -> str | None:

@@ -115,16 +115,21 @@ class CrmInbound:
         return Applied(contact)
 
     async def deal_stage(
-        self, session: AsyncSession, deal: CrmDeal, contacts: list[Contact], event_key: str, occurred_at: datetime
+        self, session: AsyncSession, deal: CrmDeal, contacts: list[Contact], event_key: str, occurred_at: datetime,
+        *, only_if_moved: bool = False,
     ) -> list[Event]:
         """One ``deal_stage_changed`` event per contact of the deal, routed to its enrollments.
 
-        ``event_key`` names the CRM's change: delivered twice, it is recorded and routed once.
+        ``event_key`` names the CRM's change: delivered twice, it is recorded and routed once. With
+        ``only_if_moved`` (a deal read by the sync, whatever changed on it) only a stage other than
+        the last one recorded for the deal counts.
         """
         recorded = []
         for contact in contacts:
             event_id = f"{self.provider}:{event_key}:{contact.id}"[:200]
             if (await session.exec(select(Event.id).where(Event.event_id == event_id))).first() is not None:
+                continue
+            if only_if_moved and await self._last_stage(session, contact, deal.id) == deal.stage:
                 continue
             properties = {**self.mapping.deal_stage(deal.stage), "deal_id": deal.id, "source": self.provider}
             if deal.properties.get("dealname"):
@@ -144,6 +149,16 @@ class CrmInbound:
             )
             recorded.append(event)
         return recorded
+
+    async def _last_stage(self, session: AsyncSession, contact: Contact, deal_id: str) -> str | None:
+        rows = await session.exec(
+            select(Event).where(Event.contact_id == contact.id, Event.type == DEAL_STAGE_CHANGED)
+            .order_by(col(Event.id).desc()).limit(50)
+        )
+        for event in rows.all():
+            if str((event.properties or {}).get("deal_id")) == deal_id:
+                return str(event.properties.get("crm_stage"))
+        return None
 
     async def by_crm_id(self, session: AsyncSession, crm_id: str) -> Contact | None:
         return (await session.exec(select(Contact).where(Contact.crm_id == crm_id))).first()

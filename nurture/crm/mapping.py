@@ -96,6 +96,10 @@ DEFAULT_FIELDS = [
 class CrmMapping(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    # The CRM's own names for the record's email, owner and last modification.
+    email_property: str = "email"
+    owner_property: str = "hubspot_owner_id"
+    modified_property: str = "lastmodifieddate"
     fields: list[FieldMap] = Field(default_factory=lambda: list(DEFAULT_FIELDS), max_length=500)
     owners: dict[str, str] = Field(default_factory=dict, description="CRM owner id -> rep id.")
     # CRM lifecycle value -> ours, e.g. marketingqualifiedlead: mql (unlisted values pass as they are).
@@ -119,7 +123,7 @@ class CrmMapping(BaseModel):
 
     def crm_properties(self) -> list[str]:
         """Every CRM contact property a read must ask for."""
-        names = {"email", "hubspot_owner_id", "lastmodifieddate", self.pause.until, self.pause.reason}
+        names = {self.email_property, self.owner_property, self.modified_property, self.pause.until, self.pause.reason}
         names |= {self.suppression.unsubscribed, self.suppression.hard_bounced}
         names |= {f.crm for f in self.fields if f.inbound}
         return sorted(names)
@@ -161,8 +165,8 @@ class CrmMapping(BaseModel):
                 changes[field.contact] = value
         if custom:
             changes["properties"] = custom
-        if self.conflicts.owner == "crm" and "hubspot_owner_id" in properties:
-            changes["owner"] = self.rep_for(properties.get("hubspot_owner_id"))
+        if self.conflicts.owner == "crm" and self.owner_property in properties:
+            changes["owner"] = self.rep_for(properties.get(self.owner_property))
         return changes
 
     def outbound_properties(self, contact_fields: dict[str, Any], names: list[str] | None = None) -> dict[str, str]:
@@ -225,11 +229,32 @@ class MappingInvalid(Exception):
     pass
 
 
-def load_mapping(path: Path | None) -> CrmMapping:
+# Salesforce's standard Contact fields, and the custom ones docs/crm.md asks to create.
+SALESFORCE_DEFAULTS: dict[str, Any] = {
+    "email_property": "Email",
+    "owner_property": "OwnerId",
+    "modified_property": "SystemModstamp",
+    "fields": [
+        {"crm": "FirstName", "contact": "properties.first_name", "direction": "inbound"},
+        {"crm": "LastName", "contact": "properties.last_name", "direction": "inbound"},
+        {"crm": "Phone", "contact": "phone", "direction": "both"},
+        {"crm": "Nurture_Lifecycle_Stage__c", "contact": "lifecycle_stage", "direction": "both"},
+    ],
+    "deal_stages": {"closed_won": ["Closed Won"], "closed_lost": ["Closed Lost"]},
+    "pause": {"until": "Nurture_Pause_Until__c", "reason": "Nurture_Pause_Reason__c"},
+    "suppression": {"unsubscribed": "HasOptedOutOfEmail", "hard_bounced": "EmailBouncedReason"},
+}
+
+
+def load_mapping(path: Path | None, provider: str = "hubspot") -> CrmMapping:
+    """The mapping file over the provider's defaults (a key the file sets replaces the default's)."""
+    defaults = SALESFORCE_DEFAULTS if provider == "salesforce" else {}
     if path is None:
-        return CrmMapping()
+        return CrmMapping.model_validate(defaults)
     try:
         data = yaml.safe_load(path.read_text()) or {}
-        return CrmMapping.model_validate(data)
+        if not isinstance(data, dict):
+            raise ValueError("the file must hold a mapping (keys such as fields, owners, deal_stages)")
+        return CrmMapping.model_validate({**defaults, **data})
     except (OSError, yaml.YAMLError, ValueError) as exc:
         raise MappingInvalid(f"the CRM mapping file {path} is not usable: {exc}") from exc

@@ -48,6 +48,7 @@ def upgrade() -> None:
     op.create_table('crm_sync_state',
     sa.Column('provider', sa.String(length=40), nullable=False),
     sa.Column('cursor', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('deal_cursor', sa.DateTime(timezone=True), nullable=True),
     sa.Column('last_run_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('last_success_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('last_error', sa.String(), nullable=True),
