@@ -396,7 +396,8 @@ def _matches(record: CrmObject, f: dict[str, Any]) -> bool:
 @asynccontextmanager
 async def serving(emulator: HubSpotEmulator) -> AsyncIterator[HubSpotEmulator]:
     """Serve the emulator with uvicorn on 127.0.0.1 and a free port, for as long as the block runs."""
-    server = uvicorn.Server(uvicorn.Config(emulator.asgi, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(emulator.asgi, host="127.0.0.1", port=0, log_level="warning", lifespan="off",
+                                           timeout_graceful_shutdown=1))
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

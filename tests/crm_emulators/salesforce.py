@@ -288,7 +288,7 @@ async def serving(emulator: SalesforceEmulator, directory: Path) -> AsyncIterato
     """Serve over HTTPS on 127.0.0.1 and a free port; yields the certificate to trust."""
     cert, key = self_signed_certificate(directory)
     server = uvicorn.Server(uvicorn.Config(emulator, host="127.0.0.1", port=0, log_level="warning", lifespan="off",
-                                           ssl_certfile=str(cert), ssl_keyfile=str(key)))
+                                           ssl_certfile=str(cert), ssl_keyfile=str(key), timeout_graceful_shutdown=1))
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
