@@ -217,6 +217,9 @@ class Settings(BaseSettings):
     crm_hubspot_token: str | None = None
     # HubSpot's API host; tests point HubSpot's client at a local emulator through it.
     crm_hubspot_base_url: str = "https://api.hubapi.com"
+    # HubSpot's search answers at most this many results per query; the sync searches again from the
+    # newest change it saw (HubSpot's documented cap; tests lower it on the emulator).
+    crm_hubspot_search_cap: int = Field(default=10_000, ge=200, le=10_000)
     # The app's client secret: HubSpot signs webhooks with it (X-HubSpot-Signature-v3).
     crm_hubspot_app_secret: str | None = None
     # The app's id: changes HubSpot reports as made by this app are our own writes (never applied back).

@@ -28,6 +28,7 @@ from tests.flow_runner import manual_flow, start
 from worker.main import build_worker
 
 WEBHOOK = "http://test/webhooks/crm/hubspot"
+SEARCH_CAP = 300
 MAPPING = """
 owners:
   "77": rep-jane
@@ -58,7 +59,8 @@ MQL = manual_flow(
 
 @pytest.fixture
 async def hubspot() -> AsyncIterator[HubSpotEmulator]:
-    async with serving(HubSpotEmulator()) as emulator:
+    # HubSpot's search cap is 10,000 results; 300 here, so that a test reaches it with few contacts.
+    async with serving(HubSpotEmulator(search_cap=SEARCH_CAP)) as emulator:
         emulator.add_owner("77", "jane@example.com")
         yield emulator
 
@@ -74,6 +76,7 @@ def crm_settings(settings, hubspot, tmp_path: Path):
         "crm_hubspot_app_secret": hubspot.app_secret,
         "crm_hubspot_app_id": "4242",
         "crm_mapping_file": mapping,
+        "crm_hubspot_search_cap": SEARCH_CAP,
     })
 
 
@@ -368,6 +371,19 @@ async def test_a_full_resync_imports_every_crm_contact_in_pages_then_reads_only_
         assert (await s.exec(select(Contact).where(Contact.crm_id == moved.id))).one().company == "Moved Inc"
     status = (await crm_api.get("/crm/status")).json()
     assert status["cursor"] is not None and status["lag_seconds"] >= 0 and status["contacts_read"] >= 231
+
+
+async def test_a_resync_past_the_search_cap_searches_again_from_the_newest_change(hubspot, crm_api, db, client, crm_settings):
+    for n in range(SEARCH_CAP + 150):
+        hubspot.put("contacts", {"email": f"many{n}@example.com", "firstname": f"Many {n}"})
+
+    result = await sync(client, crm_settings, full=True)
+
+    assert result.error is None and result.changed == SEARCH_CAP + 150
+    async with db.session() as s:
+        assert len((await s.exec(select(Contact.id))).all()) == SEARCH_CAP + 150
+    refused = [r for r in hubspot.requests if r[1].endswith("/contacts/search") and r[2] != 200]
+    assert refused == []  # the search past the cap was never asked
 
 
 def test_a_mapping_file_with_an_unknown_target_is_refused_naming_it(tmp_path):

@@ -52,8 +52,6 @@ from nurture.settings import Settings
 # HubSpot-defined association type ids (v4 "associationTypeId"): task -> contact, note -> contact.
 TASK_TO_CONTACT = 204
 NOTE_TO_CONTACT = 202
-# Search answers at most this many results for one query, however it is paged.
-SEARCH_CAP = 10_000
 # Our idempotency key is written into the body of each task and note, and searched before a create.
 KEY_MARK = "nurturekey"
 
@@ -92,6 +90,7 @@ class HubSpotConnector:
         )
         self.timeout = settings.crm_request_timeout_seconds
         self.batch_size = settings.crm_batch_size
+        self.search_cap = settings.crm_hubspot_search_cap
         self.limit = BurstLimit(settings.crm_burst_per_10s)
 
     # --- contacts ------------------------------------------------------------
@@ -130,7 +129,7 @@ class HubSpotConnector:
         )
         answer = await self._call(self.client.crm.contacts.search_api.do_search, request)
         paging = answer.paging.next.after if answer.paging and answer.paging.next else None
-        capped = paging is not None and paging.isdigit() and int(paging) >= SEARCH_CAP
+        capped = paging is not None and paging.isdigit() and int(paging) + request.limit > self.search_cap
         if capped:
             paging = None  # past the cap HubSpot answers 400: the caller restarts from the newest seen
         return ContactPage([_contact(r) for r in answer.results], paging, capped)

@@ -86,7 +86,9 @@ class CrmObject:
 
 
 class HubSpotEmulator:
-    def __init__(self, token: str = "pat-na1-test-token", app_secret: str = "emulator-app-secret"):
+    def __init__(self, token: str = "pat-na1-test-token", app_secret: str = "emulator-app-secret",
+                 search_cap: int = SEARCH_CAP):
+        self.search_cap = search_cap
         self.token = token
         self.app_secret = app_secret
         self.objects: dict[str, dict[str, CrmObject]] = {"contacts": {}, "deals": {}, "tasks": {}, "notes": {}}
@@ -282,8 +284,8 @@ class HubSpotEmulator:
         body = await request.json()
         limit = min(int(body.get("limit") or 10), 200)
         after = int(body.get("after") or 0)
-        if after + limit > SEARCH_CAP:
-            return _error(400, f"The maximum number of results available through search is {SEARCH_CAP}.",
+        if after + limit > self.search_cap:
+            return _error(400, f"The maximum number of results available through search is {self.search_cap}.",
                           "VALIDATION_ERROR")
         groups = body.get("filterGroups") or []
         found = [o for o in self.objects.get(kind, {}).values() if not o.archived and
