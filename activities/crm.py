@@ -16,7 +16,7 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
-from nurture.crm import mapping_for
+from nurture.crm import mapping_for, mapping_with_owners
 from nurture.crm.connector import CrmActivity, CrmAuthFailed, CrmConnector, CrmRejected, CrmUnavailable
 from nurture.crm.contracts import (
     PushWritesInput,
@@ -118,7 +118,7 @@ class CrmActivities:
             if differing:  # what the CRM already holds is not written again
                 await self.connector.update_contact(crm_id, differing)
             return crm_id
-        mapping = mapping_for(self.settings)
+        mapping = await mapping_with_owners(self.settings, self.connector)
         due = row.payload.get("due_at")
         planned = CrmActivity(
             kind="task" if row.kind == "task" else "note",
@@ -203,7 +203,7 @@ class CrmActivities:
         """One page of CRM contacts modified since ``input.since``, applied like webhooks are."""
         if self.client is None:
             raise ApplicationError("this worker has no Temporal client", non_retryable=True)
-        mapping = mapping_for(self.settings)
+        mapping = await mapping_with_owners(self.settings, self.connector)
         try:
             page = await self.connector.changed_contacts(
                 input.since, mapping.crm_properties(), input.after, self.settings.crm_batch_size
@@ -236,7 +236,7 @@ class CrmActivities:
         (Salesforce opportunities): a stage that moved becomes a deal_stage_changed event."""
         if self.client is None:
             raise ApplicationError("this worker has no Temporal client", non_retryable=True)
-        mapping = mapping_for(self.settings)
+        mapping = await mapping_with_owners(self.settings, self.connector)
         try:
             deals, after = await self.connector.changed_deals(input.since, input.after, self.settings.crm_batch_size)
         except CrmUnavailable as exc:

@@ -143,6 +143,24 @@ async def test_a_contact_created_in_hubspot_arrives_mapped_with_its_owner(hubspo
         assert (await s.get(Contact, contact.id)).company == "Analytical Engines"
 
 
+async def test_an_owner_the_mapping_does_not_name_is_the_rep_with_their_email_both_ways(
+    hubspot, crm_api, db, client, crm_settings, temporal_env
+):
+    hubspot.add_owner("78", "Omar@Example.com")
+    record = hubspot.put("contacts", {"email": "grace@example.com", "firstname": "Grace", "hubspot_owner_id": "78"})
+    assert (await hubspot.deliver(crm_api, WEBHOOK, [hubspot.event("contact.creation", record.id)])).status_code == 200
+    async with db.session() as s:
+        contact = (await s.exec(select(Contact).where(Contact.crm_id == record.id))).one()
+    assert contact.owner == "omar@example.com"  # so notify_owner can write to the rep
+
+    _, _, handle = await start(db, client, crm_settings, MQL, contact=contact)
+    await result_of(temporal_env, handle)
+    await sync(client, crm_settings)
+
+    [task] = hubspot.objects["tasks"].values()
+    assert task.properties["hubspot_owner_id"] == "78"
+
+
 async def test_a_deal_moved_to_closed_won_ends_the_handoff_on_its_won_path(hubspot, crm_api, db, client, crm_settings, temporal_env):
     record, contact = await linked_contact(hubspot, crm_api, db)
     _, _, handle = await start(db, client, crm_settings, HANDOFF, contact=contact)

@@ -13,7 +13,7 @@ from sqlmodel import col, select
 
 from api.deps import ClientDep, CrmDep, OptionalCrmDep, SessionDep, SettingsDep, TemporalDep
 from api.schemas.crm import CrmFailedWrite, CrmResyncOut, CrmStatusOut, CrmWebhookOut, CrmWriteCounts
-from nurture.crm import mapping_for
+from nurture.crm import mapping_with_owners
 from nurture.crm.connector import CrmAuthFailed, CrmError, CrmUnavailable
 from nurture.crm.hubspot_webhooks import (
     SIGNATURE_HEADER,
@@ -92,10 +92,9 @@ async def hubspot_webhook(
             [{"type": "too_long", "loc": ("body",), "msg": f"at most {MAX_EVENTS} events per delivery"}]
         )
     client = await temporal.get()
-    inbound = CrmInbound("hubspot", mapping_for(settings), client, Enroller(client, settings))
-    webhook = HubSpotWebhook(crm, inbound, settings.crm_hubspot_app_id)
     try:
-        done = await webhook.handle(session, events)
+        inbound = CrmInbound("hubspot", await mapping_with_owners(settings, crm), client, Enroller(client, settings))
+        done = await HubSpotWebhook(crm, inbound, settings.crm_hubspot_app_id).handle(session, events)
     except CrmUnavailable as exc:
         raise HTTPException(status_code=503, detail=f"HubSpot is unreachable: {exc}") from exc
     except CrmAuthFailed as exc:

@@ -92,6 +92,7 @@ class HubSpotConnector:
         self.batch_size = settings.crm_batch_size
         self.search_cap = settings.crm_hubspot_search_cap
         self.limit = BurstLimit(settings.crm_burst_per_10s)
+        self.owner_cache: tuple[float, dict[str, str]] | None = None  # nurture.crm.mapping_with_owners
 
     # --- contacts ------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 Direction = Literal["inbound", "outbound", "both"]
 Side = Literal["crm", "engine"]
@@ -108,6 +108,14 @@ class CrmMapping(BaseModel):
     conflicts: Conflicts = Conflicts()
     pause: PauseProperties = PauseProperties()
     suppression: Suppression = Suppression()
+    # The CRM's owners (id -> email), as the CRM lists them now: an owner the file does not name
+    # is the rep with that email (so notify_owner can write to them).
+    _owner_emails: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def knowing_owners(self, emails: dict[str, str]) -> CrmMapping:
+        known = self.model_copy()
+        known._owner_emails = {k: v.lower() for k, v in emails.items() if v}
+        return known
 
     @model_validator(mode="after")
     def _one_source_per_target(self) -> CrmMapping:
@@ -129,17 +137,19 @@ class CrmMapping(BaseModel):
         return sorted(names)
 
     def rep_for(self, crm_owner_id: str | None) -> str | None:
-        """Our rep id for a CRM owner; an owner the file does not list is ``crm-owner-<id>``."""
+        """Our rep id for a CRM owner: the file's, else the owner's email, else ``crm-owner-<id>``."""
         if not crm_owner_id:
             return None
-        return self.owners.get(str(crm_owner_id), f"{UNLISTED_OWNER}{crm_owner_id}")
+        crm_owner_id = str(crm_owner_id)
+        return self.owners.get(crm_owner_id) or self._owner_emails.get(crm_owner_id) or f"{UNLISTED_OWNER}{crm_owner_id}"
 
     def crm_owner_for(self, rep: str | None) -> str | None:
         if not rep:
             return None
         if rep.startswith(UNLISTED_OWNER):
             return rep.removeprefix(UNLISTED_OWNER)
-        return next((crm for crm, ours in self.owners.items() if ours == rep), None)
+        listed = next((crm for crm, ours in self.owners.items() if ours == rep), None)
+        return listed or next((crm for crm, email in self._owner_emails.items() if email == rep.lower()), None)
 
     def lifecycle_in(self, value: str) -> str:
         return self.lifecycle_stages.get(value, value)

@@ -54,6 +54,7 @@ class SalesforceConnector:
         self.timeout = settings.crm_request_timeout_seconds
         self.batch_size = max(settings.crm_batch_size, 1)
         self.limit = BurstLimit(settings.crm_burst_per_10s)
+        self.owner_cache: tuple[float, dict[str, str]] | None = None  # nurture.crm.mapping_with_owners
         self.sf: Salesforce | None = None
         self.logins = 0
         self.lock = threading.Lock()
