@@ -412,3 +412,69 @@ async def serving(emulator: HubSpotEmulator) -> AsyncIterator[HubSpotEmulator]:
     finally:
         server.should_exit = True
         await task
+
+
+# --- by hand, beside a running stack ------------------------------------------------------------
+
+
+def control_routes(emulator: HubSpotEmulator, webhook_url: str) -> list[Route]:
+    """Act as a rep in the emulated HubSpot over HTTP; each change is delivered, signed, to ``webhook_url``."""
+
+    async def deliver(events: list[dict[str, Any]]) -> dict[str, Any]:
+        async with httpx.AsyncClient(timeout=30) as http:
+            answer = await emulator.deliver(http, webhook_url, events)
+        return {"delivered": answer.status_code, "answer": answer.json() if answer.content else None}
+
+    async def contact(request: Request) -> Response:
+        body = await request.json()
+        record = emulator.put("contacts", {k: str(v) for k, v in body.items()})
+        return JSONResponse({"id": record.id, **await deliver([emulator.event("contact.creation", record.id)])})
+
+    async def contact_change(request: Request) -> Response:
+        events = emulator.change("contacts", request.path_params["object_id"], await request.json())
+        return JSONResponse(await deliver(events))
+
+    async def deal(request: Request) -> Response:
+        body = await request.json()
+        record = emulator.put("deals", {"dealname": str(body.get("dealname", "Deal")), "dealstage": str(body["dealstage"])},
+                              {"contacts": [str(body["contact_id"])]})
+        return JSONResponse({"id": record.id})
+
+    async def deal_stage(request: Request) -> Response:
+        events = emulator.change("deals", request.path_params["object_id"], {"dealstage": (await request.json())["dealstage"]})
+        return JSONResponse(await deliver(events))
+
+    return [
+        Route("/_emulator/contacts", contact, methods=["POST"]),
+        Route("/_emulator/contacts/{object_id}", contact_change, methods=["PATCH"]),
+        Route("/_emulator/deals", deal, methods=["POST"]),
+        Route("/_emulator/deals/{object_id}", deal_stage, methods=["PATCH"]),
+    ]
+
+
+def main() -> None:
+    """``python -m tests.crm_emulators.hubspot --port 8321 --webhook http://127.0.0.1:8000/webhooks/crm/hubspot``"""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, default=8321)
+    parser.add_argument("--webhook", default="http://127.0.0.1:8000/webhooks/crm/hubspot")
+    parser.add_argument("--token", default="pat-na1-test-token")
+    parser.add_argument("--app-secret", default="emulator-app-secret")
+    args = parser.parse_args()
+    emulator = HubSpotEmulator(token=args.token, app_secret=args.app_secret)
+    emulator.add_owner("77", "rep-jane@example.com")
+    control = Starlette(routes=control_routes(emulator, args.webhook))
+
+    async def app(scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/_emulator/"):
+            return await control(scope, receive, send)
+        return await emulator.asgi(scope, receive, send)
+
+    print(f"NURTURE_CRM_PROVIDER=hubspot NURTURE_CRM_HUBSPOT_BASE_URL=http://127.0.0.1:{args.port} "
+          f"NURTURE_CRM_HUBSPOT_TOKEN={args.token} NURTURE_CRM_HUBSPOT_APP_SECRET={args.app_secret}")
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
