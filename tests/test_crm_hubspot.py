@@ -236,6 +236,11 @@ async def test_the_rep_sets_the_pause_property_and_the_contacts_flows_pause_unde
         actions = [(e.action, e.actor) for e in (await s.exec(select(PauseLog).where(PauseLog.contact_id == contact.id))).all()]
     assert actions == [("pause", "rep-jane"), ("resume", "rep-jane")]
 
+    # A pause longer than the pause API allows (max_pause_days, 90) is not applied from the CRM either.
+    far = (utcnow() + timedelta(days=200)).isoformat().replace("+00:00", "Z")
+    assert (await hubspot.deliver(crm_api, WEBHOOK, hubspot.change("contacts", record.id, {"nurture_pause_until": far}))).status_code == 200
+    assert (await handle.query("state", result_type=EnrollmentState)).paused is None
+
 
 async def test_a_crm_unsubscribe_suppresses_the_contact_and_ends_its_flows(hubspot, crm_api, db, client, crm_settings, temporal_env):
     record, contact = await linked_contact(hubspot, crm_api, db)

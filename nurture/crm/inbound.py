@@ -15,7 +15,7 @@ Enrolling commits the caller's session (see nurture/enrolling.py); the caller co
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
@@ -81,7 +81,12 @@ class CrmInbound:
             actor = Actor(rep=contact.paused_by or UNOWNED, requested_by=self.provider, authenticated=True)
             confirmed = await Pauser(self.client).resume(session, contact, actor, "pause property cleared in the CRM")
             log.info("crm_pause_ended", enrollments=len(confirmed))
-        if pause is not None and contact.paused_until != pause[0]:
+        longest = timedelta(days=self.enroller.settings.max_pause_days)
+        if pause is not None and pause[0] - utcnow() > longest:
+            # The pause API refuses such a pause too (max_pause_days): the CRM's is not applied.
+            log.warning("crm_pause_too_long", until=pause[0].isoformat(), max_pause_days=self.enroller.settings.max_pause_days)
+            pause = None
+        elif pause is not None and contact.paused_until != pause[0]:
             until, reason = pause
             rep = contact.owner or UNOWNED
             actor = Actor(rep=rep, requested_by=self.provider, authenticated=True)
