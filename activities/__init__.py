@@ -4,6 +4,7 @@ from temporalio.client import Client
 
 from activities.actions import ActionActivities
 from activities.contacts import ContactActivities
+from activities.crm import CrmActivities
 from activities.email.activities import EmailActivities
 from activities.email.consent import ConsentLinks
 from activities.email.providers import EmailProvider
@@ -15,6 +16,8 @@ from activities.progress import ProgressActivities
 from activities.scheduling import SchedulingActivities
 from activities.sms import SmsActivities, SmsOutboxProvider, SmsProvider
 from activities.webhooks import WebhookActivities
+from nurture.crm import connector_for
+from nurture.crm.connector import CrmConnector
 from nurture.db import Database
 from nurture.metrics import instrumented
 from nurture.settings import Settings
@@ -39,8 +42,9 @@ def build_activities(
     settings: Settings,
     client: Client | None = None,
     sms: SmsProvider | None = None,
+    crm: CrmConnector | None = None,
 ) -> list:
-    contacts = ContactActivities(db)
+    contacts = ContactActivities(db, settings)
     renderer = TemplateRenderer.from_settings(settings)
     email = email_activities(db, provider, settings, renderer)
     progress = ProgressActivities(db)
@@ -50,6 +54,13 @@ def build_activities(
     texts = SmsActivities(db, sms or SmsOutboxProvider(settings.sms_outbox_dir), renderer)
     governance = GovernanceActivities(db, settings, client)
     enrolling = EnrollingActivities(db, client, settings)
+    # The CRM sync's activities exist only where a CRM is connected (crm_provider).
+    crm = crm or connector_for(settings)
+    synced = CrmActivities(db, crm, client, settings) if crm is not None else None
+    crm_activities = [
+        synced.push_crm_writes, synced.queue_crm_engagement, synced.start_crm_sync, synced.sync_crm_page, synced.sync_crm_deals,
+        synced.finish_crm_sync,
+    ] if synced is not None else []
     # Every activity is timed into nurture_activity_seconds (nurture/metrics.py).
     return instrumented([
         contacts.update_contact,
@@ -66,4 +77,5 @@ def build_activities(
         enrolling.list_scan_flows,
         enrolling.scan_trigger_page,
         enrolling.bulk_enroll_page,
+        *crm_activities,
     ])

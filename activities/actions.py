@@ -13,6 +13,7 @@ from activities.common import require_contact
 from activities.email.providers import EmailProvider, OutgoingEmail
 from activities.email.rendering import TemplateRenderer, TemplateRenderError, template_failure
 from nurture.contracts import ActionResult, CreateTaskInput, EnrollInFlowInput, NotifyOwnerInput
+from nurture.crm.writes import TASK, queue_write
 from nurture.db import Database
 from nurture.enrolling import Enroller
 from nurture.logging import get_logger
@@ -73,6 +74,7 @@ class ActionActivities:
             message.subject, message.text, message.html = subject, text, html
             message.attempts += 1
             session.add(message)
+            crm = await self._queue_crm_task(session, input, contact, subject, f"Flow {input.flow_id}, step '{input.step_id}'.\n\n{text}")
             await session.commit()
             await self.provider.deliver(
                 OutgoingEmail(
@@ -87,7 +89,7 @@ class ActionActivities:
             message.status, message.sent_at = MessageStatus.sent, utcnow()
             session.add(message)
             await session.commit()
-            return ActionResult(status="done", detail=f"owner notified ({to})", record_id=message.id)
+            return ActionResult(status="done", detail=f"owner notified ({to}){crm}", record_id=message.id)
 
     @activity.defn(name="create_task")
     async def create_task(self, input: CreateTaskInput) -> ActionResult:
@@ -120,12 +122,31 @@ class ActionActivities:
                 step_id=input.step_id,
             )
             session.add(task)
+            recent = await _recent_activity(session, contact.id)
+            crm = await self._queue_crm_task(
+                session, input, contact, title,
+                f"{description}\n\nFlow {input.flow_id}, step '{input.step_id}'.\nRecent activity:\n{recent}",
+                due_at=input.due_at,
+            )
             await session.commit()
             await session.refresh(task)
             get_logger(flow_id=input.flow_id, enrollment_id=input.workflow_id, contact_id=contact.id).info(
                 "task_created", task_id=task.id, assignee=assignee
             )
-            return ActionResult(status="done", detail=f"{task.kind} '{title}' for {assignee}", record_id=task.id)
+            return ActionResult(status="done", detail=f"{task.kind} '{title}' for {assignee}{crm}", record_id=task.id)
+
+    async def _queue_crm_task(self, session, input, contact, subject: str, body: str, due_at=None) -> str:
+        """The same task for the contact's owner in the CRM, pushed by the CRM sync (nurture/crm/writes.py);
+        what the enrollment's timeline says of it."""
+        queued = await queue_write(
+            session, self.settings, key=f"crm:{input.idempotency_key}", kind=TASK, contact_id=contact.id,
+            workflow_id=input.workflow_id,
+            payload={
+                "subject": subject[:500], "body": body[:60_000], "owner": contact.owner,
+                "due_at": due_at.isoformat() if due_at else None,
+            },
+        )
+        return f"; CRM task queued for {self.settings.crm_provider}" if queued is not None else ""
 
     @activity.defn(name="enroll_in_flow")
     async def enroll_in_flow(self, input: EnrollInFlowInput) -> ActionResult:
@@ -142,3 +163,10 @@ class ActionActivities:
             await session.commit()
             verb = "enrolled in" if outcome.created else "already in"
             return ActionResult(status="done", detail=f"{verb} flow {flow.id}", record_id=outcome.enrollment.id)
+
+
+async def _recent_activity(session, contact_id: int, limit: int = 10) -> str:
+    events = (
+        await session.exec(select(Event).where(Event.contact_id == contact_id).order_by(Event.occurred_at.desc()).limit(limit))
+    ).all()
+    return "\n".join(f"{e.occurred_at:%Y-%m-%d %H:%M} {e.type} {e.properties or ''}" for e in events) or "none"

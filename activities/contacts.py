@@ -6,15 +6,19 @@ from temporalio import activity
 
 from activities.common import require_contact
 from nurture.contracts import ContactSnapshot, UpdateContactInput
+from nurture.crm import mapping_for
+from nurture.crm.writes import queue_contact_update
 from nurture.db import Database
 from nurture.logging import get_logger
 from nurture.models import utcnow
+from nurture.settings import Settings
 from nurture.snapshots import contact_snapshot
 
 
 class ContactActivities:
-    def __init__(self, db: Database):
+    def __init__(self, db: Database, settings: Settings | None = None):
         self.db = db
+        self.settings = settings
 
     @activity.defn(name="update_contact")
     async def update_contact(self, input: UpdateContactInput) -> ContactSnapshot:
@@ -32,6 +36,12 @@ class ContactActivities:
             contact.tags = _apply(contact.tags, input.add_tags, input.remove_tags)
             contact.updated_at = utcnow()
             session.add(contact)
+            if self.settings is not None:
+                # Written back to the CRM by the CRM sync, once per step (the step's key).
+                changed = [*input.set, *input.clear] + (["lifecycle_stage"] if input.lifecycle_stage is not None else [])
+                await queue_contact_update(
+                    session, self.settings, mapping_for(self.settings), contact, f"crm:{input.idempotency_key}", changed
+                )
             await session.commit()
             await session.refresh(contact)
             get_logger(contact_id=contact.id, key=input.idempotency_key).info("contact_updated")

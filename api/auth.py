@@ -39,6 +39,8 @@ POLICY: tuple[Rule, ...] = (
     rule("GET POST HEAD", r"^/(t|u|optin)/", PUBLIC),
     rule("POST", r"^/webhooks/", PUBLIC),
     rule("GET POST DELETE", r"^/api-keys", frozenset({Role.admin})),
+    # A full CRM resync reads every CRM contact: an operator's call.
+    rule("POST", r"^/crm/resync$", frozenset({Role.admin})),
     rule("POST", r"^/contacts/\{contact_id\}/(pause|resume)$", PAUSERS),
     rule("GET", r"^/contacts/\{contact_id\}(/.*)?$", ALL),
     rule("GET", r"^/pauses$", ALL),

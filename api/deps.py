@@ -12,6 +12,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 
 from api.state import TemporalConnection
+from nurture.crm import connector_for
+from nurture.crm.connector import CrmConnector, CrmError
 from nurture.api_keys import Role
 from nurture.db import Database
 from nurture.enrolling import Enroller
@@ -84,6 +86,34 @@ def enroller_factory(temporal: TemporalDep, settings: SettingsDep) -> Callable[[
 
 
 EnrollerFactoryDep = Annotated[Callable[[], Awaitable[Enroller]], Depends(enroller_factory)]
+
+
+def get_crm(request: Request) -> CrmConnector:
+    """The connected CRM's connector (one per app); 404 when no CRM is configured."""
+    connector = getattr(request.app.state, "crm", None)
+    if connector is None:
+        try:
+            connector = connector_for(request.app.state.settings)
+        except CrmError as exc:
+            raise HTTPException(status_code=503, detail=f"the CRM connector is not usable: {exc}") from exc
+        if connector is None:
+            raise HTTPException(status_code=404, detail="no CRM is connected (setting crm_provider)")
+        request.app.state.crm = connector
+    return connector
+
+
+CrmDep = Annotated[CrmConnector, Depends(get_crm)]
+
+
+def get_optional_crm(request: Request) -> CrmConnector | None:
+    """The connector, or None when no CRM is configured or it cannot be built (the answer says why)."""
+    try:
+        return get_crm(request)
+    except HTTPException:
+        return None
+
+
+OptionalCrmDep = Annotated[CrmConnector | None, Depends(get_optional_crm)]
 
 
 # --- who is asking ---------------------------------------------------------------

@@ -21,6 +21,7 @@ from api.routers import (
     consent,
     contact_imports,
     contacts,
+    crm,
     enrollments,
     events,
     flows,
@@ -134,7 +135,7 @@ def create_app(
     install_rate_limits(app, settings)
     for module in (
         health, api_keys, contact_imports, contacts, pauses, templates, flows, events, enrollments, bulk_enrollments,
-        history, visibility, stats, tracking, provider_webhooks, consent, metrics, simulations, playbooks,
+        history, visibility, stats, tracking, provider_webhooks, consent, metrics, simulations, playbooks, crm,
     ):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     app.openapi = _openapi_with_flow_schema(app)  # type: ignore[method-assign]

@@ -62,6 +62,21 @@ TRACKING_UNRECORDED = Counter(
 EMAIL_WEBHOOK_EVENTS = Counter(
     "nurture_email_webhook_events", "Provider webhook events recorded, by provider and type.", ["provider", "type"]
 )
+CRM_WRITES = Counter(
+    "nurture_crm_writes", "Writes pushed to the CRM by outcome: done, retried (CRM down or rate limited), failed.",
+    ["provider", "outcome"],
+)
+CRM_SYNC_CONTACTS = Counter(
+    "nurture_crm_sync_contacts", "CRM contacts read by the reconciliation sync, and those that changed a contact.",
+    ["provider", "kind"],
+)
+CRM_WEBHOOK_EVENTS = Counter(
+    "nurture_crm_webhook_events", "CRM webhook events by type and outcome (applied, ignored, echo, refused).",
+    ["provider", "type", "outcome"],
+)
+CRM_INBOUND_SECONDS = Histogram(
+    "nurture_crm_inbound_seconds", "From a CRM webhook received to its enrollments told (seconds).", ["provider"],
+)
 FLOW_ANOMALIES = Counter("nurture_flow_anomalies", "Anomalies found when a flow's stats were computed.", ["kind"])
 
 

@@ -76,6 +76,8 @@ class Contact(SQLModel, table=True):
     pause_reason: str | None = None
     paused_by: str | None = None
     last_activity_at: datetime | None = _when()
+    # The contact's record id in the connected CRM (docs/crm.md); None until synced.
+    crm_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(100), nullable=True, index=True))
     created_at: datetime = _when(nullable=False, default=utcnow)
     updated_at: datetime = _when(nullable=False, default=utcnow)
 
@@ -346,3 +348,52 @@ class ApiKey(SQLModel, table=True):
     created_at: datetime = _when(nullable=False, default=utcnow)
     last_used_at: datetime | None = _when()
     revoked_at: datetime | None = _when()
+
+
+class CrmWriteStatus(StrEnum):
+    queued = "queued"
+    done = "done"
+    failed = "failed"  # the CRM refused it (not an outage); last_error says why
+
+
+class CrmWrite(SQLModel, table=True):
+    """A write to the CRM, queued in the transaction that decided it and pushed by the CRM sync
+    (activities/crm.py): held here while the CRM is down, written once per idempotency key."""
+
+    __tablename__ = "crm_writes"
+
+    id: int | None = Field(default=None, primary_key=True)
+    idempotency_key: str = Field(sa_column=sa.Column(sa.String(300), unique=True, nullable=False))
+    provider: str
+    kind: str  # contact (mapped fields), task, note
+    contact_id: int = Field(foreign_key="contacts.id", index=True)
+    payload: dict[str, Any] = _json()
+    status: str = Field(default=CrmWriteStatus.queued, index=True)
+    attempts: int = 0
+    last_error: str | None = None
+    crm_record_id: str | None = None
+    workflow_id: str | None = None
+    created_at: datetime = _when(nullable=False, default=utcnow)
+    done_at: datetime | None = _when()
+
+
+class CrmSyncState(SQLModel, table=True):
+    """Where a connector's incremental sync stands: one row per provider."""
+
+    __tablename__ = "crm_sync_state"
+
+    provider: str = Field(sa_column=sa.Column(sa.String(40), primary_key=True))
+    # Records modified at or after this were not all read yet (the CRM's last-modified time).
+    cursor: datetime | None = _when()
+    # The same for deals (opportunities), where the CRM does not push their changes.
+    deal_cursor: datetime | None = _when()
+    last_run_at: datetime | None = _when()
+    last_success_at: datetime | None = _when()
+    last_error: str | None = None
+    contacts_read: int = 0
+    contacts_changed: int = 0
+    # The last event (by id) whose engagement was logged on the CRM timeline.
+    engagement_cursor: int = 0
+    # Last webhook received, and the full resync asked for (cleared when it finished).
+    last_webhook_at: datetime | None = _when()
+    resync_requested_at: datetime | None = _when()

@@ -282,6 +282,47 @@ class Settings(BaseSettings):
             raise ValueError(f'not a rate limit such as "600/minute" or "20/second;600/minute": {exc}') from None
         return value
 
+    # --- CRM sync (docs/crm.md) ---
+    # "none": the service's own contact store only. "hubspot": two-way sync through HubSpot's client.
+    crm_provider: Literal["none", "hubspot", "salesforce"] = "none"
+    # A HubSpot private app's access token (scopes in docs/crm.md).
+    crm_hubspot_token: str | None = None
+    # HubSpot's API host; tests point HubSpot's client at a local emulator through it.
+    crm_hubspot_base_url: str = "https://api.hubapi.com"
+    # HubSpot's search answers at most this many results per query; the sync searches again from the
+    # newest change it saw (HubSpot's documented cap; tests lower it on the emulator).
+    crm_hubspot_search_cap: int = Field(default=10_000, ge=200, le=10_000)
+    # The app's client secret: HubSpot signs webhooks with it (X-HubSpot-Signature-v3).
+    crm_hubspot_app_secret: str | None = None
+    # The app's id: changes HubSpot reports as made by this app are our own writes (never applied back).
+    crm_hubspot_app_id: str | None = None
+    # Salesforce: a connected app with the OAuth 2.0 client credentials flow (docs/crm.md).
+    crm_salesforce_login_url: str = "https://login.salesforce.com"
+    crm_salesforce_client_id: str | None = None
+    crm_salesforce_client_secret: str | None = None
+    crm_salesforce_api_version: str = "59.0"
+    # A CA bundle to trust for Salesforce's hosts (a corporate proxy; the tests' local emulator). Unset: the system's.
+    crm_salesforce_ca_bundle: Path | None = None
+    # The Contact's External ID field that holds the email: contacts created here are upserted by it.
+    crm_salesforce_contact_external_id: str = "Nurture_Email__c"
+    # The Task's External ID field that holds a write's idempotency key.
+    crm_salesforce_task_external_id: str = "Nurture_Key__c"
+    # Webhooks older or newer than this (X-HubSpot-Request-Timestamp) are refused; HubSpot's window is 5 minutes.
+    crm_webhook_tolerance_seconds: int = Field(default=300, ge=1, le=3600)
+    # The YAML mapping of fields, owners and stages; the defaults of nurture/crm/mapping.py when unset.
+    crm_mapping_file: Path | None = None
+    # Records per batch call (HubSpot takes at most 100) and calls per 10 seconds per process
+    # (a private app's burst limit is 100 or 190 by subscription).
+    crm_batch_size: int = Field(default=100, ge=1, le=100)
+    crm_burst_per_10s: int = Field(default=100, ge=1, le=1000)
+    crm_request_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    # The incremental sync runs this often (a Temporal Schedule), and reads pages of crm_batch_size.
+    crm_sync_interval: Duration = Field(default=timedelta(minutes=5), ge=timedelta(seconds=10))
+    # Queued CRM writes pushed per activity run; a CRM that says Retry-After longer than this is asked
+    # again after this many seconds at most.
+    crm_write_batch: int = Field(default=100, ge=1, le=1000)
+    crm_max_retry_after_seconds: float = Field(default=600.0, ge=1, le=86_400)
+
     # --- durability (docs/running.md) ---
     # Long activities heartbeat; a worker that dies is noticed after this long and its activities
     # are retried on another worker (instead of after their start-to-close timeout).

@@ -21,6 +21,8 @@ from nurture.metrics import serve_worker_metrics
 from nurture.migrating import SchemaNotCurrent, require_current_schema
 from nurture.settings import Settings, get_settings
 from nurture.temporal import connect
+from nurture.crm.schedule import ensure_crm_sync_schedule
+from nurture.enrolling import TemporalUnavailable
 from nurture.trigger_schedule import ensure_trigger_scan_schedule
 from worker.sandbox import compile_workflows_once
 from workflows import WORKFLOWS
@@ -79,6 +81,10 @@ async def run(settings: Settings) -> None:
         await ensure_trigger_scan_schedule(client, settings)
     except RPCError as exc:
         log.warning("trigger_scan_schedule_unavailable", error=str(exc))
+    try:
+        await ensure_crm_sync_schedule(client, settings)
+    except TemporalUnavailable as exc:
+        log.warning("crm_sync_schedule_unavailable", error=str(exc))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

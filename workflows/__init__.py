@@ -14,6 +14,7 @@ _HOMES = {
     "EnrollmentWorkflow": "workflows.enrollment",
     "TriggerScanWorkflow": "workflows.scans",
     "BulkEnrollmentWorkflow": "workflows.bulk",
+    "CrmSyncWorkflow": "workflows.crm_sync",
 }
 
 __all__ = ["WORKFLOWS", *_HOMES]

@@ -86,6 +86,7 @@ class ContactOut(Out):
     pause_reason: str | None
     paused_by: str | None
     last_activity_at: datetime | None
+    crm_id: str | None = Field(default=None, description="The contact's record id in the connected CRM (docs/crm.md).")
     created_at: datetime
     updated_at: datetime
 

@@ -1,0 +1,300 @@
+"""The HubSpot connector, on HubSpot's own client (``hubspot-api-client``) with a private app token.
+
+The client is synchronous (urllib3): each call runs in a thread. Calls are paced to the private
+app's burst limit (``crm_burst_per_10s`` per 10 seconds, per process) and batch calls carry at most
+``crm_batch_size`` (HubSpot's 100) records. A 429 or 5xx becomes ``CrmUnavailable`` with HubSpot's
+``Retry-After``; the caller (an activity) retries, so the client's own status retries stay off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import threading
+import time
+from collections import deque
+from datetime import UTC, datetime
+from typing import Any
+
+import hubspot
+from urllib3.util.retry import Retry
+from hubspot.crm.contacts import (
+    BatchInputSimplePublicObjectBatchInputUpsert,
+    BatchReadInputSimplePublicObjectId,
+    Filter,
+    FilterGroup,
+    PublicObjectSearchRequest,
+    SimplePublicObjectBatchInputUpsert,
+    SimplePublicObjectId,
+    SimplePublicObjectInput,
+)
+from hubspot.crm.objects.notes import SimplePublicObjectInputForCreate as NoteInput
+from hubspot.crm.objects.tasks import (
+    AssociationSpec,
+    PublicAssociationsForObject,
+    PublicObjectId,
+    SimplePublicObjectInputForCreate as TaskInput,
+)
+
+from nurture.crm.connector import (
+    ContactPage,
+    CrmActivity,
+    CrmAuthFailed,
+    CrmContact,
+    CrmDeal,
+    CrmError,
+    CrmRejected,
+    CrmUnavailable,
+)
+from nurture.settings import Settings
+
+# HubSpot-defined association type ids (v4 "associationTypeId"): task -> contact, note -> contact.
+TASK_TO_CONTACT = 204
+NOTE_TO_CONTACT = 202
+# Our idempotency key is written into the body of each task and note, and searched before a create.
+KEY_MARK = "nurturekey"
+
+
+class BurstLimit:
+    """At most ``calls`` per ``seconds``, across the threads of this process (a sliding window)."""
+
+    def __init__(self, calls: int, seconds: float = 10.0):
+        self.calls, self.seconds = calls, seconds
+        self.sent: deque[float] = deque()
+        self.lock = threading.Lock()
+
+    def wait(self) -> None:
+        while True:
+            with self.lock:
+                now = time.monotonic()
+                while self.sent and now - self.sent[0] >= self.seconds:
+                    self.sent.popleft()
+                if len(self.sent) < self.calls:
+                    self.sent.append(now)
+                    return
+                pause = self.seconds - (now - self.sent[0])
+            time.sleep(max(pause, 0.01))
+
+
+class HubSpotConnector:
+    provider = "hubspot"
+
+    def __init__(self, settings: Settings):
+        if not settings.crm_hubspot_token:
+            raise CrmAuthFailed("NURTURE_CRM_HUBSPOT_TOKEN is not set")
+        # Connection failures are retried here; answers (429, 5xx) go to our caller, who waits Retry-After.
+        retry = Retry(total=3, connect=3, read=0, status=0, redirect=0, respect_retry_after_header=False)
+        self.client = hubspot.Client.create(
+            access_token=settings.crm_hubspot_token, host=settings.crm_hubspot_base_url, retry=retry
+        )
+        self.timeout = settings.crm_request_timeout_seconds
+        self.batch_size = settings.crm_batch_size
+        self.search_cap = settings.crm_hubspot_search_cap
+        self.limit = BurstLimit(settings.crm_burst_per_10s)
+        self.owner_cache: tuple[float, dict[str, str]] | None = None  # nurture.crm.mapping_with_owners
+
+    # --- contacts ------------------------------------------------------------
+
+    async def get_contact(self, crm_id: str, properties: list[str]) -> CrmContact | None:
+        found = await self._call(self.client.crm.contacts.basic_api.get_by_id, crm_id, properties=properties, missing_ok=True)
+        return _contact(found) if found is not None else None
+
+    async def get_contacts(self, crm_ids: list[str], properties: list[str]) -> list[CrmContact]:
+        """Several contacts in batch reads of at most ``crm_batch_size``; ids HubSpot does not have are left out."""
+        found: list[CrmContact] = []
+        for start in range(0, len(crm_ids), self.batch_size):
+            request = BatchReadInputSimplePublicObjectId(
+                inputs=[SimplePublicObjectId(id=i) for i in crm_ids[start : start + self.batch_size]],
+                properties=properties,
+                properties_with_history=[],
+            )
+            answer = await self._call(self.client.crm.contacts.batch_api.read, request)
+            found.extend(_contact(r) for r in answer.results)
+        return found
+
+    async def changed_contacts(self, since: datetime, properties: list[str], after: str | None, limit: int) -> ContactPage:
+        """Contacts modified at or after ``since``, oldest first; ``after`` continues a page run.
+
+        A search reaches at most 10,000 results: the caller starts a new search from the last
+        modification it saw before the cap (activities/crm.py does).
+        """
+        request = PublicObjectSearchRequest(
+            filter_groups=[
+                FilterGroup(filters=[Filter(property_name="lastmodifieddate", operator="GTE", value=str(_millis(since)))])
+            ],
+            sorts=["lastmodifieddate"],
+            properties=properties,
+            limit=min(limit, self.batch_size),
+            after=after,
+        )
+        answer = await self._call(self.client.crm.contacts.search_api.do_search, request)
+        paging = answer.paging.next.after if answer.paging and answer.paging.next else None
+        capped = paging is not None and paging.isdigit() and int(paging) + request.limit > self.search_cap
+        if capped:
+            paging = None  # past the cap HubSpot answers 400: the caller restarts from the newest seen
+        return ContactPage([_contact(r) for r in answer.results], paging, capped)
+
+    async def upsert_contacts(self, records: list[tuple[str, dict[str, str]]]) -> dict[str, str]:
+        ids: dict[str, str] = {}
+        for start in range(0, len(records), self.batch_size):
+            chunk = records[start : start + self.batch_size]
+            batch = BatchInputSimplePublicObjectBatchInputUpsert(
+                inputs=[
+                    SimplePublicObjectBatchInputUpsert(id_property="email", id=email, properties={**props, "email": email})
+                    for email, props in chunk
+                ]
+            )
+            answer = await self._call(self.client.crm.contacts.batch_api.upsert, batch)
+            for result in answer.results:
+                email = str((result.properties or {}).get("email") or "").lower()
+                if email:
+                    ids[email] = str(result.id)
+        return ids
+
+    async def update_contact(self, crm_id: str, properties: dict[str, str]) -> None:
+        await self._call(self.client.crm.contacts.basic_api.update, crm_id, SimplePublicObjectInput(properties=properties))
+
+    # --- deals ---------------------------------------------------------------
+
+    async def get_deal(self, deal_id: str) -> CrmDeal | None:
+        found = await self._call(
+            self.client.crm.deals.basic_api.get_by_id, deal_id,
+            properties=["dealstage", "pipeline", "dealname", "amount"], associations=["contacts"], missing_ok=True,
+        )
+        if found is None:
+            return None
+        contacts: list[str] = []
+        associations = found.associations or {}
+        if "contacts" in associations and associations["contacts"].results:
+            contacts = [str(a.id) for a in associations["contacts"].results]
+        properties = dict(found.properties or {})
+        return CrmDeal(id=str(found.id), stage=str(properties.get("dealstage") or ""), contact_ids=contacts, properties=properties)
+
+    async def changed_deals(self, since: datetime, after: str | None, limit: int) -> tuple[list[CrmDeal], str | None]:
+        """HubSpot pushes deal stage changes by webhook (deal.propertyChange): the sync reads none."""
+        return [], None
+
+    # --- tasks and notes -----------------------------------------------------
+
+    async def find_activity(self, activity: CrmActivity) -> str | None:
+        api = self.client.crm.objects.tasks if activity.kind == "task" else self.client.crm.objects.notes
+        body = "hs_task_body" if activity.kind == "task" else "hs_note_body"
+        request = PublicObjectSearchRequest(
+            filter_groups=[FilterGroup(filters=[Filter(property_name=body, operator="CONTAINS_TOKEN", value=_token(activity.key))])],
+            properties=[body],
+            limit=1,
+        )
+        answer = await self._call(api.search_api.do_search, request)
+        return str(answer.results[0].id) if answer.results else None
+
+    async def create_activity(self, activity: CrmActivity) -> str:
+        now = datetime.now(UTC)
+        marked = f"{activity.body}\n\n{_token(activity.key)}"
+        if activity.kind == "task":
+            properties = {
+                "hs_task_subject": activity.subject[:500],
+                "hs_task_body": marked,
+                "hs_task_status": "NOT_STARTED",
+                "hs_task_priority": "HIGH",
+                "hs_timestamp": (activity.due_at or now).isoformat(),
+            }
+            if activity.owner_crm_id:
+                properties["hubspot_owner_id"] = activity.owner_crm_id
+            created = await self._call(
+                self.client.crm.objects.tasks.basic_api.create,
+                TaskInput(properties=properties, associations=[_association(activity.contact_crm_id, TASK_TO_CONTACT)]),
+            )
+        else:
+            properties = {"hs_note_body": f"{activity.subject}\n{marked}", "hs_timestamp": now.isoformat()}
+            created = await self._call(
+                self.client.crm.objects.notes.basic_api.create,
+                NoteInput(properties=properties, associations=[_association(activity.contact_crm_id, NOTE_TO_CONTACT)]),
+            )
+        return str(created.id)
+
+    # --- owners and health ---------------------------------------------------
+
+    async def owners(self) -> dict[str, str]:
+        found: dict[str, str] = {}
+        after = None
+        while True:
+            page = await self._call(self.client.crm.owners.owners_api.get_page, limit=100, after=after)
+            for owner in page.results:
+                found[str(owner.id)] = owner.email or ""
+            if not (page.paging and page.paging.next):
+                return found
+            after = page.paging.next.after
+
+    async def check(self) -> None:
+        await self._call(self.client.crm.owners.owners_api.get_page, limit=1)
+
+    # --- calling -------------------------------------------------------------
+
+    async def _call(self, method, *args, missing_ok: bool = False, **kwargs) -> Any:
+        def run():
+            self.limit.wait()
+            return method(*args, _request_timeout=self.timeout, **kwargs)
+
+        try:
+            return await asyncio.to_thread(run)
+        except Exception as exc:  # the client raises one ApiException class per API package
+            status = getattr(exc, "status", None)
+            if status == 404 and missing_ok:
+                return None
+            raise _translated(exc, status) from exc
+
+
+def _translated(exc: Exception, status: int | None) -> CrmError:
+    if status is None:
+        return CrmUnavailable(f"HubSpot unreachable: {type(exc).__name__}: {exc}"[:500])
+    message = _message(getattr(exc, "body", None)) or str(getattr(exc, "reason", "")) or f"HTTP {status}"
+    if status in (401, 403):
+        return CrmAuthFailed(f"HubSpot refused the token ({status}): {message}")
+    if status == 429 or status >= 500:
+        return CrmUnavailable(f"HubSpot answered {status}: {message}", _retry_after(getattr(exc, "headers", None)))
+    return CrmRejected(f"HubSpot answered {status}: {message}")
+
+
+def _message(body: Any) -> str:
+    if not body:
+        return ""
+    try:
+        return str(json.loads(body).get("message", ""))[:300]
+    except (ValueError, AttributeError, TypeError):
+        return str(body)[:300]
+
+
+def _retry_after(headers: Any) -> float | None:
+    if not headers:
+        return None
+    value = headers.get("Retry-After") or headers.get("retry-after")
+    try:
+        return max(float(value), 0.0) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _contact(found: Any) -> CrmContact:
+    updated = found.updated_at
+    if isinstance(updated, datetime) and updated.tzinfo is None:
+        updated = updated.replace(tzinfo=UTC)
+    return CrmContact(
+        id=str(found.id), properties=dict(found.properties or {}), updated_at=updated, archived=bool(found.archived)
+    )
+
+
+def _association(contact_id: str, type_id: int) -> PublicAssociationsForObject:
+    return PublicAssociationsForObject(
+        to=PublicObjectId(id=contact_id),
+        types=[AssociationSpec(association_category="HUBSPOT_DEFINED", association_type_id=type_id)],
+    )
+
+
+def _token(key: str) -> str:
+    """The key as one search token: HubSpot splits words on punctuation, so a digest of letters and digits."""
+    return KEY_MARK + hashlib.sha256(key.encode()).hexdigest()[:40]
+
+
+def _millis(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)

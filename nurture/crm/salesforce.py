@@ -1,0 +1,264 @@
+"""The Salesforce connector, on ``simple-salesforce`` with a connected app (OAuth 2.0 client credentials).
+
+Salesforce does not push here: contact and opportunity changes are read by the reconciliation's
+incremental SOQL query on ``SystemModstamp``. A session that expires (401 ``INVALID_SESSION_ID``) is
+renewed once from the token endpoint and the call repeated. Contacts created here are upserted by an
+External ID field holding the email, and tasks and timeline entries by one holding the write's key,
+so a retried write finds the record it made. ``REQUEST_LIMIT_EXCEEDED`` (the org's daily API budget)
+and 5xx answers are ``CrmUnavailable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+import requests
+from requests.adapters import HTTPAdapter
+from simple_salesforce import Salesforce
+from simple_salesforce.exceptions import SalesforceError, SalesforceExpiredSession
+
+from nurture.crm.connector import (
+    ContactPage,
+    CrmActivity,
+    CrmAuthFailed,
+    CrmContact,
+    CrmDeal,
+    CrmError,
+    CrmRejected,
+    CrmUnavailable,
+)
+from nurture.crm.hubspot import BurstLimit
+from nurture.crm.mapping import parse_crm_time
+from nurture.settings import Settings
+
+DEAL_FIELDS = ["Id", "Name", "StageName", "ContactId", "IsWon", "IsClosed", "SystemModstamp"]
+
+
+class SalesforceConnector:
+    provider = "salesforce"
+
+    def __init__(self, settings: Settings):
+        if not settings.crm_salesforce_client_id or not settings.crm_salesforce_client_secret:
+            raise CrmAuthFailed("NURTURE_CRM_SALESFORCE_CLIENT_ID and NURTURE_CRM_SALESFORCE_CLIENT_SECRET are required")
+        self.settings = settings
+        self.http = requests.Session()
+        bundle = str(settings.crm_salesforce_ca_bundle) if settings.crm_salesforce_ca_bundle is not None else None
+        adapter = _Adapter(settings.crm_request_timeout_seconds, bundle)
+        self.http.mount("https://", adapter)
+        self.http.mount("http://", adapter)
+        self.timeout = settings.crm_request_timeout_seconds
+        self.batch_size = max(settings.crm_batch_size, 1)
+        self.limit = BurstLimit(settings.crm_burst_per_10s)
+        self.owner_cache: tuple[float, dict[str, str]] | None = None  # nurture.crm.mapping_with_owners
+        self.sf: Salesforce | None = None
+        self.logins = 0
+        self.lock = threading.Lock()
+
+    # --- contacts --------------------------------------------------------------
+
+    async def get_contact(self, crm_id: str, properties: list[str]) -> CrmContact | None:
+        found = await self.get_contacts([crm_id], properties)
+        return found[0] if found else None
+
+    async def get_contacts(self, crm_ids: list[str], properties: list[str]) -> list[CrmContact]:
+        found: list[CrmContact] = []
+        for start in range(0, len(crm_ids), self.batch_size):
+            ids = ", ".join(_literal(i) for i in crm_ids[start : start + self.batch_size])
+            answer = await self._call(lambda sf, ids=ids: sf.query(f"SELECT {_fields(properties)} FROM Contact WHERE Id IN ({ids})"))
+            found.extend(self._contact(r) for r in answer["records"])
+        return found
+
+    async def changed_contacts(self, since: datetime, properties: list[str], after: str | None, limit: int) -> ContactPage:
+        soql = f"SELECT {_fields(properties)} FROM Contact WHERE SystemModstamp >= {_soql_time(since)} ORDER BY SystemModstamp, Id"
+        answer = await self._page(soql, after, limit)
+        return ContactPage([self._contact(r) for r in answer["records"]], None if answer.get("done") else answer.get("nextRecordsUrl"))
+
+    async def upsert_contacts(self, records: list[tuple[str, dict[str, str]]]) -> dict[str, str]:
+        field = self.settings.crm_salesforce_contact_external_id
+        ids: dict[str, str] = {}
+        for email, properties in records:
+            data = {"Email": email, "LastName": properties.get("LastName") or email.split("@")[0], **properties}
+            await self._call(lambda sf, data=data, email=email: sf.Contact.upsert(f"{field}/{quote(email, safe='')}", data))
+            answer = await self._call(
+                lambda sf, email=email: sf.query(f"SELECT Id FROM Contact WHERE {field} = {_literal(email)}")
+            )
+            if answer["records"]:
+                ids[email] = answer["records"][0]["Id"]
+        return ids
+
+    async def update_contact(self, crm_id: str, properties: dict[str, str]) -> None:
+        await self._call(lambda sf: sf.Contact.update(crm_id, properties))
+
+    # --- opportunities -----------------------------------------------------------
+
+    async def get_deal(self, deal_id: str) -> CrmDeal | None:
+        answer = await self._call(
+            lambda sf: sf.query(f"SELECT {', '.join(DEAL_FIELDS)} FROM Opportunity WHERE Id = {_literal(deal_id)}")
+        )
+        return _deal(answer["records"][0]) if answer["records"] else None
+
+    async def changed_deals(self, since: datetime, after: str | None, limit: int) -> tuple[list[CrmDeal], str | None]:
+        soql = (f"SELECT {', '.join(DEAL_FIELDS)} FROM Opportunity WHERE SystemModstamp >= {_soql_time(since)}"
+                " ORDER BY SystemModstamp, Id")
+        answer = await self._page(soql, after, limit)
+        return [_deal(r) for r in answer["records"]], None if answer.get("done") else answer.get("nextRecordsUrl")
+
+    # --- tasks -------------------------------------------------------------------
+
+    async def find_activity(self, activity: CrmActivity) -> str | None:
+        field = self.settings.crm_salesforce_task_external_id
+        answer = await self._call(lambda sf: sf.query(f"SELECT Id FROM Task WHERE {field} = {_literal(_key(activity.key))}"))
+        return answer["records"][0]["Id"] if answer["records"] else None
+
+    async def create_activity(self, activity: CrmActivity) -> str:
+        """Upserted by the key's External ID field: a create repeated after a lost answer finds the first."""
+        field = self.settings.crm_salesforce_task_external_id
+        data: dict[str, Any] = {
+            "WhoId": activity.contact_crm_id,
+            "Subject": activity.subject[:255],
+            "Description": activity.body[:32_000],
+            "Status": "Not Started" if activity.kind == "task" else "Completed",
+            "Priority": "High" if activity.kind == "task" else "Normal",
+        }
+        if activity.owner_crm_id:
+            data["OwnerId"] = activity.owner_crm_id
+        if activity.due_at is not None:
+            data["ActivityDate"] = activity.due_at.date().isoformat()
+        await self._call(lambda sf: sf.Task.upsert(f"{field}/{_key(activity.key)}", data))
+        found = await self.find_activity(activity)
+        if found is None:
+            raise CrmUnavailable("Salesforce did not show the task it accepted")
+        return found
+
+    async def owners(self) -> dict[str, str]:
+        answer = await self._call(lambda sf: sf.query("SELECT Id, Email FROM User WHERE IsActive = true"))
+        return {r["Id"]: r.get("Email") or "" for r in answer["records"]}
+
+    async def check(self) -> None:
+        await self._call(lambda sf: sf.query("SELECT Id FROM User LIMIT 1"))
+
+    # --- calling -----------------------------------------------------------------
+
+    async def _page(self, soql: str, after: str | None, limit: int) -> dict[str, Any]:
+        # Salesforce answers batches of at least 200 records; ask for the page size we work in.
+        headers = {"Sforce-Query-Options": f"batchSize={max(200, min(limit, 2000))}"}
+        if after:
+            return await self._call(lambda sf: sf.query_more(after, identifier_is_url=True, headers=headers))
+        return await self._call(lambda sf: sf.query(soql, headers=headers))
+
+    def _login(self) -> Salesforce:
+        """A session from the connected app (client credentials); the token endpoint names the instance."""
+        s = self.settings
+        try:
+            answer = self.http.post(
+                f"{s.crm_salesforce_login_url.rstrip('/')}/services/oauth2/token",
+                data={"grant_type": "client_credentials", "client_id": s.crm_salesforce_client_id,
+                      "client_secret": s.crm_salesforce_client_secret},
+                timeout=self.timeout,
+            )
+        except requests.RequestException as exc:
+            raise CrmUnavailable(f"Salesforce login unreachable: {exc}") from exc
+        if answer.status_code >= 500:
+            raise CrmUnavailable(f"Salesforce login answered {answer.status_code}")
+        if answer.status_code != 200:
+            raise CrmAuthFailed(f"Salesforce refused the connected app ({answer.status_code}): {answer.text[:300]}")
+        token = answer.json()
+        self.logins += 1
+        return Salesforce(instance_url=token["instance_url"], session_id=token["access_token"], session=self.http,
+                          version=s.crm_salesforce_api_version)
+
+    async def _call(self, call) -> Any:
+        def run():
+            for attempt in (1, 2):
+                with self.lock:
+                    if self.sf is None:
+                        self.sf = self._login()
+                    sf = self.sf
+                self.limit.wait()
+                try:
+                    return call(sf)
+                except SalesforceExpiredSession:
+                    with self.lock:
+                        if self.sf is sf:
+                            self.sf = None  # expired: the next attempt logs in again
+                    if attempt == 2:
+                        raise
+            raise AssertionError("unreachable")
+
+        try:
+            return await asyncio.to_thread(run)
+        except CrmError:
+            raise
+        except SalesforceError as exc:
+            raise _translated(exc) from exc
+        except requests.RequestException as exc:
+            raise CrmUnavailable(f"Salesforce unreachable: {type(exc).__name__}: {exc}"[:500]) from exc
+
+    def _contact(self, record: dict[str, Any]) -> CrmContact:
+        properties = {k: v for k, v in record.items() if k != "attributes"}
+        modified = properties.get("SystemModstamp")
+        return CrmContact(
+            id=record["Id"], properties=properties, updated_at=parse_crm_time(modified) if modified else None,
+            archived=bool(properties.get("IsDeleted")), email_address=properties.get("Email"),
+        )
+
+
+class _Adapter(HTTPAdapter):
+    """Every call bounded in time (simple-salesforce passes no timeout of its own), and checked against
+    the configured CA bundle (requests lets REQUESTS_CA_BUNDLE override a session's own)."""
+
+    def __init__(self, timeout: float, ca_bundle: str | None):
+        super().__init__(max_retries=0)
+        self.timeout, self.ca_bundle = timeout, ca_bundle
+
+    def send(self, request, **kwargs):
+        kwargs["timeout"] = kwargs.get("timeout") or self.timeout
+        if self.ca_bundle is not None:
+            kwargs["verify"] = self.ca_bundle
+        return super().send(request, **kwargs)
+
+
+def _translated(exc: SalesforceError) -> CrmError:
+    content = exc.content if isinstance(exc.content, list) else []
+    codes = {str(item.get("errorCode")) for item in content if isinstance(item, dict)}
+    message = "; ".join(str(item.get("message")) for item in content if isinstance(item, dict)) or str(exc.content)[:300]
+    if exc.status == 401:
+        return CrmAuthFailed(f"Salesforce refused the session after a new login: {message}")
+    if exc.status == 403 and "REQUEST_LIMIT_EXCEEDED" in codes:
+        return CrmUnavailable(f"Salesforce's API request limit is spent: {message}")
+    if exc.status == 403:
+        return CrmAuthFailed(f"Salesforce refused the request (403): {message}")
+    if exc.status >= 500 or exc.status == 429:
+        return CrmUnavailable(f"Salesforce answered {exc.status}: {message}")
+    return CrmRejected(f"Salesforce answered {exc.status}: {message}")
+
+
+def _deal(record: dict[str, Any]) -> CrmDeal:
+    properties = {k: v for k, v in record.items() if k != "attributes"}
+    properties["dealname"] = properties.get("Name")
+    contacts = [record["ContactId"]] if record.get("ContactId") else []
+    return CrmDeal(id=record["Id"], stage=str(record.get("StageName") or ""), contact_ids=contacts, properties=properties)
+
+
+def _fields(properties: list[str]) -> str:
+    names = ["Id", "Email", "SystemModstamp", *properties]
+    return ", ".join(dict.fromkeys(n for n in names if n.replace("_", "").isalnum()))
+
+
+def _literal(value: str) -> str:
+    """A SOQL string literal: backslashes and quotes escaped."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _soql_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _key(key: str) -> str:
+    """The idempotency key as an External ID value: letters and digits, at most 40."""
+    return hashlib.sha256(key.encode()).hexdigest()[:40]

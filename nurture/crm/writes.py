@@ -1,0 +1,65 @@
+"""Writes to the CRM, queued where they are decided and pushed by the CRM sync.
+
+A flow step that changes a contact, creates a task or hands off to sales adds a row to
+``crm_writes`` in its own transaction, keyed by the step's idempotency key: a retried activity
+finds the row and adds nothing. The CRM sync (activities/crm.py) pushes queued rows in order and
+marks each done once the CRM has it; while the CRM is down the rows wait, and nothing a flow sends
+waits for them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from nurture.crm.mapping import CrmMapping
+from nurture.models import Contact, CrmWrite
+from nurture.settings import Settings
+from nurture.snapshots import contact_snapshot
+
+CONTACT, TASK, NOTE = "contact", "task", "note"
+
+
+async def queue_write(
+    session: AsyncSession,
+    settings: Settings,
+    *,
+    key: str,
+    kind: str,
+    contact_id: int,
+    payload: dict[str, Any],
+    workflow_id: str | None = None,
+) -> CrmWrite | None:
+    """Queue one write (not committed); None when no CRM is connected. The same key twice is one write."""
+    if settings.crm_provider == "none":
+        return None
+    existing = (await session.exec(select(CrmWrite).where(CrmWrite.idempotency_key == key))).first()
+    if existing is not None:
+        return existing
+    row = CrmWrite(
+        idempotency_key=key, provider=settings.crm_provider, kind=kind, contact_id=contact_id,
+        payload=payload, workflow_id=workflow_id,
+    )
+    try:
+        async with session.begin_nested():
+            session.add(row)
+    except IntegrityError:
+        return (await session.exec(select(CrmWrite).where(CrmWrite.idempotency_key == key))).first()
+    return row
+
+
+async def queue_contact_update(
+    session: AsyncSession, settings: Settings, mapping: CrmMapping, contact: Contact, key: str,
+    changed: list[str] | None = None, workflow_id: str | None = None,
+) -> CrmWrite | None:
+    """The contact's mapped outbound fields (all, or those ``changed``) as they are now."""
+    properties = mapping.outbound_properties(contact_snapshot(contact).fields(), changed)
+    if not properties or contact.id is None:
+        return None
+    return await queue_write(
+        session, settings, key=key, kind=CONTACT, contact_id=contact.id,
+        payload={"properties": properties}, workflow_id=workflow_id,
+    )

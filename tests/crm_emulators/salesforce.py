@@ -1,0 +1,302 @@
+"""A Salesforce REST API emulator on loopback (HTTPS, as simple-salesforce only speaks HTTPS).
+
+From Salesforce's REST API reference, what the connector uses: the OAuth 2.0 token endpoint
+(client credentials: ``access_token`` and ``instance_url``), SOQL queries of the shapes the connector
+issues (``SELECT fields FROM object WHERE a >= datetime AND b = 'x' AND c IN (...) ORDER BY f, g
+LIMIT n``) answered in batches with ``nextRecordsUrl`` (``Sforce-Query-Options: batchSize``), sObject
+read, create, update and upsert by External ID (201 created / 204 updated), 401 ``INVALID_SESSION_ID``
+for an expired session, 403 ``REQUEST_LIMIT_EXCEEDED`` and 503 while "down". Tests act as a user in
+Salesforce through the methods of ``SalesforceEmulator``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import re
+import subprocess
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+PREFIXES = {"Contact": "003", "Opportunity": "006", "Task": "00T", "User": "005"}
+SELECT = re.compile(
+    r"^SELECT (?P<fields>.+?) FROM (?P<object>\w+)(?: WHERE (?P<where>.+?))?(?: ORDER BY (?P<order>.+?))?(?: LIMIT (?P<limit>\d+))?$",
+    re.S,
+)
+CONDITION = re.compile(r"^(?P<field>\w+) (?P<op>>=|<=|=|>|<|IN) (?P<value>.+)$")
+
+
+def _errors(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse([{"message": message, "errorCode": code}], status_code=status)
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "+0000"
+
+
+class SalesforceEmulator:
+    def __init__(self, client_id: str = "emulator-client-id", client_secret: str = "emulator-client-secret",
+                 version: str = "59.0"):
+        self.client_id, self.client_secret, self.version = client_id, client_secret, version
+        self.records: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in PREFIXES}
+        self.sessions: set[str] = set()
+        self.logins = 0
+        self.down = False
+        self.limit_exceeded = False
+        self.lose_answer_of: list[tuple[str, str]] = []  # (method, path part): carried out, answered 503
+        self.requests: list[tuple[str, str, int]] = []
+        self.writes: list[tuple[str, str, dict[str, Any]]] = []  # (object, id, fields)
+        self.cursors: dict[str, list[dict[str, Any]]] = {}
+        self.numbers = itertools.count(1)
+        self._last = datetime.now(UTC)
+        self.base_url = ""
+        base = f"/services/data/v{version}"
+        self.app = Starlette(routes=[
+            Route("/services/oauth2/token", self.token, methods=["POST"]),
+            Route(f"{base}/query/", self.query, methods=["GET"]),
+            Route(f"{base}/query/{{cursor}}", self.query_more, methods=["GET"]),
+            Route(f"{base}/sobjects/{{object}}/", self.create, methods=["POST"]),
+            Route(f"{base}/sobjects/{{object}}/{{record_id}}", self.one, methods=["GET", "PATCH"]),
+            Route(f"{base}/sobjects/{{object}}/{{field}}/{{value}}", self.upsert, methods=["PATCH"]),
+        ])
+
+    # --- a user's side: what happens in Salesforce ----------------------------------
+
+    def now(self) -> datetime:
+        moment = max(datetime.now(UTC), self._last + timedelta(milliseconds=1))
+        self._last = moment
+        return moment
+
+    def put(self, object_name: str, fields: dict[str, Any]) -> dict[str, Any]:
+        record_id = f"{PREFIXES[object_name]}{next(self.numbers):012d}AAA"
+        record = {"Id": record_id, "IsDeleted": False, **fields}
+        self.records[object_name][record_id] = record
+        self._touch(record)
+        return record
+
+    def change(self, object_name: str, record_id: str, fields: dict[str, Any]) -> None:
+        record = self.records[object_name][record_id]
+        record.update(fields)
+        self._touch(record)
+
+    def expire_sessions(self) -> None:
+        self.sessions.clear()
+
+    def written(self, object_name: str) -> list[tuple[str, dict[str, Any]]]:
+        return [(record_id, fields) for name, record_id, fields in self.writes if name == object_name]
+
+    def _touch(self, record: dict[str, Any]) -> None:
+        record["SystemModstamp"] = _stamp(self.now())
+        if record["Id"].startswith("006"):
+            record["IsWon"] = record.get("StageName") == "Closed Won"
+            record["IsClosed"] = record.get("StageName") in ("Closed Won", "Closed Lost")
+
+    # --- the wire -------------------------------------------------------------------
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request = Request(scope)
+        status = {"code": 0}
+
+        async def recording(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        refusal = self._refusal(request)
+        lost = next(((m, p) for m, p in self.lose_answer_of if m == request.method and p in request.url.path), None)
+        if refusal is not None:
+            await refusal(scope, receive, recording)
+        elif lost is not None:
+            self.lose_answer_of.remove(lost)
+
+            async def discard(message):
+                pass
+
+            await self.app(scope, receive, discard)
+            await _errors(503, "SERVER_UNAVAILABLE", "Service Unavailable")(scope, receive, recording)
+        else:
+            await self.app(scope, receive, recording)
+        self.requests.append((request.method, request.url.path, status["code"]))
+
+    def _refusal(self, request: Request) -> Response | None:
+        if self.down:
+            return _errors(503, "SERVER_UNAVAILABLE", "Service Unavailable")
+        if request.url.path == "/services/oauth2/token":
+            return None
+        token = request.headers.get("authorization", "").removeprefix("Bearer ")
+        if token not in self.sessions:
+            return _errors(401, "INVALID_SESSION_ID", "Session expired or invalid")
+        if self.limit_exceeded:
+            return _errors(403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
+        return None
+
+    async def token(self, request: Request) -> Response:
+        form = {k: v[0] for k, v in parse_qs((await request.body()).decode()).items()}
+        if form.get("grant_type") != "client_credentials":
+            return JSONResponse({"error": "unsupported_grant_type", "error_description": "grant type not supported"}, 400)
+        if (form.get("client_id"), form.get("client_secret")) != (self.client_id, self.client_secret):
+            return JSONResponse({"error": "invalid_client", "error_description": "invalid client credentials"}, 400)
+        session = f"00D{uuid.uuid4().hex}"
+        self.sessions.add(session)
+        self.logins += 1
+        return JSONResponse({"access_token": session, "instance_url": self.base_url, "id": f"{self.base_url}/id/00D/005",
+                             "token_type": "Bearer", "issued_at": str(int(datetime.now(UTC).timestamp() * 1000)),
+                             "signature": "emulated"})
+
+    async def query(self, request: Request) -> Response:
+        soql = request.query_params.get("q", "")
+        match = SELECT.match(soql.strip())
+        if match is None or match["object"] not in self.records:
+            return _errors(400, "MALFORMED_QUERY", f"unexpected SOQL: {soql[:200]}")
+        fields = [f.strip() for f in match["fields"].split(",")]
+        rows = [r for r in self.records[match["object"]].values() if not r["IsDeleted"]]
+        if match["where"]:
+            for condition in match["where"].split(" AND "):
+                rows = [r for r in rows if _holds(r, condition.strip())]
+        if match["order"]:
+            for name in reversed([f.strip() for f in match["order"].split(",")]):
+                rows.sort(key=lambda r, name=name: str(r.get(name) or ""))
+        if match["limit"]:
+            rows = rows[: int(match["limit"])]
+        answers = [{"attributes": {"type": match["object"],
+                                   "url": f"/services/data/v{self.version}/sobjects/{match['object']}/{r['Id']}"},
+                    **{f: r.get(f) for f in fields}} for r in rows]
+        return self._batch(answers, _batch_size(request), len(answers))
+
+    async def query_more(self, request: Request) -> Response:
+        cursor = request.path_params["cursor"]
+        name, _, offset = cursor.rpartition("-")
+        rows = self.cursors.get(name)
+        if rows is None:
+            return _errors(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
+        return self._batch(rows, _batch_size(request), len(rows), int(offset), name)
+
+    def _batch(self, rows, size: int, total: int, offset: int = 0, name: str | None = None) -> JSONResponse:
+        page = rows[offset : offset + size]
+        done = offset + size >= total
+        body: dict[str, Any] = {"totalSize": total, "done": done, "records": page}
+        if not done:
+            name = name or f"01g{uuid.uuid4().hex[:12]}"
+            self.cursors[name] = rows
+            body["nextRecordsUrl"] = f"/services/data/v{self.version}/query/{name}-{offset + size}"
+        return JSONResponse(body)
+
+    async def one(self, request: Request) -> Response:
+        name, record_id = request.path_params["object"], request.path_params["record_id"]
+        record = self.records.get(name, {}).get(record_id)
+        if record is None or record["IsDeleted"]:
+            return _errors(404, "NOT_FOUND", "The requested resource does not exist")
+        if request.method == "GET":
+            return JSONResponse({"attributes": {"type": name}, **record})
+        fields = await request.json()
+        self.change(name, record_id, fields)
+        self.writes.append((name, record_id, dict(fields)))
+        return Response(status_code=204)
+
+    async def create(self, request: Request) -> Response:
+        name = request.path_params["object"]
+        if name not in self.records:
+            return _errors(404, "NOT_FOUND", f"sObject type '{name}' is not supported.")
+        fields = await request.json()
+        if name == "Contact" and not fields.get("LastName"):
+            return _errors(400, "REQUIRED_FIELD_MISSING", "Required fields are missing: [LastName]")
+        record = self.put(name, fields)
+        self.writes.append((name, record["Id"], dict(fields)))
+        return JSONResponse({"id": record["Id"], "success": True, "errors": []}, status_code=201)
+
+    async def upsert(self, request: Request) -> Response:
+        name, field, value = request.path_params["object"], request.path_params["field"], unquote(request.path_params["value"])
+        if name not in self.records:
+            return _errors(404, "NOT_FOUND", f"sObject type '{name}' is not supported.")
+        fields = await request.json()
+        matches = [r for r in self.records[name].values() if str(r.get(field)) == value and not r["IsDeleted"]]
+        if len(matches) > 1:
+            return JSONResponse([r["Id"] for r in matches], status_code=300)
+        if matches:
+            self.change(name, matches[0]["Id"], fields)
+            self.writes.append((name, matches[0]["Id"], dict(fields)))
+            return Response(status_code=204)
+        if name == "Contact" and not fields.get("LastName"):
+            return _errors(400, "REQUIRED_FIELD_MISSING", "Required fields are missing: [LastName]")
+        record = self.put(name, {**fields, field: value})
+        self.writes.append((name, record["Id"], dict(fields)))
+        return JSONResponse({"id": record["Id"], "success": True, "errors": [], "created": True}, status_code=201)
+
+
+def _batch_size(request: Request) -> int:
+    options = request.headers.get("sforce-query-options", "")
+    found = re.search(r"batchSize=(\d+)", options)
+    return max(200, min(int(found.group(1)), 2000)) if found else 2000
+
+
+def _value(text: str) -> Any:
+    text = text.strip()
+    if text.startswith("'") and text.endswith("'"):
+        return text[1:-1].replace("\\'", "'").replace("\\\\", "\\")
+    if text in ("true", "false"):
+        return text == "true"
+    if re.match(r"^\d{4}-\d{2}-\d{2}T", text):
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return text
+
+
+def _holds(record: dict[str, Any], condition: str) -> bool:
+    match = CONDITION.match(condition)
+    if match is None:
+        raise ValueError(f"condition not emulated: {condition}")
+    have, op, raw = record.get(match["field"]), match["op"], match["value"]
+    if op == "IN":
+        return have in [_value(v) for v in raw.strip("()").split(",")]
+    wanted = _value(raw)
+    if isinstance(wanted, datetime):
+        if have is None:
+            return False
+        have = datetime.strptime(have, "%Y-%m-%dT%H:%M:%S.%f%z")
+    if op == "=":
+        return have == wanted
+    if have is None:
+        return False
+    return {">=": have >= wanted, "<=": have <= wanted, ">": have > wanted, "<": have < wanted}[op]
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 made with the machine's openssl, trusted by the test's connector only."""
+    cert, key = directory / "emulator.pem", directory / "emulator-key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
+@asynccontextmanager
+async def serving(emulator: SalesforceEmulator, directory: Path) -> AsyncIterator[Path]:
+    """Serve over HTTPS on 127.0.0.1 and a free port; yields the certificate to trust."""
+    cert, key = self_signed_certificate(directory)
+    server = uvicorn.Server(uvicorn.Config(emulator, host="127.0.0.1", port=0, log_level="warning", lifespan="off",
+                                           ssl_certfile=str(cert), ssl_keyfile=str(key), timeout_graceful_shutdown=1))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    emulator.base_url = f"https://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    try:
+        yield cert
+    finally:
+        server.should_exit = True
+        await task

@@ -1,0 +1,212 @@
+"""Two-way Salesforce sync on the Salesforce REST emulator (HTTPS on loopback), through simple-salesforce.
+
+Salesforce does not push: the reconciliation's incremental SOQL query on SystemModstamp brings
+contact and opportunity changes in; flow writes go out as upserts by External ID.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+from nurture.contracts import EnrollmentState
+from nurture.crm.contracts import CRM_SYNC_WORKFLOW, CrmSyncInput, CrmSyncResult
+from nurture.db import Database
+from nurture.models import Contact, CrmWrite, Event, PauseLog, utcnow
+from tests.conftest import eventually, result_of
+from tests.crm_emulators.salesforce import SalesforceEmulator, serving
+from tests.factories import add_templates
+from tests.flow_runner import manual_flow, start
+from worker.main import build_worker
+
+HANDOFF = manual_flow(
+    {"id": "handoff", "type": "handoff_to_sales", "silence_limit": "21d", "on_won": "won", "on_lost": "lost"},
+    {"id": "won", "type": "update_contact", "lifecycle_stage": "customer", "next": "end"},
+    {"id": "lost", "type": "update_contact", "add_tags": ["lost"], "next": "end"},
+    {"id": "end", "type": "exit", "reason": "handoff_done"},
+)
+NURTURE = manual_flow(
+    {"id": "hello", "type": "send_email", "template": "demo-welcome"},
+    {"id": "wait", "type": "delay", "duration": "2d"},
+    {"id": "again", "type": "send_email", "template": "case-study"},
+)
+MQL = manual_flow(
+    {"id": "mql", "type": "update_contact", "lifecycle_stage": "marketingqualifiedlead"},
+    {"id": "task", "type": "create_task", "title": "Call {{ contact.email }}", "description": "Became an MQL"},
+)
+
+
+@pytest.fixture
+async def salesforce(tmp_path: Path) -> AsyncIterator[tuple[SalesforceEmulator, Path]]:
+    emulator = SalesforceEmulator()
+    async with serving(emulator, tmp_path) as certificate:
+        yield emulator, certificate
+
+
+@pytest.fixture
+def sf(salesforce) -> SalesforceEmulator:
+    return salesforce[0]
+
+
+@pytest.fixture
+def crm_settings(settings, salesforce, tmp_path: Path):
+    emulator, certificate = salesforce
+    rep = emulator.put("User", {"Email": "jane@example.com", "IsActive": True})
+    mapping = tmp_path / "crm-mapping.yaml"
+    mapping.write_text(f'owners:\n  "{rep["Id"]}": rep-jane\n')
+    return settings.model_copy(update={
+        "crm_provider": "salesforce",
+        "crm_salesforce_login_url": emulator.base_url,
+        "crm_salesforce_client_id": emulator.client_id,
+        "crm_salesforce_client_secret": emulator.client_secret,
+        "crm_salesforce_ca_bundle": certificate,
+        "crm_mapping_file": mapping,
+    })
+
+
+@pytest.fixture(autouse=True)
+async def crm_worker(client, db, outbox, crm_settings):
+    await add_templates(db)
+    async with build_worker(client, db, outbox, crm_settings) as running:
+        yield running
+
+
+def rep_id(sf: SalesforceEmulator) -> str:
+    return next(iter(sf.records["User"]))
+
+
+async def sync(client, crm_settings, **options) -> CrmSyncResult:
+    """One reconciliation run, in real time: waiting on it must not skip the enrollments' timers ahead."""
+    started = await client.start_workflow(
+        CRM_SYNC_WORKFLOW, CrmSyncInput(**options), id=f"crm-sync-test-{utcnow().timestamp()}",
+        task_queue=crm_settings.temporal_task_queue,
+    )
+    return await client.get_workflow_handle(started.id, result_type=CrmSyncResult).result()
+
+
+async def synced_contact(sf: SalesforceEmulator, client, crm_settings, db: Database, email="ada@example.com"):
+    record = sf.put("Contact", {"Email": email, "FirstName": "Ada", "LastName": "Lovelace", "OwnerId": rep_id(sf),
+                                "HasOptedOutOfEmail": False})
+    await sync(client, crm_settings)
+    async with db.session() as s:
+        contact = (await s.exec(select(Contact).where(Contact.crm_id == record["Id"]))).one()
+    return record, contact
+
+
+async def test_an_opportunity_moved_to_closed_won_ends_the_handoff_on_its_won_path(sf, client, crm_settings, db, temporal_env):
+    record, contact = await synced_contact(sf, client, crm_settings, db)
+    assert contact.owner == "rep-jane" and contact.properties["first_name"] == "Ada"
+    _, _, handle = await start(db, client, crm_settings, HANDOFF, contact=contact)
+    await eventually(lambda: _paused_by(db, contact.id, f"handoff:{handle.id}"))
+    deal = sf.put("Opportunity", {"Name": "Engines", "StageName": "Prospecting", "ContactId": record["Id"]})
+    await sync(client, crm_settings)
+    sf.change("Opportunity", deal["Id"], {"StageName": "Closed Won"})
+
+    result = await sync(client, crm_settings)
+
+    assert result.error is None
+    await result_of(temporal_env, handle)
+    state = await handle.query("state", result_type=EnrollmentState)
+    assert next(e.detail for e in state.timeline if e.kind == "handoff_outcome") == "won"
+    sf.change("Opportunity", deal["Id"], {"Name": "Engines (signed)"})  # another field: no second event
+    await sync(client, crm_settings)
+    async with db.session() as s:
+        events = (await s.exec(select(Event).where(Event.contact_id == contact.id, Event.type == "deal_stage_changed"))).all()
+    assert [(e.properties["crm_stage"], e.properties["stage"]) for e in events] == [
+        ("Prospecting", "Prospecting"), ("Closed Won", "closedwon")]
+
+
+async def test_the_rep_sets_the_pause_fields_and_the_flows_pause_under_the_owners_name(sf, client, crm_settings, db):
+    record, contact = await synced_contact(sf, client, crm_settings, db)
+    _, _, handle = await start(db, client, crm_settings, NURTURE, contact=contact)
+    await eventually(lambda: _at_step(handle, "wait"))
+    until = (utcnow() + timedelta(days=5)).replace(microsecond=0)
+    sf.change("Contact", record["Id"], {"Nurture_Pause_Until__c": until.strftime("%Y-%m-%dT%H:%M:%S.000+0000"),
+                                        "Nurture_Pause_Reason__c": "Negotiating"})
+
+    await sync(client, crm_settings)
+
+    state = await handle.query("state", result_type=EnrollmentState)
+    assert state.paused is not None and (state.paused.paused_by, state.paused.until) == ("rep-jane", until)
+    async with db.session() as s:
+        [log] = (await s.exec(select(PauseLog).where(PauseLog.contact_id == contact.id))).all()
+    assert (log.actor, log.requested_by, log.reason) == ("rep-jane", "salesforce", "Negotiating")
+
+
+async def test_an_mql_update_and_its_task_are_written_once_when_an_answer_is_lost(sf, client, crm_settings, db, temporal_env):
+    record, contact = await synced_contact(sf, client, crm_settings, db)
+    _, _, handle = await start(db, client, crm_settings, MQL, contact=contact)
+    await result_of(temporal_env, handle)
+    sf.lose_answer_of += [("PATCH", f"/Contact/{record['Id']}"), ("PATCH", "/Task/Nurture_Key__c/")]
+
+    result = await sync(client, crm_settings)
+
+    assert result.error is None
+    assert [f for i, f in sf.written("Contact") if i == record["Id"]] == [
+        {"Nurture_Lifecycle_Stage__c": "marketingqualifiedlead"}]
+    [task] = sf.records["Task"].values()
+    assert task["WhoId"] == record["Id"] and task["OwnerId"] == rep_id(sf) and task["Subject"] == "Call ada@example.com"
+    assert len(sf.written("Task")) == 1  # the lost answer's retry found the task by its key
+    assert [w.status for w in await _writes(db)] == ["done", "done"]
+
+
+async def test_salesforce_down_then_an_expired_session_loses_and_doubles_no_write(sf, client, crm_settings, db, temporal_env):
+    newcomer = None
+    async with db.session() as s:
+        newcomer = Contact(email="new@example.com", name="Newt")
+        s.add(newcomer)
+        await s.commit()
+        await s.refresh(newcomer)
+    _, _, handle = await start(db, client, crm_settings, MQL, contact=newcomer)
+    await result_of(temporal_env, handle)
+    sf.down = True
+
+    failed = await sync(client, crm_settings, crm_attempts=2)
+
+    assert failed.pushed == 0 and "503" in failed.error
+    assert [w.status for w in await _writes(db)] == ["queued", "queued"]
+    sf.down = False
+    sf.expire_sessions()  # the session the connector holds is gone: it logs in again once
+    logins = sf.logins
+
+    recovered = await sync(client, crm_settings)
+
+    assert recovered.pushed == 2 and recovered.error is None and sf.logins == logins + 1
+    [created] = [r for r in sf.records["Contact"].values() if r.get("Nurture_Email__c") == "new@example.com"]
+    assert created["Nurture_Lifecycle_Stage__c"] == "marketingqualifiedlead" and created["LastName"] == "new"
+    assert len(sf.records["Task"]) == 1 and [w.status for w in await _writes(db)] == ["done", "done"]
+    async with db.session() as s:
+        assert (await s.get(Contact, newcomer.id)).crm_id == created["Id"]
+
+
+async def test_the_daily_api_budget_spent_is_an_outage_not_a_failure(sf, client, crm_settings, db, temporal_env):
+    record, contact = await synced_contact(sf, client, crm_settings, db)
+    _, _, handle = await start(db, client, crm_settings, MQL, contact=contact)
+    await result_of(temporal_env, handle)
+    sf.limit_exceeded = True
+
+    spent = await sync(client, crm_settings, crm_attempts=1)
+
+    assert "REQUEST_LIMIT_EXCEEDED" in spent.error or "request limit" in spent.error
+    assert [w.status for w in await _writes(db)] == ["queued", "queued"]
+    sf.limit_exceeded = False
+    assert (await sync(client, crm_settings)).pushed == 2
+
+
+async def _writes(db: Database) -> list[CrmWrite]:
+    async with db.session() as s:
+        return list((await s.exec(select(CrmWrite).order_by(CrmWrite.id))).all())
+
+
+async def _paused_by(db: Database, contact_id: int, who: str) -> bool:
+    async with db.session() as s:
+        return (await s.get(Contact, contact_id)).paused_by == who
+
+
+async def _at_step(handle, step: str) -> bool:
+    state = await handle.query("state", result_type=EnrollmentState)
+    return state.current_step == step and state.waiting_until is not None
