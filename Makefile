@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test
+.PHONY: install run test browser
 
 install: $(STAMP)
 
@@ -21,5 +21,11 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 run: install
 	$(VENV)/bin/nurture stack
 
-test: install
+# The console's browser tests drive Debian's Chromium through its chromedriver (never a browser
+# download): installed from apt when absent (CI runs as root).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver)
+
+test: install browser
 	$(VENV)/bin/python -m pytest -q

@@ -7,15 +7,18 @@ contacts a sales key reaches is decided on the parsed id, by ``api.deps.ContactD
 
 from __future__ import annotations
 
+import hmac
 import re
 from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
 
-from api.deps import NOT_YOURS, Caller, resolve_contact
+from api.deps import CSRF_FIELD, CSRF_HEADER, NOT_YOURS, SESSION_COOKIE, Caller, SignInRequired, form_fields, resolve_contact
 from nurture.api_keys import Role, authenticate
+from nurture.users import signed_in
 
 ALL = frozenset(Role)
+ADMINS = frozenset({Role.admin})
 WRITERS = frozenset({Role.admin, Role.marketer})
 PAUSERS = frozenset({Role.admin, Role.marketer, Role.sales})
 PUBLIC = None  # no key needed
@@ -38,9 +41,16 @@ POLICY: tuple[Rule, ...] = (
     # Links in emails and provider callbacks carry their own signatures.
     rule("GET POST HEAD", r"^/(t|u|optin)/", PUBLIC),
     rule("POST", r"^/webhooks/", PUBLIC),
-    rule("GET POST DELETE", r"^/api-keys", frozenset({Role.admin})),
+    # The console (/app): its pages show each role what the rows below let it do; every write it
+    # makes goes to the API routes below, with the session cookie and its CSRF token.
+    rule("GET POST HEAD", r"^/app/(sign-in|static/.*)$", PUBLIC),
+    rule("POST", r"^/app/sign-out$", ALL),
+    rule("POST", r"^/app/flows/check$", WRITERS),  # reads only, as POST /flows/validate
+    rule("GET HEAD", r"^/app(/.*)?$", ALL),
+    rule("GET POST DELETE", r"^/api-keys", ADMINS),
+    rule("GET POST", r"^/users", ADMINS),
     # A full CRM resync reads every CRM contact: an operator's call.
-    rule("POST", r"^/crm/resync$", frozenset({Role.admin})),
+    rule("POST", r"^/crm/resync$", ADMINS),
     rule("POST", r"^/contacts/\{contact_id\}/(pause|resume)$", PAUSERS),
     rule("GET", r"^/contacts/\{contact_id\}(/.*)?$", ALL),
     rule("GET", r"^/pauses$", ALL),
@@ -58,9 +68,16 @@ def roles_for(method: str, path: str) -> frozenset[Role] | None:
     return frozenset()  # not in the table: nobody
 
 
-async def authorize(request: Request) -> None:
-    """The app-wide dependency: resolve the key and check its role; leave it on ``request.state.caller``.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
+
+async def authorize(request: Request) -> None:
+    """The app-wide dependency: resolve the key or the console session and check its role; leave
+    the caller on ``request.state.caller``.
+
+    A console session (cookie) counts wherever a key does, and is resolved even when the API runs
+    without keys, so that what a person does is recorded under their name; a write made with it
+    must carry the session's CSRF token. Console pages always need a session.
     It runs before FastAPI parses the path, so it decides nothing on raw path values: a sales key's
     scope is checked on the parsed id, by the ``ContactDep`` every contact route takes.
     """
@@ -69,12 +86,60 @@ async def authorize(request: Request) -> None:
     route = request.scope.get("route")
     template = getattr(route, "path", request.url.path)
     roles = roles_for(request.method, template)
-    if roles is PUBLIC or not settings.auth_required:
+    if roles is PUBLIC:
         return
+    console = template == "/app" or template.startswith("/app/")
     token = _token(request)
-    if token is None:
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if console:
+        caller = await _session_caller(request, cookie) if cookie else None
+        if caller is None:
+            raise SignInRequired(request.url.path)
+    elif token is None and cookie is not None:
+        caller = await _session_caller(request, cookie)
+        if caller is None:
+            if not settings.auth_required:
+                return  # a stale cookie on an open API counts as no credential
+            raise HTTPException(401, "your console session has ended: sign in again at /app/sign-in")
+    elif not settings.auth_required:
+        return
+    elif token is None:
         raise HTTPException(401, "an API key is required: Authorization: Bearer <key>",
                             headers={"WWW-Authenticate": "Bearer"})
+    else:
+        caller = await _key_caller(request, token)
+    if caller.is_person and request.method not in SAFE_METHODS:
+        await _require_csrf(request, caller)
+    if caller.role not in roles:
+        what = "console user" if caller.is_person else "key"
+        raise HTTPException(403, f"a {caller.role} {what} may not {request.method} {template}")
+    if caller.is_sales and "{contact_id}" in template and not resolves_contact(route):
+        # A contact route that does not check the owner itself is closed to sales keys, not open.
+        raise HTTPException(403, NOT_YOURS)
+    request.state.caller = caller
+
+
+async def _session_caller(request: Request, cookie: str) -> Caller | None:
+    async with request.app.state.db.session() as session:
+        user = await signed_in(session, cookie)
+    if user is None:
+        return None
+    await request.app.state.rate_limits.spend(request.app.state.rate_limits.per_key, f"user:{user.user_id}")
+    return Caller.of_user(user)
+
+
+async def _require_csrf(request: Request, caller: Caller) -> None:
+    """A write made with the session cookie must echo the session's CSRF token (a header from the
+    console's scripts, the form field from its plain forms): another site can make the browser send
+    the cookie, but cannot read the token."""
+    presented = request.headers.get(CSRF_HEADER)
+    if presented is None and request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        presented = (await form_fields(request)).get(CSRF_FIELD)
+    if not presented or not hmac.compare_digest(presented, caller.csrf_token or ""):
+        raise HTTPException(403, f"a write with the console session needs its CSRF token ({CSRF_HEADER} header)")
+
+
+async def _key_caller(request: Request, token: str) -> Caller:
     # Abuse limits (api/rate_limits.py): a client that spent its failed-auth budget may not try
     # another key, right or wrong, until the window moves on; every authenticated call counts
     # against its key's budget.
@@ -87,13 +152,7 @@ async def authorize(request: Request) -> None:
             await limits.spend(limits.failed_auth, client)
             raise HTTPException(401, "unknown or revoked API key", headers={"WWW-Authenticate": "Bearer"})
         await limits.spend(limits.per_key, f"key:{key.id}")
-        caller = Caller.of(key)
-    if caller.role not in roles:
-        raise HTTPException(403, f"a {caller.role} key may not {request.method} {template}")
-    if caller.is_sales and "{contact_id}" in template and not resolves_contact(route):
-        # A contact route that does not check the owner itself is closed to sales keys, not open.
-        raise HTTPException(403, NOT_YOURS)
-    request.state.caller = caller
+        return Caller.of(key)
 
 
 def resolves_contact(route) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
+from urllib.parse import parse_qs
 
 from fastapi import Depends, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,12 +16,14 @@ from api.state import TemporalConnection
 from nurture.crm import connector_for
 from nurture.crm.connector import CrmConnector, CrmError
 from nurture.api_keys import Role
+from nurture.audit import Author
 from nurture.db import Database
 from nurture.enrolling import Enroller
 from nurture.event_inbox import EventInbox
 from nurture.models import ApiKey, Contact
 from nurture.pausing import Actor
 from nurture.settings import Settings
+from nurture.users import SignedIn
 
 # Ids are 32-bit integer columns on PostgreSQL: a larger number is simply unknown.
 MAX_ID = 2_147_483_647
@@ -119,22 +122,64 @@ OptionalCrmDep = Annotated[CrmConnector | None, Depends(get_optional_crm)]
 # --- who is asking ---------------------------------------------------------------
 
 
+SESSION_COOKIE = "nurture_session"
+CSRF_HEADER = "X-CSRF-Token"
+CSRF_FIELD = "csrf_token"
+
+
 @dataclass(frozen=True)
 class Caller:
-    """The API key behind a request, as ``authorize`` resolved it (plain values: its session is closed)."""
+    """Who is asking, as ``authorize`` resolved it (plain values: its session is closed): an API key,
+    or a person signed in to the console (``user_id`` set; ``name`` is then their email)."""
 
-    key_id: int
+    key_id: int | None
     name: str
     role: Role
     owner: str | None
+    user_id: int | None = None
+    display_name: str | None = None
+    csrf_token: str | None = None
 
     @classmethod
     def of(cls, key: ApiKey) -> Caller:
         return cls(key_id=key.id, name=key.name, role=Role(key.role), owner=key.owner)  # type: ignore[arg-type]
 
+    @classmethod
+    def of_user(cls, user: SignedIn) -> Caller:
+        return cls(
+            key_id=None, name=user.email, role=user.role, owner=user.owner, user_id=user.user_id,
+            display_name=user.name or user.email, csrf_token=user.csrf_token,
+        )
+
     @property
     def is_sales(self) -> bool:
         return self.role == Role.sales
+
+    @property
+    def is_person(self) -> bool:
+        return self.user_id is not None
+
+
+MAX_FORM_BYTES = 8192
+
+
+async def form_fields(request: Request) -> dict[str, str]:
+    """A URL-encoded form's fields, first value each (the console's own forms are small)."""
+    body = await request.body()  # kept on the request: the endpoint reads it again
+    if len(body) > MAX_FORM_BYTES:
+        raise HTTPException(413, "the form is too large")
+    try:
+        fields = parse_qs(body.decode("utf-8"), max_num_fields=20)
+    except (UnicodeDecodeError, ValueError):
+        raise HTTPException(400, "the form could not be read") from None
+    return {name: values[0] for name, values in fields.items()}
+
+
+class SignInRequired(Exception):
+    """A console page asked for without a live session: the browser is sent to the sign-in page."""
+
+    def __init__(self, path: str):
+        self.path = path
 
 
 def get_caller(request: Request) -> Caller | None:
@@ -143,6 +188,16 @@ def get_caller(request: Request) -> Caller | None:
 
 
 CallerDep = Annotated[Caller | None, Depends(get_caller)]
+
+
+def get_author(caller: CallerDep) -> Author:
+    """Whom the audit log records a change under: the person or the key behind the request."""
+    if caller is None:
+        return Author()
+    return Author(name=caller.name, user_id=caller.user_id, api_key_id=caller.key_id)
+
+
+AuthorDep = Annotated[Author, Depends(get_author)]
 
 NOT_YOURS = "a sales key may only act on the contacts its rep owns"
 
@@ -191,8 +246,13 @@ def acting_as(caller: Caller | None, claimed: str | None, field: str) -> Actor:
                 status_code=403,
                 detail=f"{field}: a sales key acts as its own rep '{caller.owner}', not '{claimed}'; leave {field} out",
             )
-        return Actor(rep=caller.owner, requested_by=caller.name, api_key_id=caller.key_id, authenticated=True)
-    return Actor(rep=claimed or caller.name, requested_by=caller.name, api_key_id=caller.key_id, authenticated=True)
+        return Actor(
+            rep=caller.owner, requested_by=caller.name, api_key_id=caller.key_id, user_id=caller.user_id, authenticated=True
+        )
+    return Actor(
+        rep=claimed or caller.name, requested_by=caller.name, api_key_id=caller.key_id, user_id=caller.user_id,
+        authenticated=True,
+    )
 
 
 class Pagination:

@@ -12,6 +12,7 @@ from fastapi.openapi.utils import get_openapi
 from temporalio.client import Client
 
 from api.auth import authorize
+from api.console import install_console
 from api.errors import ERROR_RESPONSES, error_schemas, install_error_handlers
 from api.rate_limits import install_rate_limits
 from api.limits import BodyLimitMiddleware
@@ -35,6 +36,7 @@ from api.routers import (
     stats,
     templates,
     tracking,
+    users,
     visibility,
 )
 from api.state import TemporalConnection
@@ -135,9 +137,10 @@ def create_app(
     install_rate_limits(app, settings)
     for module in (
         health, api_keys, contact_imports, contacts, pauses, templates, flows, events, enrollments, bulk_enrollments,
-        history, visibility, stats, tracking, provider_webhooks, consent, metrics, simulations, playbooks, crm,
+        history, visibility, stats, tracking, provider_webhooks, consent, metrics, simulations, playbooks, crm, users,
     ):
         app.include_router(module.router, responses=ERROR_RESPONSES)
+    install_console(app)
     app.openapi = _openapi_with_flow_schema(app)  # type: ignore[method-assign]
     return app
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+import sqlalchemy as sa
 from pydantic import BaseModel, Field
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -53,6 +54,7 @@ from nurture.models import Contact, Enrollment, Event, FlowVersion, Message, Mes
 from nurture.settings import Settings
 
 CLOSED = {"closedwon": "won", "closedlost": "lost"}
+GOAL_EXIT_REASON = "goal_met"
 TRACKED_TYPES = MESSAGE_EVENTS | UNSUBSCRIBE_EVENTS | {DEAL_STAGE_CHANGED}
 # Contact fields a breakdown may name besides custom properties and "tag".
 BUILTIN_FIELDS = ("lifecycle_stage", "owner", "company", "timezone", "subscription_status")
@@ -444,7 +446,7 @@ def _totals(facts: _Facts, steps: list[StepStats]) -> FlowTotals:
             reasons[e.exit_reason or "unknown"] += 1
         if e.status == "active" and e.current_step:
             waiting[e.current_step] += 1
-    goal = [e for e in facts.enrollments if e.status == "exited" and e.exit_reason == "goal_met"]
+    goal = [e for e in facts.enrollments if e.status == "exited" and e.exit_reason == GOAL_EXIT_REASON]
     durations = [(e.ended_at - e.started_at).total_seconds() for e in goal if e.ended_at and e.started_at]
 
     first_visit: dict[int, StepVisit] = {}
@@ -643,3 +645,40 @@ async def contact_activity(session: AsyncSession, contact: Contact) -> ContactAc
         emails=_email_stats(messages, facts, EmailStats()).finish(),
         messages=list(per_message.values()),
     )
+
+
+# --- the flows list: a few numbers for every flow, in one query ---------------------------
+
+
+
+class FlowOverview(BaseModel):
+    flow_id: int
+    entered: int = 0
+    active: int = 0
+    entered_recently: int = Field(0, description="Enrollments started since the given moment.")
+    goal_reached: int = 0
+    conversion_to_goal: float | None = Field(None, description="goal_reached / entered, as in FlowTotals")
+
+
+async def flow_overviews(session: AsyncSession, since: datetime) -> dict[int, FlowOverview]:
+    """Per flow: entered, active now, entered since ``since``, reached the goal (one grouped query,
+    with FlowTotals' definitions: a goal is an exit for ``goal_met``)."""
+    def counted(condition) -> Any:
+        return sa.func.sum(sa.case((condition, 1), else_=0))
+
+    rows = await session.exec(
+        select(  # type: ignore[call-overload]
+            Enrollment.flow_id,
+            sa.func.count(),
+            counted(Enrollment.status == "active"),
+            counted(Enrollment.started_at >= since),
+            counted(sa.and_(Enrollment.status == "exited", Enrollment.exit_reason == GOAL_EXIT_REASON)),
+        ).group_by(Enrollment.flow_id)
+    )
+    found = {}
+    for flow_id, entered, active, recent, goal in rows.all():
+        found[flow_id] = FlowOverview(
+            flow_id=flow_id, entered=entered, active=active or 0, entered_recently=recent or 0,
+            goal_reached=goal or 0, conversion_to_goal=_rate(goal or 0, entered),
+        )
+    return found

@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import errno
 import gc
+import getpass
 import os
 import shutil
 import signal
@@ -449,6 +450,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="create the SQLite database if it does not exist (by default the command refuses, so a key "
         "never lands in a new database the running API does not use)",
     )
+    person = commands.add_parser(
+        "create-user",
+        help="create a person who signs in to the console at /app (e.g. the first admin)",
+        description="Create a console user straight in the database. The password is asked twice at a "
+        "terminal, or read from the first line of standard input with --password-stdin.",
+    )
+    person.add_argument("--email", required=True)
+    person.add_argument("--role", required=True, choices=[r.value for r in Role])
+    person.add_argument("--name", help="shown in the console (default: the email)")
+    person.add_argument("--owner", help="for sales users: their rep id (the owner of their contacts)")
+    person.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    person.add_argument("--create-database", action="store_true", help="create the SQLite database if it does not exist")
     shown = commands.add_parser(
         "history",
         help="print an enrollment's timeline, read from its Temporal history",
@@ -491,6 +504,39 @@ async def create_api_key(
     if db is None:
         await database.dispose()
     return secret
+
+
+async def create_console_user(
+    settings: Settings, email: str, password: str, role: str, *, name: str | None = None, owner: str | None = None,
+    db: Database | None = None,
+) -> int:
+    """Create the user in the database the settings name (migrated first); return its id."""
+    from nurture.users import create_user
+
+    database = db or Database(settings.resolved_database_url)
+    if db is None:
+        await upgrade(database)
+    try:
+        async with database.session() as session:
+            user = await create_user(
+                session, email, password, Role(role), name=name, owner=owner,
+                min_password_length=settings.user_password_min_length,
+            )
+            await session.commit()
+            return user.id  # type: ignore[return-value]
+    finally:
+        if db is None:
+            await database.dispose()
+
+
+def _read_password(from_stdin: bool) -> str | None:
+    if from_stdin or not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != first:
+        sys.stderr.write("nurture create-user: the passwords differ\n")
+        return None
+    return first
 
 
 def run_command(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -558,6 +604,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         url = args.url or f"http://{url_host(settings.api_host)}:{settings.api_port}"
         return import_file(args.file, kind, url, args.key or os.environ.get("NURTURE_API_KEY"), sys.stdout, sys.stderr)
+    if args.command == "create-user":
+        from nurture.users import UserExists, WeakPassword, normalise_email
+
+        if args.role == Role.sales and not args.owner:
+            build_parser().error("a sales user needs --owner (their rep id)")
+        if not _database_or_refuse(settings, create=args.create_database, flag=True):
+            return 1
+        password = _read_password(args.password_stdin)
+        if password is None:
+            return 1
+        try:
+            user_id = run_command(
+                create_console_user(settings, args.email, password, args.role, name=args.name, owner=args.owner)
+            )
+        except (UserExists, WeakPassword, MigrationFailed) as exc:
+            sys.stderr.write(f"nurture create-user: {exc}\n")
+            return 1
+        sys.stderr.write(f"created {args.role} user {normalise_email(args.email)} (id {user_id}) in database {describe_database(settings)}\n")
+        sys.stdout.write(f"sign in at http://{url_host(settings.api_host)}:{settings.api_port}/app\n")
+        return 0
     if args.command == "create-api-key":
         if args.role == Role.sales and not args.owner:
             build_parser().error("a sales key needs --owner")

@@ -326,7 +326,9 @@ class PauseLog(SQLModel, table=True):
     # Who asked: the API key's name and id; None when the API ran without keys or the engine paused.
     requested_by: str | None = None
     api_key_id: int | None = None
-    # True: an API key asked; False: the API ran without keys, so `actor` is only what the body said;
+    # The console user who asked (requested_by is then their email).
+    user_id: int | None = None
+    # True: an API key or a signed-in user asked; False: the API ran without keys, so `actor` is only what the body said;
     # None: the engine itself (a handoff's quiet period).
     authenticated: bool | None = None
     flow_ids: list[int] = _json_list()
@@ -397,3 +399,50 @@ class CrmSyncState(SQLModel, table=True):
     # Last webhook received, and the full resync asked for (cleared when it finished).
     last_webhook_at: datetime | None = _when()
     resync_requested_at: datetime | None = _when()
+
+
+class User(SQLModel, table=True):
+    """A person who signs in to the console: the same roles as API keys, a password hashed with Argon2."""
+
+    __tablename__ = "users"
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(sa_column=sa.Column(sa.String(320), unique=True, nullable=False))
+    name: str | None = None
+    role: str = Field(index=True)  # admin, marketer, sales, read_only
+    owner: str | None = Field(default=None, description="For sales users: their rep id (the contacts' owner).")
+    password_hash: str
+    created_at: datetime = _when(nullable=False, default=utcnow)
+    last_sign_in_at: datetime | None = _when()
+    disabled_at: datetime | None = _when()
+
+
+class UserSession(SQLModel, table=True):
+    """A signed-in browser: the cookie holds a random token, only its hash is stored, so a
+    session ends for good when its row goes (sign-out) or its time is up."""
+
+    __tablename__ = "user_sessions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    token_hash: str = Field(sa_column=sa.Column(sa.String(64), unique=True, nullable=False))
+    user_id: int = Field(foreign_key="users.id", index=True)
+    # Writes made with the cookie must echo this (header X-CSRF-Token, or the form field csrf_token).
+    csrf_token: str
+    created_at: datetime = _when(nullable=False, default=utcnow)
+    expires_at: datetime = _when(nullable=False, index=True)
+
+
+class AuditEntry(SQLModel, table=True):
+    """Who changed a flow or a template, or created a user: the person or the key, and what."""
+
+    __tablename__ = "audit_log"
+
+    id: int | None = Field(default=None, primary_key=True)
+    action: str = Field(index=True)  # e.g. flow.activated, flow.version_created, playbook.installed
+    flow_id: int | None = Field(default=None, index=True)
+    subject: str | None = None  # what else it names: a version, a template key, a user's email
+    actor: str  # the user's email or the API key's name; "api" when the API ran without keys
+    user_id: int | None = None
+    api_key_id: int | None = None
+    detail: dict[str, Any] = _json()
+    at: datetime = _when(nullable=False, default=utcnow)

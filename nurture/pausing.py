@@ -27,6 +27,7 @@ class Actor:
     rep: str
     requested_by: str | None = None
     api_key_id: int | None = None
+    user_id: int | None = None  # a person signed in to the console
     authenticated: bool = False
 
 
@@ -116,6 +117,7 @@ class Pauser:
                 actor=actor.rep,
                 requested_by=actor.requested_by,
                 api_key_id=actor.api_key_id,
+                user_id=actor.user_id,
                 authenticated=actor.authenticated,
                 flow_ids=flow_ids or [],
                 enrollment_ids=[c.enrollment.id for c in confirmed],

@@ -19,6 +19,7 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 
+from nurture.audit import Author, Change, record
 from nurture.flow import FlowDefinition, FlowInvalid, load_flow
 from nurture.flow.language import EventTrigger, SendEmailStep
 from nurture.flow.triggers import SCANNED_TRIGGER_TYPES
@@ -136,6 +137,7 @@ async def install_playbook(
     activate: bool = False,
     client: Client | None = None,
     settings: Settings | None = None,
+    author: Author | None = None,
 ) -> InstallOutcome:
     """Create the missing templates and the flow (a draft) unless a flow with its name exists; commit.
 
@@ -170,6 +172,12 @@ async def install_playbook(
     if activate and flow.status != FlowStatus.active:
         await _activate(session, flow, client, settings)
         outcome.activated = True
+    if created or outcome.activated or outcome.created_templates:
+        record(
+            session, author or Author(),
+            Change("playbook.installed", flow_id=flow.id, subject=playbook.name,
+                   detail={"created": created, "activated": outcome.activated, "templates": outcome.created_templates}),
+        )
     await session.commit()
     await session.refresh(flow)
     get_logger(flow_id=flow.id, playbook=playbook.name).info(

@@ -249,6 +249,16 @@ class Settings(BaseSettings):
     # Every API call but health, docs, tracking links and signed provider webhooks needs a key.
     auth_required: bool = True
 
+    # --- the console at /app (docs/console.md) ---
+    # A sign-in lasts this long; signing out ends it at once.
+    session_lifetime_hours: float = Field(default=12.0, gt=0, le=24 * 90)
+    # Send the session cookie over HTTPS only; turn on wherever the console is served over HTTPS.
+    session_cookie_secure: bool = False
+    # Console users' passwords have at least this many characters.
+    user_password_min_length: int = Field(default=10, ge=8, le=128)
+    # Rows a console list shows per page (contacts, enrollments behind a count).
+    console_page_size: int = Field(default=50, ge=5, le=500)
+
     # --- abuse limits (docs/api.md, "Rate limits") ---
     # Budgets in the `limits` notation: "600/minute", several with ";" ("20/second;600/minute").
     # Over budget the API answers 429 with Retry-After and names the setting.

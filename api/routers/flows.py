@@ -11,7 +11,7 @@ from sqlmodel import select
 
 from activities.estimates import estimate
 from api import crud
-from api.deps import FlowId, PaginationDep, SessionDep, SettingsDep, TemporalDep, VersionNumber
+from api.deps import AuthorDep, FlowId, PaginationDep, SessionDep, SettingsDep, TemporalDep, VersionNumber
 from api.errors import flow_problems_error
 from api.schemas.common import Page, ProblemOut
 from api.schemas.flows import (
@@ -24,6 +24,7 @@ from api.schemas.flows import (
     VersionSummary,
 )
 from api.schemas.triggers import EstimateIn, EstimateOut
+from nurture.audit import Change, record
 from nurture.enrolling import Enroller
 from nurture.flow import FlowDefinition, FlowInvalid, Problem, load_flow, parse_flow_text
 from nurture.flow.limits import FlowLimits
@@ -121,7 +122,7 @@ def version_out(flow: Flow, row: FlowVersion, warnings: list[Problem] | None = N
 
 
 @router.post("", response_model=FlowDetail, status_code=status.HTTP_201_CREATED, openapi_extra=FLOW_BODY)
-async def create_flow(request: Request, session: SessionDep) -> FlowDetail:
+async def create_flow(request: Request, session: SessionDep, author: AuthorDep) -> FlowDetail:
     """Create a draft flow and its version 1.
 
     Structural problems are a 422 listing each with its path. Templates that do not exist
@@ -133,6 +134,7 @@ async def create_flow(request: Request, session: SessionDep) -> FlowDetail:
     await session.flush()
     session.add(FlowVersion(flow_id=flow.id, version=1, definition=crud.stored_definition(definition)))
     warnings = crud.template_problems(definition, await crud.template_keys(session))
+    record(session, author, Change("flow.created", flow_id=flow.id, subject="version 1"))
     await session.commit()
     get_logger(flow_id=flow.id).info("flow_created", name=flow.name, warnings=len(warnings))
     return await flow_detail(session, flow, warnings)
@@ -178,7 +180,7 @@ async def get_flow(flow_id: FlowId, session: SessionDep) -> FlowDetail:
 
 
 @router.post("/{flow_id}/versions", response_model=FlowVersionOut, status_code=status.HTTP_201_CREATED, openapi_extra=FLOW_BODY)
-async def create_version(flow_id: FlowId, request: Request, session: SessionDep) -> FlowVersionOut:
+async def create_version(flow_id: FlowId, request: Request, session: SessionDep, author: AuthorDep) -> FlowVersionOut:
     """Save an edit as a new version (latest + 1). Running enrollments keep the version they started on;
     activate the new one to enroll new contacts on it."""
     flow = await crud.flow_or_404(session, flow_id)
@@ -190,6 +192,7 @@ async def create_version(flow_id: FlowId, request: Request, session: SessionDep)
     session.add(flow)
     session.add(row)
     warnings = crud.template_problems(definition, await crud.template_keys(session))
+    record(session, author, Change("flow.version_created", flow_id=flow.id, subject=f"version {row.version}"))
     await session.commit()
     get_logger(flow_id=flow.id).info("flow_version_created", version=row.version)
     return version_out(flow, row, warnings)
@@ -208,6 +211,7 @@ async def activate_flow(
     session: SessionDep,
     settings: SettingsDep,
     temporal: TemporalDep,
+    author: AuthorDep,
     body: ActivateIn | None = None,
 ) -> FlowDetail:
     """Make a version (default: the latest) the one new contacts enroll in.
@@ -230,6 +234,7 @@ async def activate_flow(
     flow.trigger_event = crud.trigger_event(definition)
     flow.updated_at = utcnow()
     session.add(flow)
+    record(session, author, Change("flow.activated", flow_id=flow.id, subject=f"version {number}"))
     await session.commit()
     get_logger(flow_id=flow.id).info("flow_activated", version=number, trigger_event=flow.trigger_event)
     return await flow_detail(session, flow)
@@ -241,8 +246,11 @@ async def deactivate_flow(
     session: SessionDep,
     settings: SettingsDep,
     temporal: TemporalDep,
+    author: AuthorDep,
     exit_enrolled: Annotated[bool, Query(description="Also make its active enrollments exit now.")] = False,
-    requested_by: Annotated[str, Query(min_length=1, max_length=200)] = "api",
+    requested_by: Annotated[
+        str | None, Query(min_length=1, max_length=200, description="Who the exits are recorded for (default: the caller).")
+    ] = None,
 ) -> DeactivateOut:
     """Stop enrolling: new events no longer start the flow. Running enrollments go on unless
     `exit_enrolled=true`, which tells each to exit (reason `flow_deactivated`)."""
@@ -255,11 +263,12 @@ async def deactivate_flow(
                 select(Enrollment).where(Enrollment.flow_id == flow_id, Enrollment.status == EnrollmentStatus.active)
             )
         ).all()
-        await enroller.exit_all(active, "flow_deactivated", requested_by)
+        await enroller.exit_all(active, "flow_deactivated", requested_by or author.name)
         exited = [enrollment.id for enrollment in active]  # type: ignore[misc]
     flow.status = FlowStatus.inactive
     flow.updated_at = utcnow()
     session.add(flow)
+    record(session, author, Change("flow.deactivated", flow_id=flow.id, detail={"exited": len(exited)}))
     await session.commit()
     get_logger(flow_id=flow.id).info("flow_deactivated", exited=len(exited))
     return DeactivateOut(flow=FlowOut.model_validate(flow), exited=exited)

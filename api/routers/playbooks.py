@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 
-from api.deps import PaginationDep, SessionDep, SettingsDep, TemporalDep
+from api.deps import AuthorDep, PaginationDep, SessionDep, SettingsDep, TemporalDep
 from api.schemas.common import Page
 from api.schemas.flows import FlowOut
 from api.schemas.playbooks import InstallOut, PlaybookDetail, PlaybookOut, PlaybookTemplateOut
@@ -85,6 +85,7 @@ async def install(
     settings: SettingsDep,
     temporal: TemporalDep,
     response: Response,
+    author: AuthorDep,
     activate: Annotated[bool, Query(description="Also activate the flow.")] = False,
 ) -> InstallOut:
     """Create the playbook's templates that do not exist yet and its flow as a draft (201).
@@ -95,7 +96,9 @@ async def install(
     """
     playbook = _one(settings, name)
     client = await temporal.get() if activate and playbook.flow.trigger.type in SCANNED_TRIGGER_TYPES else None
-    outcome = await install_playbook(session, playbook, activate=activate, client=client, settings=settings)
+    outcome = await install_playbook(
+        session, playbook, activate=activate, client=client, settings=settings, author=author
+    )
     response.status_code = status.HTTP_201_CREATED if outcome.created else status.HTTP_200_OK
     return InstallOut(
         playbook=outcome.playbook,

@@ -8,9 +8,10 @@ from sqlmodel import select
 
 from api import crud
 from activities.email.rendering import TemplateRenderer
-from api.deps import PaginationDep, SessionDep, SettingsDep
+from api.deps import AuthorDep, PaginationDep, SessionDep, SettingsDep
 from api.schemas.common import Page
 from api.schemas.templates import KEY_PATTERN, TemplateBody, TemplateCreate, TemplateOut
+from nurture.audit import Change, record
 from nurture.logging import get_logger
 from nurture.models import Template, utcnow
 
@@ -24,7 +25,7 @@ async def _by_key(session, key: str) -> Template | None:
 
 
 @router.post("", response_model=TemplateOut, status_code=status.HTTP_201_CREATED)
-async def create_template(body: TemplateCreate, session: SessionDep, settings: SettingsDep) -> Template:
+async def create_template(body: TemplateCreate, session: SessionDep, settings: SettingsDep, author: AuthorDep) -> Template:
     """Create a template. It is rendered for a sample contact within the render budget (time,
     size): a syntax error, a failure or a part over budget is a 422 naming the field."""
     renderer = TemplateRenderer.from_settings(settings)
@@ -34,6 +35,7 @@ async def create_template(body: TemplateCreate, session: SessionDep, settings: S
         raise HTTPException(status_code=409, detail=f"template '{body.key}' already exists: PUT /templates/{body.key} changes it")
     template = Template(**body.model_dump())
     session.add(template)
+    record(session, author, Change("template.created", subject=body.key))
     await session.commit()
     get_logger(template=body.key).info("template_created")
     return template
@@ -60,7 +62,8 @@ async def get_template(key: TemplateKeyPath, session: SessionDep) -> Template:
     responses={201: {"model": TemplateOut, "description": "The template did not exist and was created"}},
 )
 async def put_template(
-    key: TemplateKeyPath, body: TemplateBody, session: SessionDep, settings: SettingsDep, response: Response
+    key: TemplateKeyPath, body: TemplateBody, session: SessionDep, settings: SettingsDep, response: Response,
+    author: AuthorDep,
 ) -> Template:
     """Replace the template (create it when missing: 201), checked as on create. Emails not yet
     sent use the new text."""
@@ -76,6 +79,7 @@ async def put_template(
             setattr(template, name, value)
         template.updated_at = utcnow()
     session.add(template)
+    record(session, author, Change("template.created" if created else "template.saved", subject=key))
     await session.commit()
     get_logger(template=key).info("template_saved", created=created)
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
