@@ -94,6 +94,13 @@ class Poster:
 
     async def post(self, path: str, body: Any) -> tuple[int, bytes]:
         payload = json.dumps(body).encode()
+        try:
+            return await self._post(path, payload)
+        except (OSError, asyncio.IncompleteReadError, IndexError):
+            # uvicorn closes a connection idle for 5 s: a reused one may be gone; once more, afresh.
+            return await self._post(path, payload)
+
+    async def _post(self, path: str, payload: bytes) -> tuple[int, bytes]:
         reader, writer = await self._connection()
         try:
             writer.write(
