@@ -217,15 +217,17 @@ class CrmActivities:
             raise ApplicationError(str(exc), type=type(exc).__name__, non_retryable=True) from exc
         inbound = CrmInbound(self.connector.provider, mapping, self.client, Enroller(self.client, self.settings))
         result = SyncPageResult(after=page.after, capped=page.capped)
-        for record in page.contacts:
-            async with self.db.session() as session:
+        # One transaction for the page (enrolling commits earlier where a contact starts a flow): a
+        # page that fails is read and applied again, which changes nothing twice.
+        async with self.db.session() as session:
+            for record in page.contacts:
                 applied = await inbound.contact_record(session, record)
-                await session.commit()
-            result.read += 1
-            if applied.created or applied.changed:
-                result.changed += 1
-            if record.updated_at is not None and (result.newest is None or record.updated_at > result.newest):
-                result.newest = record.updated_at
+                result.read += 1
+                if applied.created or applied.changed:
+                    result.changed += 1
+                if record.updated_at is not None and (result.newest is None or record.updated_at > result.newest):
+                    result.newest = record.updated_at
+            await session.commit()
         CRM_SYNC_CONTACTS.labels(self.connector.provider, "read").inc(result.read)
         CRM_SYNC_CONTACTS.labels(self.connector.provider, "changed").inc(result.changed)
         return result

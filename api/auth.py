@@ -45,7 +45,7 @@ POLICY: tuple[Rule, ...] = (
     # makes goes to the API routes below, with the session cookie and its CSRF token.
     rule("GET POST HEAD", r"^/app/(sign-in|static/.*)$", PUBLIC),
     rule("POST", r"^/app/sign-out$", ALL),
-    rule("POST", r"^/app/flows/check$", WRITERS),  # reads only, as POST /flows/validate
+    rule("POST", r"^/app/(flows/check|templates/preview)$", WRITERS),  # they only read
     rule("GET HEAD", r"^/app(/.*)?$", ALL),
     rule("GET POST DELETE", r"^/api-keys", ADMINS),
     rule("GET POST", r"^/users", ADMINS),

@@ -14,6 +14,8 @@ client. Three measurements:
   Temporal; p50 and p95.
 - **outage**: W writes queued (default 100 MQL updates) while HubSpot answers 503 for D seconds
   (default 20); sync runs every 2 s throughout; then the counts: written, lost, written twice.
+- **salesforce**: the import and the outage again on the Salesforce emulator (HTTPS), through
+  simple-salesforce (``--no-salesforce`` to skip).
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import json
 import tempfile
 import time
 import uuid
-from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -38,6 +39,8 @@ from nurture.crm.contracts import CRM_SYNC_WORKFLOW, CrmSyncInput, CrmSyncResult
 from nurture.enrolling import Enroller
 from nurture.models import Contact, CrmWrite, Flow
 from tests.crm_emulators.hubspot import HubSpotEmulator, serving
+from tests.crm_emulators.salesforce import SalesforceEmulator
+from tests.crm_emulators.salesforce import serving as sf_serving
 from tests.factories import add_active_flow
 from worker.main import build_worker
 
@@ -68,9 +71,37 @@ async def run(args) -> dict:
                             results["import"] = await initial_import(env.client, settings, hubspot, args.contacts)
                             results["inbound"] = await inbound(env.client, settings, store.db, hubspot, api, args.changes)
                             results["outage"] = await outage(env.client, settings, store.db, hubspot, args.writes, args.down)
+        if not args.no_salesforce:
+            results["salesforce"] = await salesforce(env, args)
     finally:
         await env.shutdown()
     return results
+
+
+async def salesforce(env, args) -> dict:
+    """The same import and outage on the Salesforce emulator (HTTPS), through simple-salesforce. Salesforce
+    does not push: its changes arrive with the next sync run (NURTURE_CRM_SYNC_INTERVAL)."""
+    emulator = SalesforceEmulator()
+    with tempfile.TemporaryDirectory() as workdir:
+        async with sf_serving(emulator, Path(workdir)) as certificate, backend("sqlite", Path(workdir)) as store:
+            tag = f"crm-bench-sf-{uuid.uuid4().hex[:6]}"
+            settings = engine_settings(
+                store.url, Path(workdir), tag, crm_provider="salesforce", crm_salesforce_login_url=emulator.base_url,
+                crm_salesforce_client_id=emulator.client_id, crm_salesforce_client_secret=emulator.client_secret,
+                crm_salesforce_ca_bundle=certificate,
+            )
+            async with build_worker(env.client, store.worker_db, OutboxProvider(settings.outbox_dir), settings):
+                for i in range(args.contacts):
+                    emulator.put("Contact", {"Email": f"lead{i}@example.com", "LastName": f"Lead {i}"})
+                before = len(emulator.requests)
+                started = time.monotonic()
+                result = await sync(env.client, settings, full=True)
+                elapsed = time.monotonic() - started
+                imported = {"contacts": args.contacts, "read": result.read, "seconds": round(elapsed, 2),
+                            "contacts_per_second": round(result.read / elapsed, 1),
+                            "salesforce_calls": len(emulator.requests) - before}
+                down = await outage(env.client, settings, store.db, emulator, args.writes, args.down, salesforce=True)
+    return {"import": imported, "outage": down}
 
 
 async def sync(client, settings, **options) -> CrmSyncResult:
@@ -126,9 +157,10 @@ async def inbound(client, settings, db, hubspot: HubSpotEmulator, api, changes: 
     return {"changes": changes, **latency_ms(seconds)}
 
 
-async def outage(client, settings, db, hubspot: HubSpotEmulator, writes: int, down_seconds: float) -> dict:
+async def outage(client, settings, db, crm, writes: int, down_seconds: float, salesforce: bool = False) -> dict:
+    """MQL updates queued while the CRM answers 503; sync runs every 2 s; then what reached the CRM."""
     flow = await add_active_flow(db, MQL)
-    hubspot.down = True
+    crm.down = True
     emails = [f"lead{i}@example.com" for i in range(writes)]
     async with db.session() as s:
         contacts = (await s.exec(select(Contact).where(Contact.email.in_(emails)))).all()
@@ -136,14 +168,14 @@ async def outage(client, settings, db, hubspot: HubSpotEmulator, writes: int, do
             await Enroller(client, settings).enroll(s, await s.get(Flow, flow.id), contact)
         await s.commit()
     ids = {c.crm_id for c in contacts}
-    before = len(hubspot.writes)
+    before = len(crm.writes)
     went_down = time.monotonic()
     runs, down_error = 0, None
     while time.monotonic() - went_down < down_seconds:
         down_error = (await sync(client, settings, crm_attempts=2)).error or down_error
         runs += 1
         await asyncio.sleep(2)
-    hubspot.down = False
+    crm.down = False
     recovered = time.monotonic()
     while True:
         await sync(client, settings)
@@ -153,7 +185,8 @@ async def outage(client, settings, db, hubspot: HubSpotEmulator, writes: int, do
         if queued == 0:
             break
         await asyncio.sleep(1)
-    updates = [u for u in hubspot.writes[before:] if u[0] == "contacts" and u[2].get("lifecyclestage") == "marketingqualifiedlead"]
+    kind, field = ("Contact", "Nurture_Lifecycle_Stage__c") if salesforce else ("contacts", "lifecyclestage")
+    updates = [u for u in crm.writes[before:] if u[0] == kind and u[2].get(field) == "marketingqualifiedlead"]
     written = {u[1] for u in updates}
     return {
         "writes": writes, "down_seconds": down_seconds, "sync_runs": runs,
@@ -168,7 +201,8 @@ def main() -> None:
     parser.add_argument("--contacts", type=int, default=5000)
     parser.add_argument("--changes", type=int, default=50)
     parser.add_argument("--writes", type=int, default=100)
-    parser.add_argument("--down", type=float, default=20.0, help="seconds HubSpot answers 503")
+    parser.add_argument("--down", type=float, default=20.0, help="seconds the CRM answers 503")
+    parser.add_argument("--no-salesforce", action="store_true", help="HubSpot only")
     args = parser.parse_args()
     configure_logging("WARNING", False)
     results = asyncio.run(run(args))

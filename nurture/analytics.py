@@ -50,7 +50,7 @@ from nurture.event_types import (
 from nurture.flow.language import LIFECYCLE_STAGES
 from nurture.logging import get_logger
 from nurture.metrics import FLOW_ANOMALIES
-from nurture.models import Contact, Enrollment, Event, FlowVersion, Message, MessageStatus, StepVisit
+from nurture.models import Contact, Enrollment, Event, FlowVersion, Message, MessageStatus, StepVisit, utcnow
 from nurture.settings import Settings
 
 CLOSED = {"closedwon": "won", "closedlost": "lost"}
@@ -682,3 +682,140 @@ async def flow_overviews(session: AsyncSession, since: datetime) -> dict[int, Fl
             goal_reached=goal or 0, conversion_to_goal=_rate(goal or 0, entered),
         )
     return found
+
+
+# --- the console's flow page: counts per step in a few grouped queries -----------------------
+
+
+class LiveStepCounts(BaseModel):
+    step_id: str
+    waiting_now: int = 0
+    entered: int = 0
+    exited_here: dict[str, int] = Field(default_factory=dict)
+    sent: int | None = None
+    opened: int | None = None
+    clicked: int | None = None
+    variants: dict[str, tuple[int, int, int]] = Field(
+        default_factory=dict, description="Per A/B variant: sent, opened, clicked."
+    )
+
+
+class LiveFlowCounts(BaseModel):
+    entered: int = 0
+    active: int = 0
+    completed: int = 0
+    exit_reasons: dict[str, int] = Field(default_factory=dict)
+    goal_reached: int = 0
+    conversion_to_goal: float | None = None
+    steps: dict[str, LiveStepCounts] = Field(default_factory=dict)
+
+
+async def live_flow_counts(session: AsyncSession, flow_id: int) -> LiveFlowCounts:
+    """What the flow page draws, from grouped queries (no row is loaded): enrollments by step and
+    outcome (FlowStats' definitions), step entries (unique enrollments), and per email step the
+    sends and the unique contacts who opened (bots excluded) or clicked, as the tracking links
+    and pixel record them on the message. ``flow_stats`` also counts engagement reported only
+    as posted events, and unsubscribes and stages: it reads every row, so it is for the API."""
+    counts = LiveFlowCounts()
+
+    def step(step_id: str) -> LiveStepCounts:
+        return counts.steps.setdefault(step_id, LiveStepCounts(step_id=step_id))
+
+    grouped = await session.exec(
+        select(Enrollment.current_step, Enrollment.status, Enrollment.exit_reason, sa.func.count())  # type: ignore[call-overload]
+        .where(Enrollment.flow_id == flow_id)
+        .group_by(Enrollment.current_step, Enrollment.status, Enrollment.exit_reason)
+    )
+    for current, status, reason, n in grouped.all():
+        counts.entered += n
+        if status == "active":
+            counts.active += n
+            if current:
+                step(current).waiting_now += n
+        elif status == "completed":
+            counts.completed += n
+        elif status == "exited":
+            counts.exit_reasons[reason or "unknown"] = counts.exit_reasons.get(reason or "unknown", 0) + n
+            if reason == GOAL_EXIT_REASON:
+                counts.goal_reached += n
+            if current:
+                here = step(current).exited_here
+                here[reason or "unknown"] = here.get(reason or "unknown", 0) + n
+    counts.conversion_to_goal = _rate(counts.goal_reached, counts.entered)
+    entered = await session.exec(
+        select(StepVisit.step_id, sa.func.count(sa.distinct(StepVisit.enrollment_id)))  # type: ignore[call-overload]
+        .where(StepVisit.flow_id == flow_id)
+        .group_by(StepVisit.step_id)
+    )
+    for step_id, n in entered.all():
+        step(step_id).entered = n
+    unique = sa.func.count(sa.distinct(Message.contact_id))
+    emails = await session.exec(
+        select(  # type: ignore[call-overload]
+            Message.step_id,
+            Message.variant,
+            sa.func.sum(sa.case((Message.status == MessageStatus.sent, 1), else_=0)),
+            unique.filter(Message.opened_at.is_not(None)),  # type: ignore[union-attr]
+            unique.filter(Message.clicked_at.is_not(None)),  # type: ignore[union-attr]
+        )
+        .where(Message.flow_id == flow_id, Message.kind == "marketing")
+        .group_by(Message.step_id, Message.variant)
+    )
+    for step_id, variant, sent, opened, clicked in emails.all():
+        here = step(step_id or "?")
+        here.sent = (here.sent or 0) + (sent or 0)
+        here.opened = (here.opened or 0) + opened
+        here.clicked = (here.clicked or 0) + clicked
+        if variant:
+            here.variants[variant] = (sent or 0, opened, clicked)
+    return counts
+
+
+# --- the console's dashboard ---------------------------------------------------------------
+
+
+class Funnel(BaseModel):
+    """Unique contacts at each stage of one flow: entered, were sent, opened, clicked, reached the goal."""
+
+    flow_id: int
+    entered: int = 0
+    sent: int = 0
+    opened: int = 0
+    clicked: int = 0
+    goal: int = 0
+
+
+async def funnels(session: AsyncSession) -> dict[int, Funnel]:
+    """Every flow's funnel in two grouped queries (opens and clicks as the tracking records them
+    on the messages, as on the flow page)."""
+    found = {
+        flow_id: Funnel(flow_id=flow_id, entered=o.entered, goal=o.goal_reached)
+        for flow_id, o in (await flow_overviews(session, utcnow())).items()
+    }
+    unique = sa.func.count(sa.distinct(Message.contact_id))
+    rows = await session.exec(
+        select(  # type: ignore[call-overload]
+            Message.flow_id,
+            unique.filter(Message.status == MessageStatus.sent),
+            unique.filter(Message.opened_at.is_not(None)),  # type: ignore[union-attr]
+            unique.filter(Message.clicked_at.is_not(None)),  # type: ignore[union-attr]
+        )
+        .where(Message.kind == "marketing", Message.flow_id.is_not(None))  # type: ignore[union-attr]
+        .group_by(Message.flow_id)
+    )
+    for flow_id, sent, opened, clicked in rows.all():
+        funnel = found.setdefault(flow_id, Funnel(flow_id=flow_id))
+        funnel.sent, funnel.opened, funnel.clicked = sent, opened, clicked
+    return found
+
+
+async def sends_per_day(session: AsyncSession, since: datetime) -> list[tuple[str, int]]:
+    """Marketing emails sent per UTC day since ``since``, oldest first."""
+    day = sa.func.date(Message.sent_at)
+    rows = await session.exec(
+        select(day, sa.func.count())  # type: ignore[call-overload]
+        .where(Message.kind == "marketing", Message.status == MessageStatus.sent, Message.sent_at >= since)
+        .group_by(day)
+        .order_by(day)
+    )
+    return [(str(d), n) for d, n in rows.all()]

@@ -344,6 +344,9 @@ class Settings(BaseSettings):
     worker_graceful_shutdown_seconds: float = Field(default=10.0, ge=0, le=3600)
     # What one worker runs at once (Temporal's slots). Each running activity may hold a database
     # connection, so the worker's pool has one per slot unless worker_database_pool_size says otherwise.
+    # Workflow tasks in progress at once: beyond what the process gets through within the workflow
+    # task timeout (10 s), a burst of new enrollments timed out and was run again from the start.
+    worker_max_concurrent_workflow_tasks: int = Field(default=20, ge=2, le=1000)
     worker_max_concurrent_activities: int = Field(default=50, ge=1, le=1000)
     worker_max_concurrent_local_activities: int = Field(default=20, ge=1, le=1000)
     worker_database_pool_size: int | None = Field(default=None, ge=1, le=1000)

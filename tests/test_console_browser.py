@@ -86,6 +86,9 @@ async def test_a_marketer_installs_and_activates_a_rep_pauses_and_the_timelines_
     await browser.go("/app/flows")
     assert "Blog subscriber welcome" in await browser.text("main")
     await browser.screenshot("flows")
+    await browser.go("/app/dashboard")
+    assert "entered 1" in " ".join((await browser.text(".funnel")).split())
+    await browser.screenshot("dashboard")
 
     # Rep-1 signs in, finds the contact on their own, and pauses it for a call.
     await browser.sign_in("sales@example.com", PASSWORD)

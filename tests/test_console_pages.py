@@ -3,6 +3,7 @@ their lines, contact search, and the diagram's edges (the browser tests drive th
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -96,3 +97,89 @@ def test_the_diagram_labels_branches_waits_and_loops_and_shows_the_goal():
     for label in ("yes", "no", "after 2d", "email_clicked / no email_clicked in 3d", "goal: meeting_booked", "when demo_requested"):
         assert f">{label}" in svg, label
     assert svg.count('class="node ') == 8  # seven steps and the end
+
+
+async def test_a_template_preview_renders_for_a_chosen_contact_and_names_a_broken_part(console, db):
+    await add_templates(db)
+    ada = await add_contact(db, email="ada@example.com", name="Ada Lovelace")
+    csrf = await signed_in_as(console, Role.marketer)
+    page = await console.get("/app/templates/demo-welcome")
+    assert page.status_code == 200 and 'id="template-form"' in page.text
+    body = {"subject": "Hi {{ contact.name }}", "html": "<p>For {{ contact.email }}</p>", "contact_id": ada.id}
+    shown = (await console.post("/app/templates/preview", json=body, headers={"X-CSRF-Token": csrf})).json()
+    assert (shown["subject"], shown["to"]) == ("Hi Ada Lovelace", "ada@example.com")
+    assert "For ada@example.com" in shown["html"] and "For ada@example.com" in shown["text"]
+    broken = {**body, "html": "<p>{% if %}</p>"}
+    problems = (await console.post("/app/templates/preview", json=broken, headers={"X-CSRF-Token": csrf})).json()["problems"]
+    assert problems[0]["field"] == "html"
+    await signed_in_as(console, Role.read_only)
+    assert 'id="preview-html"' not in (await console.get("/app/templates/demo-welcome")).text
+    assert (await console.post("/app/templates/preview", json=body)).status_code == 403
+
+
+async def test_the_flow_pages_counts_agree_with_the_flow_statistics(db, settings):
+    """The flow page reads grouped counts (live_flow_counts); the API's statistics read every row:
+    on the same rows they say the same, engagement recorded by the tracking links included."""
+    from nurture.analytics import LiveStepCounts, flow_stats, live_flow_counts
+    from nurture.models import Event, Message, StepVisit
+
+    await add_templates(db)
+    flow = await add_active_flow(db)
+    now = utcnow()
+    at_steps = [("active", "wait-2d", None), ("active", "wait-2d", None), ("exited", "wait-for-click", "goal_met"),
+                ("completed", "mark-mql", None), ("exited", "case-study", "unsubscribed")]
+    contacts = [await add_contact(db, email=f"p{n}@example.com") for n in range(len(at_steps))]
+    async with db.session() as session:
+        for n, ((status, step, reason), contact) in enumerate(zip(at_steps, contacts, strict=True)):
+            enrollment = Enrollment(flow_id=flow.id, flow_version=1, contact_id=contact.id, workflow_id=f"wf-{n}",
+                                    status=status, current_step=step, exit_reason=reason, started_at=now)
+            session.add(enrollment)
+            await session.flush()
+            for visited in ("welcome", "wait-2d", *(["opened-welcome", step] if step != "wait-2d" else [])):
+                session.add(StepVisit(enrollment_id=enrollment.id, flow_id=flow.id, flow_version=1,
+                                      contact_id=contact.id, step_id=visited))
+            message = Message(idempotency_key=f"k{n}", flow_id=flow.id, flow_version=1, step_id="welcome",
+                              contact_id=contact.id, to_email=contact.email, template_key="demo-welcome",
+                              provider="outbox", status="sent", sent_at=now,
+                              opened_at=now if n < 3 else None, clicked_at=now if n == 0 else None)
+            session.add(message)
+            await session.flush()
+            for kind in (["email_opened"] if n < 3 else []) + (["email_clicked"] if n == 0 else []):
+                session.add(Event(event_id=f"{kind}-{n}", contact_id=contact.id, type=kind,
+                                  properties={"message_id": message.id, "bot": False}, occurred_at=now))
+        await session.commit()
+        live = await live_flow_counts(session, flow.id)
+        stats = await flow_stats(session, settings, flow.id)
+    assert (live.entered, live.active, live.completed, live.goal_reached) == (
+        stats.totals.entered, stats.totals.active, stats.totals.completed, stats.totals.goal_reached) == (5, 2, 1, 1)
+    assert live.exit_reasons == stats.totals.exit_reasons
+    for s in stats.steps:
+        mine = live.steps.get(s.step_id) or LiveStepCounts(step_id=s.step_id)  # a step nobody reached
+        assert (mine.waiting_now, mine.entered, mine.exited_here) == (s.waiting_now, s.entered, s.exited_here), s.step_id
+        if s.email is not None and s.email.sent:
+            assert (mine.sent, mine.opened, mine.clicked) == (s.email.sent, s.email.opened, s.email.clicked) == (5, 3, 1)
+
+
+async def test_the_dashboard_shows_each_flows_funnel(console, db):
+    from nurture.models import Message
+
+    await add_templates(db)
+    flow = await add_active_flow(db)
+    now = utcnow()
+    contacts = [await add_contact(db, email=f"d{n}@example.com") for n in range(4)]
+    async with db.session() as session:
+        for n, contact in enumerate(contacts):
+            session.add(Enrollment(flow_id=flow.id, flow_version=1, contact_id=contact.id, workflow_id=f"d-{n}",
+                                   status="exited" if n == 0 else "active", exit_reason="goal_met" if n == 0 else None))
+            if n < 3:
+                session.add(Message(idempotency_key=f"d{n}", flow_id=flow.id, step_id="welcome", contact_id=contact.id,
+                                    to_email=contact.email, template_key="demo-welcome", provider="outbox", status="sent",
+                                    sent_at=now, opened_at=now if n < 2 else None, clicked_at=now if n < 1 else None))
+        await session.commit()
+    await signed_in_as(console, Role.read_only)
+    page = await console.get("/app/dashboard")
+    assert page.status_code == 200
+    text = " ".join(re.sub(r"<[^>]+>", " ", page.text).split())
+    for stage in ("entered 4", "sent 3 (75.0%)", "opened 2 (50.0%)", "clicked 1 (25.0%)", "reached the goal 1 (25.0%)"):
+        assert stage in text, stage
+    assert f"{now:%m-%d}" in text  # the day's bar

@@ -360,14 +360,16 @@ async def test_a_full_resync_is_an_admin_call_and_one_runs_at_a_time(hubspot, db
         refused = await http.post("/crm/resync", headers={"Authorization": f"Bearer {keys[Role.marketer]}"})
         first = await http.post("/crm/resync", headers={"Authorization": f"Bearer {keys[Role.admin]}"})
         second = await http.post("/crm/resync", headers={"Authorization": f"Bearer {keys[Role.admin]}"})
+        result = await client.get_workflow_handle(first.json()["workflow_id"], result_type=CrmSyncResult).result()
         status = await http.get("/crm/status", headers={"Authorization": f"Bearer {keys[Role.marketer]}"})
 
     assert refused.status_code == 403
     assert first.status_code == second.status_code == 202
     assert first.json()["workflow_id"] == second.json()["workflow_id"]
-    assert status.status_code == 200 and status.json()["resync_requested_at"] is not None
-    result = await client.get_workflow_handle(first.json()["workflow_id"], result_type=CrmSyncResult).result()
     assert result.error is None
+    # The finished resync cleared its request and counts as the last success.
+    assert status.status_code == 200 and status.json()["resync_requested_at"] is None
+    assert status.json()["last_success_at"] is not None
 
 
 # --- reconciliation ------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ def build_worker(client: Client, db: Database, provider: EmailProvider, settings
     options.setdefault("graceful_shutdown_timeout", timedelta(seconds=settings.worker_graceful_shutdown_seconds))
     options["interceptors"] = [*options.get("interceptors", []), KeepAliveInterceptor()]
     if "tuner" not in options:
+        options.setdefault("max_concurrent_workflow_tasks", settings.worker_max_concurrent_workflow_tasks)
         options.setdefault("max_concurrent_activities", settings.worker_max_concurrent_activities)
         options.setdefault("max_concurrent_local_activities", settings.worker_max_concurrent_local_activities)
     # The sandbox imports the workflow modules for every new run: compile them once, not each time.

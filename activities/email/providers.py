@@ -198,7 +198,8 @@ class PacedProvider:
     The global rate is Temporal's task-queue limit on the send queue (worker/main.py); its token
     bucket hands a backlog over in a burst (about a second's worth at once), which a provider
     counting per second answers with 429. Spacing the hand-overs here keeps one worker's sends
-    even; several workers share the global rate, so each is rarely held here at all.
+    even; several workers share the global rate, so each is rarely held here at all. A throttling
+    answer holds this worker's next hand-overs for its Retry-After.
     """
 
     def __init__(self, inner: EmailProvider, rate: float):
@@ -216,7 +217,14 @@ class PacedProvider:
             self._next = at + self.interval
         if at > now:
             await asyncio.sleep(at - now)
-        return await self.inner.deliver(email, accepted)
+        try:
+            return await self.inner.deliver(email, accepted)
+        except TemporaryDeliveryError as exc:
+            if exc.retry_after:
+                # The provider is throttling: every send of this worker waits as long, not only this one.
+                resume = asyncio.get_running_loop().time() + exc.retry_after
+                self._next = max(self._next, resume)
+            raise
 
     async def aclose(self) -> None:
         close = getattr(self.inner, "aclose", None)

@@ -12,7 +12,7 @@ from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.console import contact_pages, editor_pages, flow_pages, playbook_pages, sign_in
+from api.console import contact_pages, editor_pages, flow_pages, playbook_pages, sign_in, template_pages
 from api.console.rendering import STATIC_DIR, error_page
 from api.deps import SignInRequired
 
@@ -22,7 +22,7 @@ PREFIX = "/app"
 def install_console(app: FastAPI) -> None:
     app.mount(f"{PREFIX}/static", StaticFiles(directory=STATIC_DIR), name="console-static")
     # The editor first: /app/flows/new is not a flow id.
-    for module in (sign_in, editor_pages, flow_pages, contact_pages, playbook_pages):
+    for module in (sign_in, editor_pages, flow_pages, contact_pages, playbook_pages, template_pages):
         app.include_router(module.router)
 
     @app.exception_handler(SignInRequired)

@@ -16,7 +16,7 @@ from api import crud
 from api.console.diagram import StepCounts, draw
 from api.console.rendering import page, require, zone
 from api.deps import CallerDep, EnrollmentId, FlowId, SessionDep, SettingsDep, TemporalDep
-from nurture.analytics import flow_overviews, flow_stats
+from nurture.analytics import LiveStepCounts, flow_overviews, funnels, live_flow_counts, sends_per_day
 from nurture.audit import flow_changes
 from nurture.enrolling import TemporalUnavailable
 from nurture.flow import FlowDefinition
@@ -48,7 +48,6 @@ async def flow(
     request: Request,
     flow_id: FlowId,
     session: SessionDep,
-    settings: SettingsDep,
     caller: CallerDep,
     version: Annotated[int | None, Query(ge=1, le=2_147_483_647)] = None,
 ) -> Response:
@@ -56,17 +55,18 @@ async def flow(
     row = await crud.flow_or_404(session, flow_id)
     shown = version or row.active_version or row.latest_version
     definition = FlowDefinition.model_validate((await crud.version_or_404(session, flow_id, shown)).definition)
-    stats = await flow_stats(session, settings, flow_id)  # all versions: what is running now
+    live = await live_flow_counts(session, flow_id)  # all versions: what is running now
+    order = [s.id for s in definition.steps] + [step_id for step_id in live.steps if step_id not in definition.step_index()]
+    types = {s.id: s.type for s in definition.steps}
+    rows = [(step_id, types.get(step_id), live.steps.get(step_id) or LiveStepCounts(step_id=step_id)) for step_id in order]
+    emails = {step_id for step_id, kind in types.items() if kind == "send_email"}
     counts = {
-        s.step_id: StepCounts(
-            waiting=s.waiting_now,
-            entered=s.entered,
-            exited=sum(s.exited_here.values()),
-            sent=s.email.sent if s.email else None,
-            opened=s.email.opened if s.email else None,
-            clicked=s.email.clicked if s.email else None,
+        step_id: StepCounts(
+            waiting=c.waiting_now, entered=c.entered, exited=sum(c.exited_here.values()),
+            sent=c.sent if c.sent is not None or step_id not in emails else 0,
+            opened=c.opened or 0, clicked=c.clicked or 0,
         )
-        for s in stats.steps
+        for step_id, _, c in rows
     }
 
     def link(step_id: str, what: str) -> str:
@@ -79,7 +79,8 @@ async def flow(
         shown=shown,
         definition=definition,
         diagram=draw(definition, counts, link),
-        stats=stats,
+        live=live,
+        rows=rows,
         versions=await crud.versions(session, flow_id),
         changes=await flow_changes(session, flow_id),
     )
@@ -146,4 +147,18 @@ async def enrollment(
         error=error,
         temporal_url=temporal_ui_url(settings, workflow_id),
         zone=zone(contact.timezone if contact else None),
+    )
+
+
+@router.get("/dashboard", response_class=HTMLResponse)
+async def dashboard(request: Request, session: SessionDep, caller: CallerDep) -> Response:
+    """Per flow: entered -> sent -> opened -> clicked -> goal (unique contacts); sends per day."""
+    require(caller, "GET", "/flows")
+    flows_by_id = {f.id: f for f in (await session.exec(select(Flow).order_by(Flow.id))).all()}
+    found = await funnels(session)
+    per_day = await sends_per_day(session, utcnow() - timedelta(days=30))
+    return page(
+        request, "dashboard.html",
+        funnels=[(flows_by_id[i], f) for i, f in sorted(found.items()) if i in flows_by_id],
+        per_day=per_day, busiest=max((n for _, n in per_day), default=0),
     )

@@ -160,10 +160,11 @@ async def crm_status(session: SessionDep, settings: SettingsDep, connector: Opti
 @router.post("/crm/resync", response_model=CrmResyncOut, status_code=status.HTTP_202_ACCEPTED)
 async def crm_resync(session: SessionDep, settings: SettingsDep, client: ClientDep, crm: CrmDep) -> CrmResyncOut:
     """Read every CRM contact again (a full reconciliation), as a workflow; asking while one runs finds it."""
-    handle = await start_resync(client, settings)
+    # Noted before the start: the run clears it when it finishes, which may be before we answer.
     state = await session.get(CrmSyncState, crm.provider) or CrmSyncState(provider=crm.provider)
     state.resync_requested_at = utcnow()
     session.add(state)
     await session.commit()
+    handle = await start_resync(client, settings)
     get_logger(provider=crm.provider).info("crm_resync_requested", workflow_id=handle.id)
     return CrmResyncOut(workflow_id=handle.id, run_id=handle.result_run_id)
