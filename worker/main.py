@@ -55,6 +55,16 @@ def build_send_worker(client: Client, db: Database, provider: EmailProvider, set
     )
 
 
+def build_workers(client: Client, db: Database, provider: EmailProvider, settings: Settings) -> list[Worker]:
+    """The workers of one process, as ``worker_queues`` says: both queues, or one of them."""
+    workers = []
+    if settings.worker_queues in ("all", "enrollments"):
+        workers.append(build_worker(client, db, provider, settings))
+    if settings.worker_queues in ("all", "sends"):
+        workers.append(build_send_worker(client, db, provider, settings))
+    return workers
+
+
 async def run(settings: Settings) -> None:
     log = get_logger(component="worker")
     db = Database(settings.resolved_database_url)
@@ -67,11 +77,7 @@ async def run(settings: Settings) -> None:
         raise SystemExit(2) from exc
     client = await connect(settings)
     provider = provider_from_settings(settings)
-    workers = []
-    if settings.worker_queues in ("all", "enrollments"):
-        workers.append(build_worker(client, db, provider, settings))
-    if settings.worker_queues in ("all", "sends"):
-        workers.append(build_send_worker(client, db, provider, settings))
+    workers = build_workers(client, db, provider, settings)
     try:
         # Activation creates it too; this heals a schedule deleted by hand or a changed interval.
         await ensure_trigger_scan_schedule(client, settings)
