@@ -144,7 +144,8 @@ async def measure(
                 running.extend(start_worker(settings, address, workdir, i) for i in range(workers))
             # Generous: a machine slower than the rate still finishes (and says how fast it went).
             deadline = time.monotonic() + 120 + n / 2
-            while (stats := await emulator_stats(url))["accepted"] < n:
+            # Distinct messages: a message the provider got twice must not stand in for one it never got.
+            while (stats := await emulator_stats(url))["distinct_messages"] < n:
                 if any(w.poll() is not None for w in running):
                     raise RuntimeError(f"a worker exited: see {workdir}/worker-*.log")
                 if time.monotonic() > deadline:
@@ -167,7 +168,7 @@ async def measure(
             "backend": backend_name,
             "worker_processes": 2 if separate_sends else workers,
             "send_worker_of_its_own": separate_sends,
-            "completed": stats["accepted"] >= n,
+            "completed": stats["distinct_messages"] >= n,
             "enrolling_s": round(enrolling_s, 1),
             "seconds_from_worker_start": round(seconds, 2),
             "sends_per_s": round(stats["accepted"] / seconds, 1) if seconds > 0 else None,
