@@ -339,6 +339,9 @@ class Settings(BaseSettings):
     activity_heartbeat_timeout_seconds: float = Field(default=10.0, ge=1, le=600)
     # The send activity may take the SMTP timeout plus this for rendering and the database.
     send_activity_margin_seconds: float = Field(default=30.0, ge=5, le=600)
+    # What one worker process polls: "all" (the enrollments' queue and the send queue), or only one
+    # of them, to run sends in processes of their own (their heartbeats never wait behind workflow tasks).
+    worker_queues: Literal["all", "enrollments", "sends"] = "all"
     # On SIGTERM the worker stops polling and lets running activities finish for this long. Keep
     # it below the supervisor's own grace (compose stop_grace_period 30 s, `nurture stack` 15 s).
     worker_graceful_shutdown_seconds: float = Field(default=10.0, ge=0, le=3600)

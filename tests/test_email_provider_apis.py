@@ -143,3 +143,26 @@ async def test_ses_unreachable_is_temporary(ses):
     with pytest.raises(TemporaryDeliveryError):
         await deliver(provider, outgoing())
     await provider.aclose()
+
+
+# --- the send queue --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("queues", ["all", "enrollments", "sends"])
+async def test_a_worker_process_polls_the_queues_it_is_told_and_the_send_queue_at_the_providers_rate(queues, client, tmp_path):
+    from nurture.db import Database
+    from worker.main import build_workers
+
+    settings = Settings(_env_file=None, data_dir=tmp_path, email_provider="ses", worker_queues=queues,
+                        ses={"max_sends_per_second": 14})
+    db = Database(f"sqlite:///{tmp_path / 'n.db'}")
+    workers = build_workers(client, db, provider_from_settings(settings), settings)
+    polled = {w.task_queue: w for w in workers}
+    expected = {"all": {"nurture-enrollments", "nurture-enrollments-sends"},
+                "enrollments": {"nurture-enrollments"}, "sends": {"nurture-enrollments-sends"}}[queues]
+    assert set(polled) == expected
+    if "nurture-enrollments-sends" in polled:
+        config = polled["nurture-enrollments-sends"].config()
+        assert config["max_task_queue_activities_per_second"] == 14
+        assert [getattr(a, "__name__", "") for a in config["activities"]] == ["send_email"]
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import signal
 from datetime import timedelta
@@ -63,6 +64,16 @@ def build_send_worker(client: Client, db: Database, provider: EmailProvider, set
     )
 
 
+def build_workers(client: Client, db: Database, provider: EmailProvider, settings: Settings) -> list[Worker]:
+    """The workers of one process, as ``worker_queues`` says: both queues, or one of them."""
+    workers = []
+    if settings.worker_queues in ("all", "enrollments"):
+        workers.append(build_worker(client, db, provider, settings))
+    if settings.worker_queues in ("all", "sends"):
+        workers.append(build_send_worker(client, db, provider, settings))
+    return workers
+
+
 async def run(settings: Settings) -> None:
     log = get_logger(component="worker")
     db = worker_database(settings.resolved_database_url, settings)
@@ -75,8 +86,7 @@ async def run(settings: Settings) -> None:
         raise SystemExit(2) from exc
     client = await connect(settings)
     provider = provider_from_settings(settings)
-    worker = build_worker(client, db, provider, settings)
-    send_worker = build_send_worker(client, db, provider, settings)
+    workers = build_workers(client, db, provider, settings)
     try:
         # Activation creates it too; this heals a schedule deleted by hand or a changed interval.
         await ensure_trigger_scan_schedule(client, settings)
@@ -96,8 +106,11 @@ async def run(settings: Settings) -> None:
     log.info(
         "worker_started", task_queue=settings.temporal_task_queue, provider=settings.email_provider,
         send_task_queue=settings.send_task_queue, sends_per_second=settings.send_rate_per_second,
+        queues=settings.worker_queues,
     )
-    async with worker, send_worker:
+    async with contextlib.AsyncExitStack() as running:
+        for each in workers:
+            await running.enter_async_context(each)
         await stop.wait()
         # Leaving the block stops polling at once, then waits for the activities in flight.
         log.info("worker_stopping", graceful_shutdown_seconds=settings.worker_graceful_shutdown_seconds)

@@ -258,7 +258,7 @@ class MailgunEmulator(VendorEmulator):
                 return JSONResponse({"message": f"'{required}' parameter is missing"}, 400)
         to = parseaddr(str(form["to"]))[1]
         if "@" not in to or to.endswith("@invalid.test"):
-            return JSONResponse({"message": f"to parameter is not a valid address. please check documentation"}, 400)
+            return JSONResponse({"message": "to parameter is not a valid address. please check documentation"}, 400)
         if not (form.get("text") or form.get("html")):
             return JSONResponse({"message": "Need at least one of 'text' or 'html' parameters specified"}, 400)
         headers = {str(k)[2:]: str(v) for k, v in form.items() if str(k).startswith("h:")}
