@@ -75,12 +75,17 @@ async def test_a_marketer_installs_and_activates_a_rep_pauses_and_the_timelines_
         flow = await session.get(Flow, flow_id)
         assert (flow.status, flow.active_version) == ("active", 1)
 
-    # The site reports a subscription: the contact enrolls, and the flow page counts 1 waiting two days.
-    created = await http.post(
-        "/contacts", json={"email": "ada@example.com", "name": "Ada Lovelace", "owner": "rep-1", "timezone": "Europe/Paris"}
-    )
-    assert created.status_code == 201, created.text
-    contact_id = created.json()["id"]
+    # The marketer adds the contact; the site reports a subscription: the contact enrolls, and the
+    # flow page counts 1 waiting two days.
+    await browser.go("/app/contacts")
+    await browser.click("details summary")
+    for field, value in (("email", "ada@example.com"), ("name", "Ada Lovelace"), ("owner", "rep-1"),
+                         ("timezone", "Europe/Paris"), ("tags", "vip, beta")):
+        await browser.fill(f"#c-{field}", value)
+    await browser.click("#contact-form button[type=submit]")
+    await browser.eventually(lambda: at(browser, "/app/contacts/"), what="the new contact's page")
+    contact_id = int((await browser.path()).split("/")[3])
+    assert "vip, beta" in await browser.text("main")
     event = await http.post("/events", json={"type": "blog_subscribed", "email": "ada@example.com"})
     assert event.status_code == 202 and len(event.json()["enrolled"]) == 1, event.text
 

@@ -231,3 +231,15 @@ async def test_two_versions_of_a_flow_are_shown_as_a_diff(console, db):
     assert '<span class="removed">-  duration: 2d</span>' in diff.text
     assert '<span class="added">+  duration: 3d</span>' in diff.text
     assert (await console.get(f"/app/flows/{flow_id}/diff?from=1&to=9")).status_code == 404
+
+
+async def test_writers_get_the_contact_and_enroll_forms_and_readers_do_not(console, db):
+    await add_templates(db)
+    flow = await add_active_flow(db)
+    await signed_in_as(console, Role.marketer)
+    assert 'id="contact-form"' in (await console.get("/app/contacts")).text
+    assert 'id="enroll-form"' in (await console.get(f"/app/flows/{flow.id}")).text
+    await signed_in_as(console, Role.read_only)
+    assert 'id="contact-form"' not in (await console.get("/app/contacts")).text
+    page = (await console.get(f"/app/flows/{flow.id}")).text
+    assert 'id="enroll-form"' not in page and 'id="deactivate-form"' not in page and "Edit as a new version" not in page
