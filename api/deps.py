@@ -199,7 +199,7 @@ def get_author(caller: CallerDep) -> Author:
 
 AuthorDep = Annotated[Author, Depends(get_author)]
 
-NOT_YOURS = "a sales key may only act on the contacts its rep owns"
+NOT_YOURS = "a sales key or user may only act on the contacts their rep owns"
 
 ContactId = Annotated[int, Path(ge=1, le=MAX_ID)]
 FlowId = Annotated[int, Path(ge=1, le=MAX_ID)]

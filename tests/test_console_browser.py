@@ -55,6 +55,17 @@ async def test_a_marketer_installs_and_activates_a_rep_pauses_and_the_timelines_
     await browser.eventually(lambda: at(browser, "/app/flows/"), what="the installed flow's page")
     flow_id = int((await browser.path()).split("/")[3])
     assert await browser.text("#flow-status") == "draft"
+
+    # Before going live: the editor finds no problem, and the simulator walks a contact through.
+    await browser.go(f"/app/flows/{flow_id}/edit")
+    await browser.eventually(lambda: browser.has("#problems .form-ok"), what="the editor's check")
+    assert await browser.has("#editor-diagram g[data-step='wait-2d']")
+    await browser.click("#simulate-form button")
+    await browser.eventually(lambda: _timeline_ends(browser), timeout=60, what="the simulated path")
+    simulated = await browser.text("#sim-timeline")
+    assert "welcome (send_email)" in simulated and "CET" in simulated  # in the contact's time zone
+    await browser.screenshot("editor")
+    await browser.go(f"/app/flows/{flow_id}")
     await browser.click("#estimate-form button")
     await browser.eventually(lambda: browser.text("#estimate-result"), what="the estimate")
     assert "would enroll now" in await browser.text("#estimate-result")
@@ -64,12 +75,17 @@ async def test_a_marketer_installs_and_activates_a_rep_pauses_and_the_timelines_
         flow = await session.get(Flow, flow_id)
         assert (flow.status, flow.active_version) == ("active", 1)
 
-    # The site reports a subscription: the contact enrolls, and the flow page counts 1 waiting two days.
-    created = await http.post(
-        "/contacts", json={"email": "ada@example.com", "name": "Ada Lovelace", "owner": "rep-1", "timezone": "Europe/Paris"}
-    )
-    assert created.status_code == 201, created.text
-    contact_id = created.json()["id"]
+    # The marketer adds the contact; the site reports a subscription: the contact enrolls, and the
+    # flow page counts 1 waiting two days.
+    await browser.go("/app/contacts")
+    await browser.click("details summary")
+    for field, value in (("email", "ada@example.com"), ("name", "Ada Lovelace"), ("owner", "rep-1"),
+                         ("timezone", "Europe/Paris"), ("tags", "vip, beta")):
+        await browser.fill(f"#c-{field}", value)
+    await browser.click("#contact-form button[type=submit]")
+    await browser.eventually(lambda: at(browser, "/app/contacts/"), what="the new contact's page")
+    contact_id = int((await browser.path()).split("/")[3])
+    assert "vip, beta" in await browser.text("main")
     event = await http.post("/events", json={"type": "blog_subscribed", "email": "ada@example.com"})
     assert event.status_code == 202 and len(event.json()["enrolled"]) == 1, event.text
 
@@ -118,6 +134,11 @@ async def test_a_marketer_installs_and_activates_a_rep_pauses_and_the_timelines_
     await browser.screenshot("enrollment")
 
 
+async def _timeline_ends(browser: Browser) -> bool:
+    text = await browser.text("#sim-timeline") + await browser.text("#sim-error")
+    return " after " in text or bool(await browser.text("#sim-error"))
+
+
 async def at(browser: Browser, prefix: str) -> bool:
     return (await browser.path()).startswith(prefix)
 
@@ -140,6 +161,13 @@ async def test_the_console_keeps_each_person_to_what_their_role_allows(site, db)
     await browser.go(f"/app/contacts/{other.id}")
     assert "Not yours to see" in await browser.text("h1") and "Other Contact" not in await browser.text("main")
     await browser.go(f"/app/contacts/{own.id}")
+    # The API's 422 lands under the field it names, and nothing is paused.
+    await browser.fill("#pause-duration", "fortnight")
+    await browser.fill("#pause-reason", "call")
+    await browser.click("#pause-form button[type=submit]")
+    await browser.eventually(lambda: browser.text("[data-error-for='duration']"), what="the duration's error")
+    assert await browser.script("return document.activeElement.id") == "pause-duration"
+    assert await browser.script("return document.getElementById('pause-duration').getAttribute('aria-invalid')") == "true"
     pause = {"duration": "2d", "reason": "call"}
     assert await browser.fetch("POST", f"/contacts/{other.id}/pause", pause) == 403
     assert await browser.fetch("POST", f"/contacts/{own.id}/pause", pause, csrf=False) == 403
@@ -151,4 +179,4 @@ async def test_the_console_keeps_each_person_to_what_their_role_allows(site, db)
     assert not await browser.has("#pause-form") and not await browser.has("#resume-form")
     assert await browser.fetch("POST", f"/contacts/{own.id}/pause", {**pause, "paused_by": "rep-1"}) == 403
     async with db.session() as session:
-        assert (await session.get(Contact, own.id)).paused_until is None
+        assert (await session.get(Contact, own.id)).paused_until is None  # by neither the rep nor the reader

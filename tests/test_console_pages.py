@@ -183,3 +183,63 @@ async def test_the_dashboard_shows_each_flows_funnel(console, db):
     for stage in ("entered 4", "sent 3 (75.0%)", "opened 2 (50.0%)", "clicked 1 (25.0%)", "reached the goal 1 (25.0%)"):
         assert stage in text, stage
     assert f"{now:%m-%d}" in text  # the day's bar
+
+
+async def test_a_count_opens_the_enrollments_behind_it(console, db):
+    from nurture.models import StepVisit
+
+    await add_templates(db)
+    flow = await add_active_flow(db)
+    people = [await add_contact(db, email=f"e{n}@example.com", name=f"Person {n}") for n in range(3)]
+    async with db.session() as session:
+        for n, (contact, step, status) in enumerate(zip(people, ["wait-2d", "wait-2d", "welcome"], ["active", "exited", "active"])):
+            enrollment = Enrollment(flow_id=flow.id, flow_version=1, contact_id=contact.id, workflow_id=f"e-{n}",
+                                    status=status, current_step=step, exit_reason="goal_met" if status == "exited" else None)
+            session.add(enrollment)
+            await session.flush()
+            for visited in ["welcome", "wait-2d"][: 2 if step == "wait-2d" else 1]:
+                for _ in range(2):  # a step entered twice (a loop) is one enrollment behind "entered"
+                    session.add(StepVisit(enrollment_id=enrollment.id, flow_id=flow.id, flow_version=1,
+                                          contact_id=contact.id, step_id=visited))
+        await session.commit()
+    await signed_in_as(console, Role.marketer)
+
+    async def behind(step: str, what: str) -> list[str]:
+        page = await console.get(f"/app/flows/{flow.id}/enrollments?step={step}&behind={what}")
+        assert page.status_code == 200
+        return sorted(re.findall(r">(Person \d)</a>", page.text))
+
+    assert await behind("wait-2d", "waiting") == ["Person 0"]
+    assert await behind("wait-2d", "exited") == ["Person 1"]
+    assert await behind("wait-2d", "entered") == ["Person 0", "Person 1"]
+    assert await behind("welcome", "entered") == ["Person 0", "Person 1", "Person 2"]
+    page = await console.get(f"/app/flows/{flow.id}/enrollments?step=welcome&behind=entered")
+    assert "3 entered welcome" in page.text
+
+
+async def test_two_versions_of_a_flow_are_shown_as_a_diff(console, db):
+    await add_templates(db)
+    csrf = await signed_in_as(console, Role.marketer)
+    first = example_definition()
+    flow_id = (await console.post("/flows", json=first, headers={"X-CSRF-Token": csrf})).json()["id"]
+    second = {**first, "steps": [dict(s, duration="3d") if s["id"] == "wait-2d" else s for s in first["steps"]]}
+    made = await console.post(f"/flows/{flow_id}/versions", json=second, headers={"X-CSRF-Token": csrf})
+    assert made.status_code == 201, made.text
+    assert f"/app/flows/{flow_id}/diff?from=1&to=2" in (await console.get(f"/app/flows/{flow_id}")).text
+    diff = await console.get(f"/app/flows/{flow_id}/diff?from=1&to=2")
+    assert diff.status_code == 200
+    assert '<span class="removed">-  duration: 2d</span>' in diff.text
+    assert '<span class="added">+  duration: 3d</span>' in diff.text
+    assert (await console.get(f"/app/flows/{flow_id}/diff?from=1&to=9")).status_code == 404
+
+
+async def test_writers_get_the_contact_and_enroll_forms_and_readers_do_not(console, db):
+    await add_templates(db)
+    flow = await add_active_flow(db)
+    await signed_in_as(console, Role.marketer)
+    assert 'id="contact-form"' in (await console.get("/app/contacts")).text
+    assert 'id="enroll-form"' in (await console.get(f"/app/flows/{flow.id}")).text
+    await signed_in_as(console, Role.read_only)
+    assert 'id="contact-form"' not in (await console.get("/app/contacts")).text
+    page = (await console.get(f"/app/flows/{flow.id}")).text
+    assert 'id="enroll-form"' not in page and 'id="deactivate-form"' not in page and "Edit as a new version" not in page

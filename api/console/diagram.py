@@ -160,7 +160,8 @@ def draw(
     box_h = 52 if compact else BOX_H
     inner_w = width_nodes * BOX_W + (width_nodes - 1) * GAP_X
     loop_room = 60 if back else 0
-    top = MARGIN + 56  # the trigger sits above the first layer
+    goal_room = 40 if flow.goal is not None else 0
+    top = MARGIN + goal_room + 56  # the goal, then the trigger, above the first layer
     width = inner_w + 2 * MARGIN + loop_room
     position: dict[str, tuple[float, float]] = {}
     for number, nodes in rows.items():
@@ -180,16 +181,20 @@ def draw(
     first = position[flow.steps[0].id]
     trigger = flow.trigger
     what = f"when {trigger.event}" if getattr(trigger, "event", None) else f"{trigger.type} trigger"
+    trigger_y = MARGIN + goal_room
     parts.append(
-        f'<g class="trigger"><rect x="{first[0] + 20}" y="{MARGIN}" width="{BOX_W - 40}" height="30" rx="15"/>'
-        f'<text x="{first[0] + BOX_W / 2}" y="{MARGIN + 20}" text-anchor="middle">{escape(what)}</text></g>'
-        f'<path class="edge" d="M{first[0] + BOX_W / 2},{MARGIN + 30} L{first[0] + BOX_W / 2},{first[1]}" marker-end="url(#arrow)"/>'
+        f'<g class="trigger"><rect x="{first[0] + 20}" y="{trigger_y}" width="{BOX_W - 40}" height="30" rx="15"/>'
+        f'<text x="{first[0] + BOX_W / 2}" y="{trigger_y + 20}" text-anchor="middle">{escape(what)}</text></g>'
+        f'<path class="edge" d="M{first[0] + BOX_W / 2},{trigger_y + 30} L{first[0] + BOX_W / 2},{first[1]}" marker-end="url(#arrow)"/>'
     )
     if flow.goal is not None:
-        goal = flow.goal.event or "a condition"
+        # Above everything: the goal ends the enrollment at any step.
+        goal = f"goal: {flow.goal.event or 'a condition'} → exit"
+        w = min(max(BOX_W - 20, 7 * len(goal) + 16), width - 8)
+        gx = min(max(4, first[0] + BOX_W / 2 - w / 2), width - 4 - w)
         parts.append(
-            f'<g class="goal"><rect x="{MARGIN}" y="{MARGIN}" width="170" height="30" rx="4"/>'
-            f'<text x="{MARGIN + 85}" y="{MARGIN + 20}" text-anchor="middle">goal: {escape(goal)} → exit</text></g>'
+            f'<g class="goal"><rect x="{gx}" y="{MARGIN}" width="{w}" height="30" rx="4"/>'
+            f'<text x="{gx + w / 2}" y="{MARGIN + 20}" text-anchor="middle">{escape(goal)}</text></g>'
         )
     for edge in edges:
         parts.append(_edge_svg(edge, position, box_h, (edge.source, edge.target) in back, inner_w + MARGIN))

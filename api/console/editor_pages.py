@@ -4,17 +4,18 @@ the check below only reads."""
 
 from __future__ import annotations
 
-from typing import Any
+import difflib
+from typing import Annotated, Any
 
 import yaml
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from api import crud
 from api.console.diagram import draw
 from api.console.rendering import page, require
-from api.deps import CallerDep, FlowId, SessionDep, SettingsDep
+from api.deps import MAX_ID, CallerDep, FlowId, SessionDep, SettingsDep
 from nurture.flow import FlowDefinition, FlowInvalid, load_flow, parse_flow_text
 from nurture.flow.source_lines import line_of, syntax_error_line
 
@@ -37,8 +38,17 @@ steps:
 """
 
 
+def _without_empty(value: Any) -> Any:
+    """Stored definitions spell out every default list and mapping: the editor shows what was written."""
+    if isinstance(value, dict):
+        return {k: _without_empty(v) for k, v in value.items() if v not in ([], {}, None)}
+    if isinstance(value, list):
+        return [_without_empty(v) for v in value]
+    return value
+
+
 def as_yaml(definition: dict[str, Any]) -> str:
-    return yaml.safe_dump(definition, sort_keys=False, allow_unicode=True, width=100)
+    return yaml.safe_dump(_without_empty(definition), sort_keys=False, allow_unicode=True, width=100)
 
 
 @router.get("/flows/new", response_class=HTMLResponse)
@@ -88,3 +98,21 @@ async def check(request: Request, session: SessionDep, settings: SettingsDep, ca
             "definition": structure.model_dump(mode="json", by_alias=True, exclude_none=True) if structure else None,
         }
     )
+
+
+@router.get("/flows/{flow_id}/diff", response_class=HTMLResponse)
+async def version_diff(
+    request: Request,
+    flow_id: FlowId,
+    session: SessionDep,
+    caller: CallerDep,
+    before: Annotated[int, Query(ge=1, le=MAX_ID, alias="from")],
+    after: Annotated[int, Query(ge=1, le=MAX_ID, alias="to")],
+) -> Response:
+    """Two versions of a flow side by side as a unified diff of their YAML."""
+    require(caller, "GET", "/flows/{flow_id}")
+    flow = await crud.flow_or_404(session, flow_id)
+    old = as_yaml((await crud.version_or_404(session, flow_id, before)).definition).splitlines()
+    new = as_yaml((await crud.version_or_404(session, flow_id, after)).definition).splitlines()
+    lines = list(difflib.unified_diff(old, new, f"version {before}", f"version {after}", lineterm="", n=3))
+    return page(request, "diff.html", flow=flow, before=before, after=after, lines=lines)

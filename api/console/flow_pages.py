@@ -104,8 +104,13 @@ async def enrollments_behind(
         Enrollment.flow_id == flow_id
     )
     if behind == "entered":
-        visited = select(StepVisit.enrollment_id).where(StepVisit.flow_id == flow_id, StepVisit.step_id == step)
-        query = query.where(col(Enrollment.id).in_(visited))
+        visited = (
+            select(StepVisit.enrollment_id)
+            .where(StepVisit.flow_id == flow_id, StepVisit.step_id == step)
+            .distinct()
+            .subquery()
+        )
+        query = query.join(visited, visited.c.enrollment_id == Enrollment.id)
     else:
         query = query.where(Enrollment.current_step == step, Enrollment.status == ("active" if behind == "waiting" else "exited"))
     total = (await session.exec(select(func.count()).select_from(query.subquery()))).one()
