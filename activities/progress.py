@@ -57,29 +57,43 @@ async def apply_progress(session: AsyncSession, report: ProgressReport) -> bool:
     return applied
 
 
+def _report_update(ends: bool) -> sa.Update:
+    values = {
+        "progress_seq": sa.bindparam("seq"),
+        "run_id": sa.func.coalesce(ENROLLMENTS.c.run_id, sa.bindparam("run_id")),
+        "status": sa.bindparam("status"),
+        "current_step": sa.bindparam("current_step"),
+        "paused": sa.bindparam("paused"),
+        "exit_reason": sa.bindparam("exit_reason"),
+        "updated_at": sa.bindparam("now", type_=ENROLLMENTS.c.updated_at.type),
+    }
+    if ends:
+        values["ended_at"] = sa.func.coalesce(ENROLLMENTS.c.ended_at, sa.bindparam("at", type_=ENROLLMENTS.c.ended_at.type))
+    return (
+        sa.update(ENROLLMENTS)
+        .where(ENROLLMENTS.c.id == sa.bindparam("row"), ENROLLMENTS.c.progress_seq < sa.bindparam("seq"))
+        .values(values)
+    )
+
+
+# Built once: a report is written at every rest and send of every enrollment.
+_TAKE_REPORT = {ends: _report_update(ends) for ends in (False, True)}
+_ROW_LOCKED = sa.select(ENROLLMENTS.c.id).where(ENROLLMENTS.c.id == sa.bindparam("row")).with_for_update()
+
+
 async def _take_report(session: AsyncSession, report: ProgressReport) -> bool:
     """One conditional UPDATE, which locks the row until the transaction ends as a SELECT FOR UPDATE
     would: the row takes the report unless it already has this one or a newer one."""
-    values = {
-        "progress_seq": report.seq,
-        "run_id": sa.func.coalesce(ENROLLMENTS.c.run_id, report.run_id),
-        "status": report.status,
-        "current_step": report.current_step,
-        "paused": report.paused,
-        "exit_reason": report.exit_reason,
-        "updated_at": utcnow(),
+    ends = report.status != "active"
+    params = {
+        "row": report.enrollment_id, "seq": report.seq, "run_id": report.run_id, "status": report.status,
+        "current_step": report.current_step, "paused": report.paused, "exit_reason": report.exit_reason,
+        "now": utcnow(), "at": report.at,
     }
-    if report.status != "active":
-        values["ended_at"] = sa.func.coalesce(ENROLLMENTS.c.ended_at, report.at)
-    taken = await session.exec(
-        sa.update(ENROLLMENTS)
-        .where(ENROLLMENTS.c.id == report.enrollment_id, ENROLLMENTS.c.progress_seq < report.seq)
-        .values(values)
-    )
+    taken = await session.exec(_TAKE_REPORT[ends], params=params)
     if taken.rowcount:
         return True
-    row = sa.select(ENROLLMENTS.c.id).where(ENROLLMENTS.c.id == report.enrollment_id).with_for_update()
-    if (await session.exec(row)).first() is None:
+    if (await session.exec(_ROW_LOCKED, params={"row": report.enrollment_id})).first() is None:
         raise row_missing(report)
     return False
 
