@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import sqlalchemy as sa
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
@@ -21,6 +22,8 @@ from nurture.db import Database
 from nurture.logging import get_logger
 from nurture.models import Contact, Enrollment, StepVisit, utcnow
 
+ENROLLMENTS = Enrollment.__table__
+
 # With the retry policies' backoff (1-2 s doubling), about two minutes for the starter to commit.
 ROW_WAIT_ATTEMPTS = 8
 
@@ -31,15 +34,13 @@ async def apply_progress(session: AsyncSession, report: ProgressReport) -> bool:
     The row takes the newest report only (by ``seq``); the steps a report entered are added
     whatever its number, once each, so a late report overtaken by a newer one loses none.
     """
-    enrollment = await session.get(Enrollment, report.enrollment_id, with_for_update=True)
-    if enrollment is None:
-        raise row_missing(report)
+    applied = await _take_report(session, report)
     if report.entered and await session.get(Contact, report.contact_id) is None:
         report = report.model_copy(update={"entered": []})  # deleted under the enrollment: no visit can refer to it
     if report.entered:  # per-step statistics (nurture/analytics.py), each entry once
-        # Each entry rides in exactly one report: one the row has not reached yet holds only new
-        # entries, one it has (a retried activity, a late report) may hold some already written.
-        seen = await _entries_written(session, report) if enrollment.progress_seq >= report.seq else set()
+        # Each entry rides in exactly one report: one the row took holds only new entries, one it
+        # did not (a retried activity, a late report) may hold some already written.
+        seen = set() if applied else await _entries_written(session, report)
         for entry in report.entered:
             if (entry.step_id, entry.at) not in seen:
                 session.add(
@@ -53,19 +54,48 @@ async def apply_progress(session: AsyncSession, report: ProgressReport) -> bool:
                         entered_at=entry.at,
                     )
                 )
-    if enrollment.progress_seq >= report.seq:
-        return False
-    enrollment.progress_seq = report.seq
-    enrollment.run_id = enrollment.run_id or report.run_id
-    enrollment.status = report.status
-    enrollment.current_step = report.current_step
-    enrollment.paused = report.paused
-    enrollment.exit_reason = report.exit_reason
-    if report.status != "active" and enrollment.ended_at is None:
-        enrollment.ended_at = report.at
-    enrollment.updated_at = utcnow()
-    session.add(enrollment)
-    return True
+    return applied
+
+
+def _report_update(ends: bool) -> sa.Update:
+    values = {
+        "progress_seq": sa.bindparam("seq"),
+        "run_id": sa.func.coalesce(ENROLLMENTS.c.run_id, sa.bindparam("run_id")),
+        "status": sa.bindparam("status"),
+        "current_step": sa.bindparam("current_step"),
+        "paused": sa.bindparam("paused"),
+        "exit_reason": sa.bindparam("exit_reason"),
+        "updated_at": sa.bindparam("now", type_=ENROLLMENTS.c.updated_at.type),
+    }
+    if ends:
+        values["ended_at"] = sa.func.coalesce(ENROLLMENTS.c.ended_at, sa.bindparam("at", type_=ENROLLMENTS.c.ended_at.type))
+    return (
+        sa.update(ENROLLMENTS)
+        .where(ENROLLMENTS.c.id == sa.bindparam("row"), ENROLLMENTS.c.progress_seq < sa.bindparam("seq"))
+        .values(values)
+    )
+
+
+# Built once: a report is written at every rest and send of every enrollment.
+_TAKE_REPORT = {ends: _report_update(ends) for ends in (False, True)}
+_ROW_LOCKED = sa.select(ENROLLMENTS.c.id).where(ENROLLMENTS.c.id == sa.bindparam("row")).with_for_update()
+
+
+async def _take_report(session: AsyncSession, report: ProgressReport) -> bool:
+    """One conditional UPDATE, which locks the row until the transaction ends as a SELECT FOR UPDATE
+    would: the row takes the report unless it already has this one or a newer one."""
+    ends = report.status != "active"
+    params = {
+        "row": report.enrollment_id, "seq": report.seq, "run_id": report.run_id, "status": report.status,
+        "current_step": report.current_step, "paused": report.paused, "exit_reason": report.exit_reason,
+        "now": utcnow(), "at": report.at,
+    }
+    taken = await session.exec(_TAKE_REPORT[ends], params=params)
+    if taken.rowcount:
+        return True
+    if (await session.exec(_ROW_LOCKED, params={"row": report.enrollment_id})).first() is None:
+        raise row_missing(report)
+    return False
 
 
 async def _entries_written(session: AsyncSession, report: ProgressReport) -> set[tuple[str, datetime]]:

@@ -50,12 +50,13 @@ class Database:
 
 
 def worker_database(url: str, settings: Settings) -> Database:
-    """The worker's database: its pool sized from the worker's activity slots (settings), and no
-    ping before each use (a round trip per transaction, a tenth of a busy worker's CPU): a
-    connection broken by a database restart fails one activity attempt, which Temporal retries,
-    and the pool replaces every connection opened before the failure."""
-    in_memory = make_url(async_database_url(url)).database in (None, "", ":memory:")
-    if in_memory:
+    """The worker's database. On PostgreSQL its pool is sized from the worker's activity slots
+    (settings), and a connection is not pinged before each use (a round trip per transaction, a
+    tenth of a busy worker's CPU): one broken by a database restart fails one activity attempt,
+    which Temporal retries, and the pool replaces every connection opened before the failure.
+    SQLite has one writer: more connections would only wait on its lock, first come not first
+    served, so the worker keeps the default pool there, whose queue is."""
+    if make_url(async_database_url(url)).get_backend_name() == "sqlite":
         return Database(url)
     return Database(url, pool_size=settings.worker_database_connections, pool_pre_ping=False)
 

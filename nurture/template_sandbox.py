@@ -11,14 +11,17 @@ to pickle across the process boundary.
 
 from __future__ import annotations
 
+import functools
 import math
 import resource
 from typing import Any
 
-from jinja2 import ChainableUndefined, TemplateSyntaxError, Undefined
+from jinja2 import ChainableUndefined, Template, TemplateSyntaxError, Undefined
 from jinja2.sandbox import SandboxedEnvironment
 
 Outcome = tuple[Any, str | None]
+# Compiled templates each render process keeps (by source).
+TEMPLATES_KEPT = 256
 
 
 class TooLarge(Exception):
@@ -87,12 +90,18 @@ def limit_memory(megabytes: int) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit if hard < 0 else min(limit, hard), hard))
 
 
+@functools.lru_cache(maxsize=TEMPLATES_KEPT)
+def _compiled(mode: str, lenient: bool, source: str) -> Template:
+    # Compiling costs more than rendering, and every send of a step renders the same sources.
+    return _ENVIRONMENTS[(mode, lenient)].from_string(source)
+
+
 def render(source: str, mode: str, context: dict[str, Any], max_bytes: int, lenient: bool = False) -> Outcome:
     """Render ``source`` (mode ``html`` autoescapes) within ``max_bytes`` of output."""
-    env = _ENVIRONMENTS[("html" if mode == "html" else "plain", lenient)]
-    env.max_bytes = max_bytes
+    key = "html" if mode == "html" else "plain"
+    _ENVIRONMENTS[(key, lenient)].max_bytes = max_bytes
     try:
-        template = env.from_string(source)
+        template = _compiled(key, lenient, source)
         return _collect(template.generate(context), max_bytes), None
     except Exception as exc:  # noqa: BLE001 - every failure of a template is the template's
         return None, reason(exc)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import sqlalchemy as sa
+from sqlalchemy.orm.attributes import set_committed_value
 from jinja2 import TemplateError
 from sqlmodel import select
 from temporalio import activity
@@ -28,6 +30,7 @@ from nurture.models import Contact, Message, MessageStatus, Template, utcnow
 from nurture.snapshots import contact_snapshot
 
 FINAL = {MessageStatus.sent, MessageStatus.refused, MessageStatus.failed}
+MESSAGES = Message.__table__
 
 
 class EmailActivities:
@@ -62,6 +65,8 @@ class EmailActivities:
             if isinstance(reserved, SendEmailResult):
                 return reserved
             message, contact, template = reserved
+            # From here the row changes by plain UPDATEs (_record); the error paths add it back.
+            session.expunge(message)
 
             context: dict = {"contact": contact_snapshot(contact).fields()}
             links: dict[str, str] = {}
@@ -82,21 +87,18 @@ class EmailActivities:
             if self.tracker is not None:
                 rendered.html = self.tracker.apply(rendered.html, message.id, input.scheduled_at)
 
-            message.subject, message.html, message.text = rendered.subject, rendered.html, rendered.text
-            message.provider = self.provider.name
-            message.variant = input.variant
-            message.status = MessageStatus.sending
-            session.add(message)
-            await session.commit()  # the attempt is on record before the provider sees it
+            # The attempt is on record before the provider sees it.
+            await _record(
+                session, message, subject=rendered.subject, html=rendered.html, text=rendered.text,
+                provider=self.provider.name, variant=input.variant, status=MessageStatus.sending,
+            )
 
             async def record_sent(provider_id: str) -> None:
                 # Called the moment the provider has the message: nothing may come in between.
-                message.status = MessageStatus.sent
-                message.provider_message_id = provider_id
-                message.sent_at = utcnow()
-                message.error = None
-                session.add(message)
-                await session.commit()
+                await _record(
+                    session, message, status=MessageStatus.sent, provider_message_id=provider_id, sent_at=utcnow(),
+                    error=None,
+                )
 
             try:
                 provider_id = await self.provider.deliver(
@@ -189,6 +191,15 @@ class EmailActivities:
         session.add(message)
         await session.commit()  # reserved: it counts against the cap, and its id goes into the links
         return message, contact, template
+
+
+async def _record(session, message: Message, **values) -> None:
+    """Change the message and its row in one UPDATE, committed (no unit of work: a send does this twice).
+    The object takes the values as the row's own, so a later flush (an error path) sees what changed since."""
+    await session.exec(sa.update(MESSAGES).where(MESSAGES.c.id == message.id).values(values))
+    await session.commit()
+    for name, value in values.items():
+        set_committed_value(message, name, value)
 
 
 async def _retry_later(
