@@ -97,10 +97,14 @@ class Poster:
             return await self._post(path, payload)
         except (OSError, asyncio.IncompleteReadError, IndexError):
             # uvicorn closes a connection idle for 5 s: a reused one may be gone; once more, afresh.
-            return await self._post(path, payload)
+            return await self._post(path, payload, fresh=True)
 
-    async def _post(self, path: str, payload: bytes) -> tuple[int, bytes]:
-        reader, writer = await self._connection()
+    async def _post(self, path: str, payload: bytes, fresh: bool = False) -> tuple[int, bytes]:
+        if fresh:
+            self.opened += 1
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        else:
+            reader, writer = await self._connection()
         try:
             writer.write(
                 f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
@@ -279,7 +283,9 @@ async def goal_rate(engine: Engine, http: httpx.AsyncClient, flow, rate: int, du
         "sent_per_s": round(n / sending, 1),
         "post": quantiles(answered, 50, 99) | {"samples": len(answered), "failures": failures},
         "goal_to_closed": quantiles(to_close, 50, 95, 99) | {"samples": len(to_close), "not_closed": n - len(to_close)},
-        # The API's CPU per event, accepting and routing (the rest of the machine is shared).
+        # The machine is shared: its load while this rate ran, and the API's CPU per event
+        # (accepting and routing), which the load does not inflate as much as the times.
+        "load_average_1m": round(os.getloadavg()[0], 2),
         "api_cpu_ms_per_event": round(api_cpu * 1000 / n, 2),
         "bulk_setup": {k: enrolled[k] for k in ("n", "enrollments_per_s")},
     }
@@ -379,6 +385,9 @@ async def run_backend(name: str, env, args, workdir: Path) -> dict[str, Any]:
                 for rate in args.rates:
                     print(f"[{name}] {rate} ev/s ...", file=sys.stderr, flush=True)
                     rates.append(await goal_rate(engine, http, flow, rate, args.duration, args.wait, done, stack, poster))
+                    # uvicorn closes connections idle for 5 s: the next rate starts with new ones.
+                    await poster.close()
+                    poster = Poster(stack.port)
                     print(f"[{name}]   {json.dumps(rates[-1])}", file=sys.stderr, flush=True)
                 await poster.close()
                 batch = None
@@ -394,15 +403,15 @@ async def run_backend(name: str, env, args, workdir: Path) -> dict[str, Any]:
 
 def table(results: dict[str, Any]) -> str:
     lines = [
-        "| rate | database | sent/s | POST answered p50 / p99 | goal -> closed p50 / p95 / p99 | not closed | API CPU per event |",
-        "|---|---|---|---|---|---|---|",
+        "| rate | database | sent/s | POST answered p50 / p99 | goal -> closed p50 / p95 / p99 | not closed | API CPU per event | load |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for run in results["backends"]:
         for r in run["rates"]:
             p, g = r["post"], r["goal_to_closed"]
             lines.append(
                 f"| {r['rate']} ev/s | {run['backend']} | {r['sent_per_s']} | {p['p50_ms']} / {p['p99_ms']} ms | "
-                f"{g['p50_ms']} / {g['p95_ms']} / {g['p99_ms']} ms | {g['not_closed']} | {r.get('api_cpu_ms_per_event', '—')} ms |"
+                f"{g['p50_ms']} / {g['p95_ms']} / {g['p99_ms']} ms | {g['not_closed']} | {r.get('api_cpu_ms_per_event', '—')} ms | {r.get('load_average_1m', '—')} |"
             )
     for run in results["backends"]:
         if run.get("batch"):

@@ -289,9 +289,11 @@ class EventInbox:
         routed = 0
         for event in events:
             try:
+                # The event first: the enrollments it concerns hear it (and are reported) before the
+                # unsubscribed contact makes them exit.
+                outcome = Routed.of(await enroller.route_event(session, contact, event, triggers))
                 if event.type in UNSUBSCRIBE_EVENTS:
                     await enroller.contact_changed(session, contact)
-                outcome = Routed.of(await enroller.route_event(session, contact, event, triggers))
                 event.inbox_status = ROUTED
                 event.routing = outcome.as_json()
                 session.add(event)

@@ -17,7 +17,7 @@ from temporalio.testing import WorkflowEnvironment
 from api.main import create_app
 from nurture.enrolling import Enroller
 from nurture.event_inbox import EventInbox
-from nurture.models import Contact, Enrollment, EnrollmentStatus, Event
+from nurture.models import Enrollment, EnrollmentStatus, Event
 from tests.api_support import active_example_flow, count_rows, create_template
 from tests.conftest import _binary, eventually
 
