@@ -284,8 +284,9 @@ class CrmActivities:
 
     @activity.defn(name="sync_crm_deals")
     async def sync_crm_deals(self, input: SyncPageInput) -> SyncPageResult:
-        """One page of deals modified since ``input.since``, for CRMs that do not push deal changes
-        (Salesforce opportunities): a stage that moved becomes a deal_stage_changed event."""
+        """One page of deals modified since ``input.since`` (Salesforce opportunities, which are not
+        pushed; HubSpot deals, whose webhooks may be missed): a stage that moved becomes a
+        deal_stage_changed event, once, whichever way it arrived first."""
         if self.client is None:
             raise ApplicationError("this worker has no Temporal client", non_retryable=True)
         mapping = await mapping_with_owners(self.settings, self.connector)
@@ -311,7 +312,7 @@ class CrmActivities:
                         contact = (await inbound.contact_record(session, record)).contact if record else None
                     if contact is not None:
                         contacts.append(contact)
-                modified = parse_crm_time(str(deal.properties.get("SystemModstamp") or "")) or utcnow()
+                modified = deal.updated_at or parse_crm_time(str(deal.properties.get("SystemModstamp") or "")) or utcnow()
                 recorded = await inbound.deal_stage(
                     session, deal, contacts, f"deal:{deal.id}:{modified.isoformat()}", modified, only_if_moved=True
                 )

@@ -491,3 +491,29 @@ async def test_contacts_created_here_are_upserted_to_hubspot_by_email_in_batches
     assert contacts["known@example.com"].crm_id == by_email["known@example.com"].id
     assert contacts["lead7@example.com"].crm_id == by_email["lead7@example.com"].id
     assert {w.status for w in await writes(db) if w.kind == "upsert"} == {"done"}
+
+
+async def test_a_deal_webhook_that_never_came_is_caught_by_the_next_sync_once(hubspot, crm_api, db, client, crm_settings):
+    record, contact = await linked_contact(hubspot, crm_api, db)
+    deal = hubspot.put("deals", {"dealstage": "appointmentscheduled", "dealname": "Ada's engines"}, {"contacts": [record.id]})
+
+    async def stages() -> list[str]:
+        async with db.session() as s:
+            found = (await s.exec(select(Event).where(Event.contact_id == contact.id, Event.type == "deal_stage_changed")
+                                  .order_by(Event.id))).all()
+        return [e.properties["stage"] for e in found]
+
+    await sync(client, crm_settings)
+    assert await stages() == ["appointmentscheduled"]
+    await sync(client, crm_settings)
+    assert await stages() == ["appointmentscheduled"]  # read again, not moved: nothing new
+
+    late = hubspot.change("deals", deal.id, {"dealstage": "closedwon"})  # the webhook is lost
+    await sync(client, crm_settings)
+    assert await stages() == ["appointmentscheduled", "closedwon"]
+    searches = [r for r in hubspot.requests if r[1] == "/crm/v3/objects/deals/search"]
+    assert searches and all(status == 200 for _, _, status in searches)
+
+    answer = await hubspot.deliver(crm_api, WEBHOOK, late)  # it arrives after all
+    assert answer.status_code == 200 and answer.json()["events"] == 0
+    assert await stages() == ["appointmentscheduled", "closedwon"]
