@@ -29,7 +29,7 @@ from nurture.crm.contracts import (
 )
 from nurture.crm.inbound import CrmInbound
 from nurture.crm.mapping import parse_crm_time
-from nurture.crm.writes import CONTACT, NOTE, queue_write
+from nurture.crm.writes import CONTACT, NOTE, UPSERT, queue_write
 from nurture.db import Database
 from nurture.enrolling import Enroller
 from nurture.event_types import EMAIL_BOUNCED, EMAIL_CLICKED, EMAIL_COMPLAINED, EMAIL_OPENED, UNSUBSCRIBE_EVENTS
@@ -42,6 +42,11 @@ from nurture.snapshots import contact_snapshot
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Engagement worth a line on the CRM timeline.
 TIMELINE_EVENTS = {EMAIL_OPENED, EMAIL_CLICKED, EMAIL_BOUNCED, EMAIL_COMPLAINED, *UNSUBSCRIBE_EVENTS}
+
+
+def _heartbeat() -> None:
+    if activity.in_activity():
+        activity.heartbeat()
 
 
 class CrmActivities:
@@ -65,7 +70,13 @@ class CrmActivities:
                     .limit(input.limit)
                 )
             ).all()
+            upserts = [row for row in rows if row.kind == UPSERT]
+            if len(upserts) > 1:
+                result.pushed += await self._upsert_batch(session, upserts)
             for row in rows:
+                if row.status != CrmWriteStatus.queued:
+                    continue  # pushed in the batch above
+                _heartbeat()
                 log = get_logger(contact_id=row.contact_id, key=row.idempotency_key, kind=row.kind)
                 try:
                     row.crm_record_id = await self._push(session, row)
@@ -105,10 +116,46 @@ class CrmActivities:
             ).one()
         return result
 
+    async def _upsert_batch(self, session, rows: list[CrmWrite]) -> int:
+        """Contacts created here, upserted by email in the CRM's batch calls (HubSpot: 100 a call).
+
+        A CRM that is down leaves the rows queued (the loop after tries each and defers); a batch
+        the CRM refuses is left to that loop too, which finds the one record it refuses.
+        """
+        ids = [row.contact_id for row in rows]
+        contacts = {c.id: c for c in (await session.exec(select(Contact).where(col(Contact.id).in_(ids)))).all()}
+        mapping = mapping_for(self.settings)
+        records = {
+            c.email.lower(): mapping.outbound_properties(contact_snapshot(c).fields()) for c in contacts.values()
+        }
+        _heartbeat()
+        try:
+            answered = await self.connector.upsert_contacts(list(records.items()))
+        except (CrmUnavailable, CrmRejected) as exc:
+            get_logger(provider=self.connector.provider).warning("crm_upsert_batch_failed", rows=len(rows), error=str(exc))
+            return 0
+        done, pushed = utcnow(), 0
+        for row in rows:
+            contact = contacts.get(row.contact_id)
+            crm_id = answered.get(contact.email.lower()) if contact is not None else None
+            if contact is None or crm_id is None:
+                continue  # the loop after says why, row by row
+            contact.crm_id = crm_id
+            session.add(contact)
+            row.attempts += 1
+            row.status, row.done_at, row.last_error, row.crm_record_id = CrmWriteStatus.done, done, None, crm_id
+            session.add(row)
+            CRM_WRITES.labels(self.connector.provider, "done").inc()
+            pushed += 1
+        await session.commit()  # the batch's own commit: a crash after it does not repeat it
+        return pushed
+
     async def _push(self, session, row: CrmWrite) -> str:
         contact = await session.get(Contact, row.contact_id)
         if contact is None:
             raise CrmRejected(f"contact {row.contact_id} no longer exists")
+        if row.kind == UPSERT:
+            return await self._upserted(session, contact)
         crm_id = await self._crm_id(session, contact)
         if row.kind == CONTACT:
             wanted: dict[str, str] = dict(row.payload.get("properties") or {})
@@ -136,6 +183,9 @@ class CrmActivities:
         """The contact's CRM id; a contact the CRM does not have yet is upserted there by email."""
         if contact.crm_id:
             return contact.crm_id
+        return await self._upserted(session, contact)
+
+    async def _upserted(self, session, contact: Contact) -> str:
         mapping = mapping_for(self.settings)
         properties = mapping.outbound_properties(contact_snapshot(contact).fields())
         ids = await self.connector.upsert_contacts([(contact.email.lower(), properties)])
@@ -234,8 +284,9 @@ class CrmActivities:
 
     @activity.defn(name="sync_crm_deals")
     async def sync_crm_deals(self, input: SyncPageInput) -> SyncPageResult:
-        """One page of deals modified since ``input.since``, for CRMs that do not push deal changes
-        (Salesforce opportunities): a stage that moved becomes a deal_stage_changed event."""
+        """One page of deals modified since ``input.since`` (Salesforce opportunities, which are not
+        pushed; HubSpot deals, whose webhooks may be missed): a stage that moved becomes a
+        deal_stage_changed event, once, whichever way it arrived first."""
         if self.client is None:
             raise ApplicationError("this worker has no Temporal client", non_retryable=True)
         mapping = await mapping_with_owners(self.settings, self.connector)
@@ -261,7 +312,7 @@ class CrmActivities:
                         contact = (await inbound.contact_record(session, record)).contact if record else None
                     if contact is not None:
                         contacts.append(contact)
-                modified = parse_crm_time(str(deal.properties.get("SystemModstamp") or "")) or utcnow()
+                modified = deal.updated_at or parse_crm_time(str(deal.properties.get("SystemModstamp") or "")) or utcnow()
                 recorded = await inbound.deal_stage(
                     session, deal, contacts, f"deal:{deal.id}:{modified.isoformat()}", modified, only_if_moved=True
                 )

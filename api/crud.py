@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import HTTPException, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
+import sqlalchemy as sa
 from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
@@ -19,7 +20,8 @@ from nurture.flow import FlowDefinition, Problem
 from nurture.flow.language import EventTrigger, SendEmailStep
 from nurture.contracts import ContactSnapshot
 from nurture.logging import get_logger
-from nurture.models import Contact, Enrollment, Event, Flow, FlowVersion, Template, utcnow
+from nurture.crm.writes import UPSERT, queue_upsert as queue_crm_upsert  # noqa: F401 (for the routers)
+from nurture.models import Contact, CrmWrite, Enrollment, Event, Flow, FlowVersion, Template, utcnow
 from nurture.snapshots import contact_snapshot
 
 
@@ -76,6 +78,8 @@ async def forget_new_contact(db: Database, contact_id: int) -> None:
         async with db.session() as session:
             contact = await session.get(Contact, contact_id)
             if contact is not None:
+                # Its queued CRM upsert goes with it (and stays when the contact must).
+                await session.exec(sa.delete(CrmWrite).where(CrmWrite.contact_id == contact_id, CrmWrite.kind == UPSERT))
                 await session.delete(contact)
                 await session.commit()
     except IntegrityError:

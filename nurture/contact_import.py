@@ -29,11 +29,12 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from nurture import import_formats
 from nurture.contact_changes import apply_contact_changes
+from nurture.crm.writes import UPSERT, queue_upserts
 from nurture.db import Database
 from nurture.enrolling import Enroller, TemporalUnavailable
 from nurture.import_formats import FileRefused, Format, RawRow, RowLimits
 from nurture.logging import get_logger
-from nurture.models import Contact, Enrollment, EnrollmentStatus, SubscriptionStatus, utcnow
+from nurture.models import Contact, CrmWrite, Enrollment, EnrollmentStatus, SubscriptionStatus, utcnow
 from nurture.settings import Settings
 from nurture.snapshots import contact_snapshot
 
@@ -222,6 +223,11 @@ class ContactImporter:
                 running = await self._with_running_enrollments(
                     session, [t.contact.id for t in written if t.stored and not t.created]
                 )
+                # With a CRM connected, the contacts created here are upserted there (one insert per chunk).
+                await queue_upserts(
+                    session, self.settings, self.db.engine.dialect.name,
+                    [(t.contact.id, t.contact.email) for t in written if t.stored and t.created],
+                )
             await session.commit()
 
         told = [t for t in written if t.stored and (self.trigger_flows or t.contact.id in running)]
@@ -300,6 +306,9 @@ class ContactImporter:
                     if target.previous is None:
                         try:
                             async with session.begin_nested():
+                                await session.exec(sa.delete(CrmWrite.__table__).where(  # type: ignore[attr-defined]
+                                    CrmWrite.contact_id == target.contact.id, CrmWrite.kind == UPSERT
+                                ))
                                 await session.exec(sa.delete(CONTACTS).where(where))
                         except IntegrityError:
                             pass  # an enrollment started for it already: it stays

@@ -316,21 +316,22 @@ async def test_the_crm_down_then_rate_limited_loses_and_doubles_no_write(hubspot
 
     assert failed.pushed == 0 and "503" in failed.error
     status = (await crm_api.get("/crm/status")).json()
-    assert status["connected"] is False and status["writes"]["queued"] == 4
+    # The newcomer's upsert (created here), then each contact's MQL update and task.
+    assert status["connected"] is False and status["writes"]["queued"] == 5
     assert "503" in status["last_error"]
 
     hubspot.down = False
     hubspot.fail_next(1, 429, retry_after=1)
     recovered = await sync(client, crm_settings)
 
-    assert recovered.pushed == 4 and recovered.error is None
-    assert [w.status for w in await writes(db)] == ["done"] * 4
+    assert recovered.pushed == 5 and recovered.error is None
+    assert [w.status for w in await writes(db)] == ["done"] * 5
     assert len(hubspot.objects["tasks"]) == 2
     new_id = next(o.id for o in hubspot.objects["contacts"].values() if o.properties["email"] == "new@example.com")
     assert hubspot.objects["contacts"][new_id].properties["lifecyclestage"] == "marketingqualifiedlead"
     assert any(status == 429 for _, _, status in hubspot.requests)
     status = (await crm_api.get("/crm/status")).json()
-    assert status["connected"] is True and status["writes"] == {"queued": 0, "done": 4, "failed": 0}
+    assert status["connected"] is True and status["writes"] == {"queued": 0, "done": 5, "failed": 0}
 
 
 async def test_opens_clicks_and_unsubscribes_are_logged_on_the_crm_timeline_once(hubspot, crm_api, db, client, crm_settings):
@@ -454,3 +455,65 @@ async def test_the_worker_schedules_the_reconciliation_that_imports_crm_contacts
             assert contact.owner == "rep-jane" and contact.crm_id is not None
     finally:
         await schedule.delete()
+
+
+# --- contacts created here ---------------------------------------------------------------------
+
+
+async def test_contacts_created_here_are_upserted_to_hubspot_by_email_in_batches_of_100(
+    hubspot, crm_api, db, client, crm_settings
+):
+    hubspot.put("contacts", {"email": "known@example.com", "company": "Old"})
+    created = await crm_api.post("/contacts", json={"email": "Lin@Example.com", "company": "Lin Co"})
+    assert created.status_code == 201, created.text
+    rows = "\n".join(f"lead{i}@example.com,Co {i}" for i in range(150))
+    imported = await crm_api.post(
+        "/contacts/import", content=f"email,company\nknown@example.com,New\n{rows}\n", headers={"content-type": "text/csv"}
+    )
+    assert imported.status_code == 200, imported.text
+    queued = [w for w in await writes(db) if w.kind == "upsert"]
+    assert len(queued) == 152  # one per contact created here, in the transaction that created it
+    assert (await crm_api.post("/contacts", json={"email": "lin@example.com", "company": "Lin & Co"})).status_code == 200
+    assert len([w for w in await writes(db) if w.kind == "upsert"]) == 152  # an update is no new contact
+
+    await sync(client, crm_settings)
+    await sync(client, crm_settings)
+
+    upserts = [r for r in hubspot.requests if r[1].endswith("/contacts/batch/upsert")]
+    assert [r[2] for r in upserts] == [200, 200]  # 152 contacts in two calls of at most 100
+    by_email = {o.properties.get("email"): o for o in hubspot.objects["contacts"].values()}
+    assert len(by_email) == 152
+    assert by_email["lin@example.com"].properties["company"] == "Lin & Co"
+    assert by_email["lead149@example.com"].properties["company"] == "Co 149"
+    assert by_email["known@example.com"].properties["company"] == "New"  # found by email, not doubled
+    async with db.session() as s:
+        contacts = {c.email: c for c in (await s.exec(select(Contact))).all()}
+    assert contacts["known@example.com"].crm_id == by_email["known@example.com"].id
+    assert contacts["lead7@example.com"].crm_id == by_email["lead7@example.com"].id
+    assert {w.status for w in await writes(db) if w.kind == "upsert"} == {"done"}
+
+
+async def test_a_deal_webhook_that_never_came_is_caught_by_the_next_sync_once(hubspot, crm_api, db, client, crm_settings):
+    record, contact = await linked_contact(hubspot, crm_api, db)
+    deal = hubspot.put("deals", {"dealstage": "appointmentscheduled", "dealname": "Ada's engines"}, {"contacts": [record.id]})
+
+    async def stages() -> list[str]:
+        async with db.session() as s:
+            found = (await s.exec(select(Event).where(Event.contact_id == contact.id, Event.type == "deal_stage_changed")
+                                  .order_by(Event.id))).all()
+        return [e.properties["stage"] for e in found]
+
+    await sync(client, crm_settings)
+    assert await stages() == ["appointmentscheduled"]
+    await sync(client, crm_settings)
+    assert await stages() == ["appointmentscheduled"]  # read again, not moved: nothing new
+
+    late = hubspot.change("deals", deal.id, {"dealstage": "closedwon"})  # the webhook is lost
+    await sync(client, crm_settings)
+    assert await stages() == ["appointmentscheduled", "closedwon"]
+    searches = [r for r in hubspot.requests if r[1] == "/crm/v3/objects/deals/search"]
+    assert searches and all(status == 200 for _, _, status in searches)
+
+    answer = await hubspot.deliver(crm_api, WEBHOOK, late)  # it arrives after all
+    assert answer.status_code == 200 and answer.json()["events"] == 0
+    assert await stages() == ["appointmentscheduled", "closedwon"]

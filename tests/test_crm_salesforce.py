@@ -10,8 +10,11 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlmodel import select
+
+from api.main import create_app
 
 from nurture.contracts import EnrollmentState
 from nurture.crm.contracts import CRM_SYNC_WORKFLOW, CrmSyncInput, CrmSyncResult
@@ -210,3 +213,26 @@ async def _paused_by(db: Database, contact_id: int, who: str) -> bool:
 async def _at_step(handle, step: str) -> bool:
     state = await handle.query("state", result_type=EnrollmentState)
     return state.current_step == step and state.waiting_until is not None
+
+
+async def test_contacts_created_here_are_upserted_to_salesforce_by_the_email_external_id(sf, client, crm_settings, db):
+    field = crm_settings.crm_salesforce_contact_external_id
+    sf.put("Contact", {"Email": "known@example.com", "LastName": "Known", field: "known@example.com"})
+    app = create_app(crm_settings, db=db, client=client)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as api:
+        assert (await api.post("/contacts", json={"email": "Lin@Example.com", "phone": "+1 555 0100"})).status_code == 201
+        imported = await api.post("/contacts/import", content="email,phone\nknown@example.com,+1 555 0101\nbo@example.com,\n",
+                                  headers={"content-type": "text/csv"})
+        assert imported.status_code == 200, imported.text
+
+    await sync(client, crm_settings)
+
+    by_email = {r[field]: r for r in sf.records["Contact"].values() if r.get(field)}
+    assert sorted(by_email) == ["bo@example.com", "known@example.com", "lin@example.com"]  # none doubled
+    assert by_email["lin@example.com"]["Phone"] == "+1 555 0100"
+    assert by_email["known@example.com"]["Phone"] == "+1 555 0101"
+    async with db.session() as s:
+        contacts = {c.email: c for c in (await s.exec(select(Contact))).all()}
+        upserts = (await s.exec(select(CrmWrite).where(CrmWrite.kind == "upsert"))).all()
+    assert {e: c.crm_id for e, c in contacts.items()} == {e: r["Id"] for e, r in by_email.items()}
+    assert sorted(w.status for w in upserts) == ["done", "done", "done"]

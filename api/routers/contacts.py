@@ -47,7 +47,9 @@ router = APIRouter(prefix="/contacts", tags=["contacts"])
     status_code=status.HTTP_201_CREATED,
     responses={200: {"model": ContactOut, "description": "An existing contact (same email) was updated"}},
 )
-async def upsert_contact(body: ContactUpsert, session: SessionDep, db: DatabaseDep, enroller: EnrollerDep) -> Response:
+async def upsert_contact(
+    body: ContactUpsert, session: SessionDep, db: DatabaseDep, enroller: EnrollerDep, settings: SettingsDep
+) -> Response:
     """Create the contact, or update the one with this email (case-insensitive): 201 created, 200 updated.
 
     Only the fields sent are changed; properties are merged. An unsubscribed contact stays
@@ -59,6 +61,8 @@ async def upsert_contact(body: ContactUpsert, session: SessionDep, db: DatabaseD
     changed = crud.apply_contact_changes(contact, body.model_dump(exclude_unset=True, exclude={"email"}), explicit_edit=False)
     session.add(contact)
     await session.flush()
+    if created:  # upserted to the CRM by email when one is connected (in this transaction)
+        await crud.queue_crm_upsert(session, settings, contact)
     committed_early = created and bool(await enroller.property_trigger_flows(session))
     if committed_early:
         # An enrollment workflow loads the contact on its own connection: it must exist first. Undone on failure.

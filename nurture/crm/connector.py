@@ -65,6 +65,8 @@ class CrmDeal:
     stage: str
     contact_ids: list[str] = field(default_factory=list)
     properties: dict[str, Any] = field(default_factory=dict)
+    # When the CRM last modified the deal (the deal sync's cursor).
+    updated_at: datetime | None = None
 
 
 @dataclass

@@ -29,6 +29,11 @@ from hubspot.crm.contacts import (
     SimplePublicObjectId,
     SimplePublicObjectInput,
 )
+from hubspot.crm.deals import (
+    Filter as DealFilter,
+    FilterGroup as DealFilterGroup,
+    PublicObjectSearchRequest as DealSearchRequest,
+)
 from hubspot.crm.objects.notes import SimplePublicObjectInputForCreate as NoteInput
 from hubspot.crm.objects.tasks import (
     AssociationSpec,
@@ -52,6 +57,7 @@ from nurture.settings import Settings
 # HubSpot-defined association type ids (v4 "associationTypeId"): task -> contact, note -> contact.
 TASK_TO_CONTACT = 204
 NOTE_TO_CONTACT = 202
+DEAL_PROPERTIES = ["dealstage", "pipeline", "dealname", "amount", "hs_lastmodifieddate"]
 # Our idempotency key is written into the body of each task and note, and searched before a create.
 KEY_MARK = "nurturekey"
 
@@ -160,7 +166,7 @@ class HubSpotConnector:
     async def get_deal(self, deal_id: str) -> CrmDeal | None:
         found = await self._call(
             self.client.crm.deals.basic_api.get_by_id, deal_id,
-            properties=["dealstage", "pipeline", "dealname", "amount"], associations=["contacts"], missing_ok=True,
+            properties=DEAL_PROPERTIES, associations=["contacts"], missing_ok=True,
         )
         if found is None:
             return None
@@ -169,11 +175,35 @@ class HubSpotConnector:
         if "contacts" in associations and associations["contacts"].results:
             contacts = [str(a.id) for a in associations["contacts"].results]
         properties = dict(found.properties or {})
-        return CrmDeal(id=str(found.id), stage=str(properties.get("dealstage") or ""), contact_ids=contacts, properties=properties)
+        return CrmDeal(id=str(found.id), stage=str(properties.get("dealstage") or ""), contact_ids=contacts,
+                       properties=properties, updated_at=_updated(found))
 
     async def changed_deals(self, since: datetime, after: str | None, limit: int) -> tuple[list[CrmDeal], str | None]:
-        """HubSpot pushes deal stage changes by webhook (deal.propertyChange): the sync reads none."""
-        return [], None
+        """Deals modified at or after ``since``, oldest first (``after`` continues a page run), so a
+        deal webhook that never arrived is caught by the next sync.
+
+        Search answers no associations: each deal is read with its contacts (a sync reads few deals).
+        Past HubSpot's search cap the page run ends; the cursor (the newest change read) goes on from there.
+        """
+        request = DealSearchRequest(
+            filter_groups=[DealFilterGroup(filters=[
+                DealFilter(property_name="hs_lastmodifieddate", operator="GTE", value=str(_millis(since)))
+            ])],
+            sorts=["hs_lastmodifieddate"],
+            properties=DEAL_PROPERTIES,
+            limit=min(limit, self.batch_size),
+            after=after,
+        )
+        answer = await self._call(self.client.crm.deals.search_api.do_search, request)
+        paging = answer.paging.next.after if answer.paging and answer.paging.next else None
+        if paging is not None and paging.isdigit() and int(paging) + request.limit > self.search_cap:
+            paging = None
+        deals = []
+        for found in answer.results:
+            deal = await self.get_deal(str(found.id))
+            if deal is not None:
+                deals.append(deal)
+        return deals, paging
 
     # --- tasks and notes -----------------------------------------------------
 
@@ -275,12 +305,16 @@ def _retry_after(headers: Any) -> float | None:
         return None
 
 
-def _contact(found: Any) -> CrmContact:
+def _updated(found: Any) -> datetime | None:
     updated = found.updated_at
     if isinstance(updated, datetime) and updated.tzinfo is None:
         updated = updated.replace(tzinfo=UTC)
+    return updated
+
+
+def _contact(found: Any) -> CrmContact:
     return CrmContact(
-        id=str(found.id), properties=dict(found.properties or {}), updated_at=updated, archived=bool(found.archived)
+        id=str(found.id), properties=dict(found.properties or {}), updated_at=_updated(found), archived=bool(found.archived)
     )
 
 

@@ -134,7 +134,10 @@ class HubSpotWebhook:
             if event.property_value:
                 deal.stage = event.property_value  # the stage this change set (a later one may have followed)
             contacts = [c for c in [await self._contact(session, crm_id, properties) for crm_id in deal.contact_ids] if c]
-            recorded = await self.inbound.deal_stage(session, deal, contacts, f"deal:{event.event_id}", event.when)
+            # only_if_moved: a stage the sync already read from the deal (this webhook came late) is not recorded again.
+            recorded = await self.inbound.deal_stage(
+                session, deal, contacts, f"deal:{event.event_id}", event.when, only_if_moved=True
+            )
             done.deals += 1
             done.events += len(recorded)
         get_logger(provider="hubspot").info(

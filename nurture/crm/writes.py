@@ -11,16 +11,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from nurture.crm.mapping import CrmMapping
-from nurture.models import Contact, CrmWrite
+from nurture.models import Contact, CrmWrite, CrmWriteStatus, utcnow
 from nurture.settings import Settings
 from nurture.snapshots import contact_snapshot
 
 CONTACT, TASK, NOTE = "contact", "task", "note"
+# A contact created here, upserted to the CRM by email (pushed in batches: activities/crm.py).
+UPSERT = "upsert"
+
+
+def upsert_key(contact_id: int) -> str:
+    return f"crm:upsert:{contact_id}"
 
 
 async def queue_write(
@@ -63,3 +70,31 @@ async def queue_contact_update(
         session, settings, key=key, kind=CONTACT, contact_id=contact.id,
         payload={"properties": properties}, workflow_id=workflow_id,
     )
+
+
+async def queue_upsert(session: AsyncSession, settings: Settings, contact: Contact) -> CrmWrite | None:
+    """A contact created here (POST /contacts), to be upserted to the CRM by its email."""
+    if contact.id is None:
+        return None
+    return await queue_write(
+        session, settings, key=upsert_key(contact.id), kind=UPSERT, contact_id=contact.id,
+        payload={"email": contact.email},
+    )
+
+
+async def queue_upserts(session: AsyncSession, settings: Settings, dialect: str, contacts: list[tuple[int, str]]) -> None:
+    """The contacts an import chunk created ((id, email) each), queued in one statement (not committed)."""
+    if settings.crm_provider == "none" or not contacts:
+        return
+    now = utcnow()
+    rows = [
+        {"idempotency_key": upsert_key(contact_id), "provider": settings.crm_provider, "kind": UPSERT,
+         "contact_id": contact_id, "payload": {"email": email}, "status": CrmWriteStatus.queued.value,
+         "attempts": 0, "created_at": now}
+        for contact_id, email in contacts
+    ]
+    table = CrmWrite.__table__  # type: ignore[attr-defined]
+    insert = (postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)).on_conflict_do_nothing(
+        index_elements=[table.c.idempotency_key]
+    )
+    await session.exec(insert, params=rows)  # type: ignore[call-overload]
