@@ -51,6 +51,8 @@ POLICY: tuple[Rule, ...] = (
     rule("GET POST", r"^/users", ADMINS),
     rule("POST", r"^/contacts/\{contact_id\}/(pause|resume)$", PAUSERS),
     rule("GET", r"^/contacts/\{contact_id\}(/.*)?$", ALL),
+    # A test send goes to the signed-in person's own address, but it is a write like any other.
+    rule("POST", r"^/templates/\{key\}/test-send$", WRITERS),
     rule("GET", r"^/pauses$", ALL),
     rule("GET", r"^/", frozenset({Role.admin, Role.marketer, Role.read_only})),
     rule("POST PUT PATCH DELETE", r"^/", WRITERS),

@@ -117,6 +117,39 @@ async def test_a_template_preview_renders_for_a_chosen_contact_and_names_a_broke
     assert (await console.post("/app/templates/preview", json=body)).status_code == 403
 
 
+async def test_a_test_send_goes_to_the_signed_in_person_rendered_for_a_contact_and_is_no_flow_send(console, db, settings):
+    from email import message_from_bytes, policy
+
+    from sqlmodel import select
+
+    from nurture.models import AuditEntry, Message
+
+    await add_templates(db)
+    ada = await add_contact(db, email="ada@example.com", name="Ada Lovelace")
+    csrf = await signed_in_as(console, Role.marketer)
+    assert 'id="test-send-form"' in (await console.get("/app/templates/demo-welcome")).text
+    sent = await console.post("/templates/demo-welcome/test-send", json={"contact_id": ada.id}, headers={"X-CSRF-Token": csrf})
+    assert sent.status_code == 200, sent.text
+    assert sent.json()["to"] == "marketer@example.com"
+    [eml] = list(settings.outbox_dir.glob("*.eml"))
+    mail = message_from_bytes(eml.read_bytes(), policy=policy.default)
+    assert mail["To"].addresses[0].addr_spec == "marketer@example.com"  # the person, never the contact
+    assert mail["Subject"] == "[Test] Thanks for your demo request, Ada Lovelace"
+    assert "Hi Ada Lovelace" in mail.get_body(("html",)).get_content()
+    missing = await console.post("/templates/demo-welcome/test-send", json={"contact_id": 99999}, headers={"X-CSRF-Token": csrf})
+    assert missing.status_code == 422 and missing.json()["detail"][0]["loc"][-1] == "contact_id"
+    assert (await console.post("/templates/demo-welcome/test-send", json={})).status_code == 403  # no CSRF token
+    async with db.session() as session:
+        assert (await session.exec(select(Message))).all() == []  # no flow, no message, no statistics
+        [audit] = (await session.exec(select(AuditEntry).where(AuditEntry.action == "template.test_sent"))).all()
+    assert (audit.actor, audit.subject, audit.detail["contact_id"]) == ("marketer@example.com", "demo-welcome", ada.id)
+    reader = await signed_in_as(console, Role.read_only)
+    assert 'id="test-send-form"' not in (await console.get("/app/templates/demo-welcome")).text
+    refused = await console.post("/templates/demo-welcome/test-send", json={}, headers={"X-CSRF-Token": reader})
+    assert refused.status_code == 403 and "read_only" in refused.text
+    assert len(list(settings.outbox_dir.glob("*.eml"))) == 1
+
+
 async def test_the_flow_pages_counts_agree_with_the_flow_statistics(db, settings):
     """The flow page reads grouped counts (live_flow_counts); the API's statistics read every row:
     on the same rows they say the same, engagement recorded by the tracking links included."""
