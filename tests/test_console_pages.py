@@ -250,6 +250,44 @@ async def test_a_count_opens_the_enrollments_behind_it(console, db):
     assert "3 entered welcome" in page.text
 
 
+async def test_the_diagram_shows_exits_by_reason_and_each_ab_variants_sends_opens_and_clicks(console, db):
+    from html import unescape
+
+    from nurture.models import Message
+
+    await add_templates(db)
+    flow = await add_active_flow(db)
+    now = utcnow()
+    people = [await add_contact(db, email=f"v{n}@example.com", name=f"Person {n}") for n in range(4)]
+    async with db.session() as session:
+        for n, contact in enumerate(people):
+            reason = ["goal_met", "unsubscribed", "goal_met", None][n]
+            session.add(Enrollment(flow_id=flow.id, flow_version=1, contact_id=contact.id, workflow_id=f"v-{n}",
+                                   status="exited" if reason else "active", current_step="wait-2d", exit_reason=reason))
+            session.add(Message(idempotency_key=f"v{n}", flow_id=flow.id, step_id="welcome", variant="a" if n < 3 else "b",
+                                contact_id=contact.id, to_email=contact.email, template_key="demo-welcome", provider="outbox",
+                                status="sent", sent_at=now, opened_at=now if n < 2 else None, clicked_at=now if n == 0 else None))
+        await session.commit()
+    await signed_in_as(console, Role.read_only)
+    page = (await console.get(f"/app/flows/{flow.id}")).text
+
+    def box(step: str) -> str:
+        svg = page.split('<div class="diagram">')[1].split("</svg>")[0]
+        return svg.split(f'data-step="{step}"')[1].split("</g>")[0]
+
+    def words(fragment: str) -> str:
+        return " ".join(unescape(re.sub(r"<[^>]+>", " ", fragment)).split())
+
+    assert "4 sent · 2 opened · 1 clicked" in words(box("welcome"))
+    assert "a: 3 sent · 2 opened · 1 clicked" in words(box("welcome"))
+    assert "b: 1 sent · 0 opened · 0 clicked" in words(box("welcome"))
+    assert "exited: 2 goal_met · 1 unsubscribed" in words(box("wait-2d"))
+    goal = re.search(r'href="([^"]*reason=goal_met)"', box("wait-2d")).group(1)
+    behind = await console.get(unescape(goal))
+    assert behind.status_code == 200 and "2 exited at wait-2d (goal_met)" in behind.text
+    assert sorted(re.findall(r">(Person \d)</a>", behind.text)) == ["Person 0", "Person 2"]
+
+
 async def test_two_versions_of_a_flow_are_shown_as_a_diff(console, db):
     await add_templates(db)
     csrf = await signed_in_as(console, Role.marketer)
