@@ -218,6 +218,39 @@ async def test_the_dashboard_shows_each_flows_funnel(console, db):
     assert f"{now:%m-%d}" in text  # the day's bar
 
 
+async def test_the_dashboard_flags_a_flow_whose_bounces_or_unsubscribes_pass_their_thresholds(console, db, settings):
+    from nurture.models import Message
+
+    settings.anomaly_min_sample = 4
+    await add_templates(db)
+    noisy = await add_active_flow(db)
+    calm = await add_active_flow(db)
+    now = utcnow()
+    contacts = [await add_contact(db, email=f"a{n}@example.com") for n in range(8)]
+    async with db.session() as session:
+        for n, contact in enumerate(contacts):
+            flow = noisy if n < 4 else calm
+            unsubscribed = n == 0
+            session.add(Enrollment(flow_id=flow.id, flow_version=1, contact_id=contact.id, workflow_id=f"a-{n}",
+                                   status="exited" if unsubscribed else "active", exit_reason="unsubscribed" if unsubscribed else None))
+            session.add(Message(idempotency_key=f"a{n}", flow_id=flow.id, step_id="welcome", contact_id=contact.id,
+                                to_email=contact.email, template_key="demo-welcome", provider="outbox", status="sent", sent_at=now,
+                                bounced_at=now if n in (1, 2) else None, complained_at=now if n == 3 else None))
+        await session.commit()
+    await signed_in_as(console, Role.read_only)
+    page = (await console.get("/app/dashboard")).text
+
+    def card(flow_id: int) -> str:
+        return page.split(f'<a href="/app/flows/{flow_id}">')[1].split("</section>")[0]
+
+    assert re.findall(r'data-anomaly="(\w+)"', card(noisy.id)) == ["bounce_rate", "unsubscribe_rate"]
+    assert "50.0% of sent emails bounced (2 of 4)" in card(noisy.id)
+    assert "50.0% of recipients unsubscribed (2 of 4)" in card(noisy.id)  # the exit and the complaint
+    assert "data-anomaly" not in card(calm.id)
+    settings.anomaly_min_sample = 5  # too few sends to judge: no flag
+    assert "data-anomaly" not in (await console.get("/app/dashboard")).text
+
+
 async def test_a_count_opens_the_enrollments_behind_it(console, db):
     from nurture.models import StepVisit
 

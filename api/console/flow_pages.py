@@ -17,7 +17,7 @@ from api import crud
 from api.console.diagram import StepCounts, draw
 from api.console.rendering import page, require, zone
 from api.deps import CallerDep, EnrollmentId, FlowId, SessionDep, SettingsDep, TemporalDep
-from nurture.analytics import LiveStepCounts, flow_overviews, funnels, live_flow_counts, sends_per_day
+from nurture.analytics import LiveStepCounts, flow_overviews, flows_email_anomalies, funnels, live_flow_counts, sends_per_day
 from nurture.audit import flow_changes
 from nurture.enrolling import TemporalUnavailable
 from nurture.flow import FlowDefinition
@@ -163,14 +163,15 @@ async def enrollment(
 
 
 @router.get("/dashboard", response_class=HTMLResponse)
-async def dashboard(request: Request, session: SessionDep, caller: CallerDep) -> Response:
-    """Per flow: entered -> sent -> opened -> clicked -> goal (unique contacts); sends per day."""
+async def dashboard(request: Request, session: SessionDep, settings: SettingsDep, caller: CallerDep) -> Response:
+    """Per flow: entered -> sent -> opened -> clicked -> goal (unique contacts) and its anomalies; sends per day."""
     require(caller, "GET", "/flows")
     flows_by_id = {f.id: f for f in (await session.exec(select(Flow).order_by(Flow.id))).all()}
     found = await funnels(session)
     per_day = await sends_per_day(session, utcnow() - timedelta(days=30))
+    flagged = await flows_email_anomalies(session, settings)
     return page(
-        request, "dashboard.html",
+        request, "dashboard.html", anomalies=flagged,
         funnels=[(flows_by_id[i], f) for i, f in sorted(found.items()) if i in flows_by_id],
         per_day=per_day, busiest=max((n for _, n in per_day), default=0),
     )
