@@ -53,6 +53,8 @@ POLICY: tuple[Rule, ...] = (
     rule("POST", r"^/crm/resync$", ADMINS),
     rule("POST", r"^/contacts/\{contact_id\}/(pause|resume)$", PAUSERS),
     rule("GET", r"^/contacts/\{contact_id\}(/.*)?$", ALL),
+    # A test send goes to the signed-in person's own address, but it is a write like any other.
+    rule("POST", r"^/templates/\{key\}/test-send$", WRITERS),
     rule("GET", r"^/pauses$", ALL),
     # Events, one at a time or in batches: site trackers, CRM connectors, importers.
     rule("POST", r"^/events(/batch)?$", WRITERS),

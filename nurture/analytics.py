@@ -497,7 +497,11 @@ def _totals(facts: _Facts, steps: list[StepStats]) -> FlowTotals:
 
 
 def anomalies(totals: FlowTotals, settings: Settings) -> list[Anomaly]:
-    emails = totals.emails
+    return email_anomalies(totals.emails, settings)
+
+
+def email_anomalies(emails: EmailStats, settings: Settings) -> list[Anomaly]:
+    """The rates of these emails past their thresholds (``anomaly_*`` settings), once the sample is large enough."""
     attempted = emails.sent + emails.failed
     checks = [
         ("send_failure_rate", emails.failed, attempted, settings.anomaly_send_failure_rate, "of send attempts failed"),
@@ -819,3 +823,37 @@ async def sends_per_day(session: AsyncSession, since: datetime) -> list[tuple[st
         .order_by(day)
     )
     return [(str(d), n) for d, n in rows.all()]
+
+
+async def flows_email_anomalies(session: AsyncSession, settings: Settings) -> dict[int, list[Anomaly]]:
+    """Each flow's anomalies for the dashboard, from two grouped queries (no row is loaded):
+    failed sends, bounces and complaints as the provider's reports record them on the messages,
+    and unsubscribes as the flow's contacts who complained or whose enrollment exited as
+    ``unsubscribed``. ``flow_stats`` attributes every unsubscribe event to an email (last touch),
+    so its unsubscribe rate can be higher; its failure and bounce rates read the same facts."""
+    per_flow: dict[int, EmailStats] = {}
+    rows = await session.exec(
+        select(  # type: ignore[call-overload]
+            Message.flow_id,
+            sa.func.sum(sa.case((Message.status == MessageStatus.sent, 1), else_=0)),
+            sa.func.sum(sa.case((Message.status == MessageStatus.failed, 1), else_=0)),
+            sa.func.sum(sa.case((col(Message.bounced_at).is_not(None), 1), else_=0)),
+        )
+        .where(Message.kind == "marketing", col(Message.flow_id).is_not(None))
+        .group_by(Message.flow_id)
+    )
+    for flow_id, sent, failed, bounced in rows.all():
+        per_flow[flow_id] = EmailStats(sent=sent or 0, failed=failed or 0, bounced=bounced or 0)
+    left = sa.union(
+        select(Message.flow_id, Message.contact_id).where(  # type: ignore[call-overload]
+            Message.kind == "marketing", col(Message.flow_id).is_not(None), col(Message.complained_at).is_not(None)
+        ),
+        select(Enrollment.flow_id, Enrollment.contact_id).where(  # type: ignore[call-overload]
+            Enrollment.status == "exited", Enrollment.exit_reason == "unsubscribed"
+        ),
+    ).subquery()
+    gone = await session.exec(select(left.c.flow_id, sa.func.count()).group_by(left.c.flow_id))  # type: ignore[call-overload]
+    for flow_id, n in gone.all():
+        if flow_id in per_flow:
+            per_flow[flow_id].unsubscribed = n
+    return {flow_id: found for flow_id, emails in per_flow.items() if (found := email_anomalies(emails, settings))}

@@ -117,6 +117,39 @@ async def test_a_template_preview_renders_for_a_chosen_contact_and_names_a_broke
     assert (await console.post("/app/templates/preview", json=body)).status_code == 403
 
 
+async def test_a_test_send_goes_to_the_signed_in_person_rendered_for_a_contact_and_is_no_flow_send(console, db, settings):
+    from email import message_from_bytes, policy
+
+    from sqlmodel import select
+
+    from nurture.models import AuditEntry, Message
+
+    await add_templates(db)
+    ada = await add_contact(db, email="ada@example.com", name="Ada Lovelace")
+    csrf = await signed_in_as(console, Role.marketer)
+    assert 'id="test-send-form"' in (await console.get("/app/templates/demo-welcome")).text
+    sent = await console.post("/templates/demo-welcome/test-send", json={"contact_id": ada.id}, headers={"X-CSRF-Token": csrf})
+    assert sent.status_code == 200, sent.text
+    assert sent.json()["to"] == "marketer@example.com"
+    [eml] = list(settings.outbox_dir.glob("*.eml"))
+    mail = message_from_bytes(eml.read_bytes(), policy=policy.default)
+    assert mail["To"].addresses[0].addr_spec == "marketer@example.com"  # the person, never the contact
+    assert mail["Subject"] == "[Test] Thanks for your demo request, Ada Lovelace"
+    assert "Hi Ada Lovelace" in mail.get_body(("html",)).get_content()
+    missing = await console.post("/templates/demo-welcome/test-send", json={"contact_id": 99999}, headers={"X-CSRF-Token": csrf})
+    assert missing.status_code == 422 and missing.json()["detail"][0]["loc"][-1] == "contact_id"
+    assert (await console.post("/templates/demo-welcome/test-send", json={})).status_code == 403  # no CSRF token
+    async with db.session() as session:
+        assert (await session.exec(select(Message))).all() == []  # no flow, no message, no statistics
+        [audit] = (await session.exec(select(AuditEntry).where(AuditEntry.action == "template.test_sent"))).all()
+    assert (audit.actor, audit.subject, audit.detail["contact_id"]) == ("marketer@example.com", "demo-welcome", ada.id)
+    reader = await signed_in_as(console, Role.read_only)
+    assert 'id="test-send-form"' not in (await console.get("/app/templates/demo-welcome")).text
+    refused = await console.post("/templates/demo-welcome/test-send", json={}, headers={"X-CSRF-Token": reader})
+    assert refused.status_code == 403 and "read_only" in refused.text
+    assert len(list(settings.outbox_dir.glob("*.eml"))) == 1
+
+
 async def test_the_flow_pages_counts_agree_with_the_flow_statistics(db, settings):
     """The flow page reads grouped counts (live_flow_counts); the API's statistics read every row:
     on the same rows they say the same, engagement recorded by the tracking links included."""
@@ -185,6 +218,39 @@ async def test_the_dashboard_shows_each_flows_funnel(console, db):
     assert f"{now:%m-%d}" in text  # the day's bar
 
 
+async def test_the_dashboard_flags_a_flow_whose_bounces_or_unsubscribes_pass_their_thresholds(console, db, settings):
+    from nurture.models import Message
+
+    settings.anomaly_min_sample = 4
+    await add_templates(db)
+    noisy = await add_active_flow(db)
+    calm = await add_active_flow(db)
+    now = utcnow()
+    contacts = [await add_contact(db, email=f"a{n}@example.com") for n in range(8)]
+    async with db.session() as session:
+        for n, contact in enumerate(contacts):
+            flow = noisy if n < 4 else calm
+            unsubscribed = n == 0
+            session.add(Enrollment(flow_id=flow.id, flow_version=1, contact_id=contact.id, workflow_id=f"a-{n}",
+                                   status="exited" if unsubscribed else "active", exit_reason="unsubscribed" if unsubscribed else None))
+            session.add(Message(idempotency_key=f"a{n}", flow_id=flow.id, step_id="welcome", contact_id=contact.id,
+                                to_email=contact.email, template_key="demo-welcome", provider="outbox", status="sent", sent_at=now,
+                                bounced_at=now if n in (1, 2) else None, complained_at=now if n == 3 else None))
+        await session.commit()
+    await signed_in_as(console, Role.read_only)
+    page = (await console.get("/app/dashboard")).text
+
+    def card(flow_id: int) -> str:
+        return page.split(f'<a href="/app/flows/{flow_id}">')[1].split("</section>")[0]
+
+    assert re.findall(r'data-anomaly="(\w+)"', card(noisy.id)) == ["bounce_rate", "unsubscribe_rate"]
+    assert "50.0% of sent emails bounced (2 of 4)" in card(noisy.id)
+    assert "50.0% of recipients unsubscribed (2 of 4)" in card(noisy.id)  # the exit and the complaint
+    assert "data-anomaly" not in card(calm.id)
+    settings.anomaly_min_sample = 5  # too few sends to judge: no flag
+    assert "data-anomaly" not in (await console.get("/app/dashboard")).text
+
+
 async def test_a_count_opens_the_enrollments_behind_it(console, db):
     from nurture.models import StepVisit
 
@@ -215,6 +281,44 @@ async def test_a_count_opens_the_enrollments_behind_it(console, db):
     assert await behind("welcome", "entered") == ["Person 0", "Person 1", "Person 2"]
     page = await console.get(f"/app/flows/{flow.id}/enrollments?step=welcome&behind=entered")
     assert "3 entered welcome" in page.text
+
+
+async def test_the_diagram_shows_exits_by_reason_and_each_ab_variants_sends_opens_and_clicks(console, db):
+    from html import unescape
+
+    from nurture.models import Message
+
+    await add_templates(db)
+    flow = await add_active_flow(db)
+    now = utcnow()
+    people = [await add_contact(db, email=f"v{n}@example.com", name=f"Person {n}") for n in range(4)]
+    async with db.session() as session:
+        for n, contact in enumerate(people):
+            reason = ["goal_met", "unsubscribed", "goal_met", None][n]
+            session.add(Enrollment(flow_id=flow.id, flow_version=1, contact_id=contact.id, workflow_id=f"v-{n}",
+                                   status="exited" if reason else "active", current_step="wait-2d", exit_reason=reason))
+            session.add(Message(idempotency_key=f"v{n}", flow_id=flow.id, step_id="welcome", variant="a" if n < 3 else "b",
+                                contact_id=contact.id, to_email=contact.email, template_key="demo-welcome", provider="outbox",
+                                status="sent", sent_at=now, opened_at=now if n < 2 else None, clicked_at=now if n == 0 else None))
+        await session.commit()
+    await signed_in_as(console, Role.read_only)
+    page = (await console.get(f"/app/flows/{flow.id}")).text
+
+    def box(step: str) -> str:
+        svg = page.split('<div class="diagram">')[1].split("</svg>")[0]
+        return svg.split(f'data-step="{step}"')[1].split("</g>")[0]
+
+    def words(fragment: str) -> str:
+        return " ".join(unescape(re.sub(r"<[^>]+>", " ", fragment)).split())
+
+    assert "4 sent · 2 opened · 1 clicked" in words(box("welcome"))
+    assert "a: 3 sent · 2 opened · 1 clicked" in words(box("welcome"))
+    assert "b: 1 sent · 0 opened · 0 clicked" in words(box("welcome"))
+    assert "exited: 2 goal_met · 1 unsubscribed" in words(box("wait-2d"))
+    goal = re.search(r'href="([^"]*reason=goal_met)"', box("wait-2d")).group(1)
+    behind = await console.get(unescape(goal))
+    assert behind.status_code == 200 and "2 exited at wait-2d (goal_met)" in behind.text
+    assert sorted(re.findall(r">(Person \d)</a>", behind.text)) == ["Person 0", "Person 2"]
 
 
 async def test_two_versions_of_a_flow_are_shown_as_a_diff(console, db):

@@ -31,6 +31,7 @@ from nurture.flow.language import (
 )
 
 BOX_W, BOX_H, GAP_X, GAP_Y, MARGIN = 210, 84, 40, 70, 24
+LINE_H = 18
 END = "__end__"
 
 
@@ -41,6 +42,7 @@ class StepCounts:
     waiting: int = 0
     entered: int = 0
     exited: int = 0
+    exited_by: dict[str, int] = field(default_factory=dict)  # reason -> enrollments that exited here for it
     sent: int | None = None
     opened: int | None = None
     clicked: int | None = None
@@ -149,7 +151,8 @@ def draw(
     *,
     compact: bool = False,
 ) -> Markup:
-    """The SVG. ``link(step_id, what)`` gives the URL behind a count (what: waiting, entered, exited)."""
+    """The SVG. ``link(step_id, what)`` gives the URL behind a count (what: waiting, entered, exited,
+    or ``exited:<reason>`` for the exits of one reason)."""
     edges = _edges(flow)
     layer, back = _layers(flow, edges)
     rows: dict[int, list[str]] = {}
@@ -157,7 +160,11 @@ def draw(
         if node in layer:
             rows.setdefault(layer[node], []).append(node)
     width_nodes = max(len(r) for r in rows.values())
-    box_h = 52 if compact else BOX_H
+    # Every box as tall as the one with the most lines: a line for exits by reason, one per A/B variant.
+    extra = 0 if compact else max(
+        (bool(c.exited_by) + len(c.variants) for c in (counts or {}).values()), default=0
+    )
+    box_h = 52 if compact else BOX_H + LINE_H * extra
     inner_w = width_nodes * BOX_W + (width_nodes - 1) * GAP_X
     loop_room = 60 if back else 0
     goal_room = 40 if flow.goal is not None else 0
@@ -258,10 +265,21 @@ def _node_svg(step, x: float, y: float, box_h: float, counts: StepCounts | None,
         if counts.exited:
             row.append(_count(counts.exited, "exited", ref("exited")))
         lines.append(f'<text class="counts" x="{x + 10}" y="{y + 56}">{" · ".join(row)}</text>')
+        line_y = y + 74
         if counts.sent is not None:
             lines.append(
-                f'<text class="email-counts" x="{x + 10}" y="{y + 74}">'
+                f'<text class="email-counts" x="{x + 10}" y="{line_y}">'
                 f"{counts.sent} sent · {counts.opened} opened · {counts.clicked} clicked</text>"
             )
+            line_y += LINE_H
+        for name, sent, opened, clicked in counts.variants:
+            lines.append(
+                f'<text class="variant-counts" data-variant="{escape(name)}" x="{x + 10}" y="{line_y}">'
+                f"{escape(name[:8])}: {sent} sent · {opened} opened · {clicked} clicked</text>"
+            )
+            line_y += LINE_H
+        if counts.exited_by:
+            reasons = [_count(n, reason, ref(f"exited:{reason}")) for reason, n in sorted(counts.exited_by.items())]
+            lines.append(f'<text class="exit-counts" x="{x + 10}" y="{line_y}">exited: {" · ".join(reasons)}</text>')
     lines.append("</g>")
     return "".join(lines)

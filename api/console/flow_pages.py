@@ -4,6 +4,7 @@ enrollments behind a count, and one enrollment's timeline from its workflow hist
 from __future__ import annotations
 
 from datetime import timedelta
+from urllib.parse import urlencode
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -16,7 +17,7 @@ from api import crud
 from api.console.diagram import StepCounts, draw
 from api.console.rendering import page, require, zone
 from api.deps import CallerDep, EnrollmentId, FlowId, SessionDep, SettingsDep, TemporalDep
-from nurture.analytics import LiveStepCounts, flow_overviews, funnels, live_flow_counts, sends_per_day
+from nurture.analytics import LiveStepCounts, flow_overviews, flows_email_anomalies, funnels, live_flow_counts, sends_per_day
 from nurture.audit import flow_changes
 from nurture.enrolling import TemporalUnavailable
 from nurture.flow import FlowDefinition
@@ -62,7 +63,8 @@ async def flow(
     emails = {step_id for step_id, kind in types.items() if kind == "send_email"}
     counts = {
         step_id: StepCounts(
-            waiting=c.waiting_now, entered=c.entered, exited=sum(c.exited_here.values()),
+            waiting=c.waiting_now, entered=c.entered, exited=sum(c.exited_here.values()), exited_by=dict(c.exited_here),
+            variants=[(name, *numbers) for name, numbers in sorted(c.variants.items())],
             sent=c.sent if c.sent is not None or step_id not in emails else 0,
             opened=c.opened or 0, clicked=c.clicked or 0,
         )
@@ -70,7 +72,9 @@ async def flow(
     }
 
     def link(step_id: str, what: str) -> str:
-        return f"/app/flows/{flow_id}/enrollments?step={step_id}&behind={what}"
+        behind, _, reason = what.partition(":")
+        url = f"/app/flows/{flow_id}/enrollments?{urlencode({'step': step_id, 'behind': behind})}"
+        return f"{url}&{urlencode({'reason': reason})}" if reason else url
 
     return page(
         request,
@@ -95,6 +99,7 @@ async def enrollments_behind(
     caller: CallerDep,
     step: Annotated[str, Query(min_length=1, max_length=200)],
     behind: Behind = "waiting",
+    reason: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
     offset: Annotated[int, Query(ge=0, le=2_147_483_647)] = 0,
 ) -> Response:
     """The enrollments behind a count of the flow page: waiting at the step now, entered it, exited there."""
@@ -113,11 +118,13 @@ async def enrollments_behind(
         query = query.join(visited, visited.c.enrollment_id == Enrollment.id)
     else:
         query = query.where(Enrollment.current_step == step, Enrollment.status == ("active" if behind == "waiting" else "exited"))
+        if behind == "exited" and reason is not None:  # the flow page counts exits without a reason as "unknown"
+            query = query.where(col(Enrollment.exit_reason).is_(None) if reason == "unknown" else Enrollment.exit_reason == reason)
     total = (await session.exec(select(func.count()).select_from(query.subquery()))).one()
     size = settings.console_page_size
     found = (await session.exec(query.order_by(col(Enrollment.id).desc()).offset(offset).limit(size))).all()
     return page(
-        request, "enrollments.html", flow=row, step=step, behind=behind, rows=found, total=total, offset=offset, size=size
+        request, "enrollments.html", flow=row, step=step, behind=behind, reason=reason, rows=found, total=total, offset=offset, size=size
     )
 
 
@@ -156,14 +163,15 @@ async def enrollment(
 
 
 @router.get("/dashboard", response_class=HTMLResponse)
-async def dashboard(request: Request, session: SessionDep, caller: CallerDep) -> Response:
-    """Per flow: entered -> sent -> opened -> clicked -> goal (unique contacts); sends per day."""
+async def dashboard(request: Request, session: SessionDep, settings: SettingsDep, caller: CallerDep) -> Response:
+    """Per flow: entered -> sent -> opened -> clicked -> goal (unique contacts) and its anomalies; sends per day."""
     require(caller, "GET", "/flows")
     flows_by_id = {f.id: f for f in (await session.exec(select(Flow).order_by(Flow.id))).all()}
     found = await funnels(session)
     per_day = await sends_per_day(session, utcnow() - timedelta(days=30))
+    flagged = await flows_email_anomalies(session, settings)
     return page(
-        request, "dashboard.html",
+        request, "dashboard.html", anomalies=flagged,
         funnels=[(flows_by_id[i], f) for i, f in sorted(found.items()) if i in flows_by_id],
         per_day=per_day, busiest=max((n for _, n in per_day), default=0),
     )

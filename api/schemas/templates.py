@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import Field, StringConstraints
+from pydantic import BaseModel, Field, StringConstraints
 
 from api.schemas.common import Out, Strict
 
@@ -31,3 +31,13 @@ class TemplateOut(Out):
     text: str | None
     created_at: datetime
     updated_at: datetime
+
+
+class SendTestIn(Strict):
+    contact_id: int | None = Field(default=None, ge=1, le=2_147_483_647, description="Render for this contact; a sample contact when absent.")
+
+
+class SendTestOut(BaseModel):
+    to: str
+    subject: str
+    provider_message_id: str

@@ -82,7 +82,7 @@
       form.dispatchEvent(new CustomEvent("api:done", { detail: payload, bubbles: true }));
       if (form.dataset.then === "stay") {
         const ok = form.querySelector(".form-ok");
-        if (ok) ok.textContent = form.dataset.ok || "Done.";
+        if (ok) ok.textContent = fill(form.dataset.ok || "Done.", payload || {});
       } else if (form.dataset.then) {
         window.location.assign(fill(form.dataset.then, payload));
       } else {
