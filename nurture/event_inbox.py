@@ -117,7 +117,12 @@ class EventInbox:
             waiter = self._waiters[event_row] = asyncio.get_running_loop().create_future()
         self.kick(get_enroller)
         try:
-            return await asyncio.shield(waiter)
+            return await asyncio.wait_for(asyncio.shield(waiter), self.settings.event_wait_timeout_seconds)
+        except TimeoutError as exc:
+            raise TemporalUnavailable(
+                f"the event was not routed within {self.settings.event_wait_timeout_seconds:g}s "
+                "(setting event_wait_timeout_seconds)"
+            ) from exc
         finally:
             self._waiters.pop(event_row, None)
 

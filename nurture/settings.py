@@ -127,6 +127,8 @@ class Settings(BaseSettings):
     # POST /events answers once the event is routed (with `enrolled`, `signalled`) unless the request
     # says ?wait=false; false here turns the default around (a tracker posting at volume).
     events_wait_by_default: bool = True
+    # A waiting POST /events answers 503 (and keeps nothing) when its event is not routed by then.
+    event_wait_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     # The router (one at a time per database) takes up to event_route_batch pending events at once
     # and tells up to event_route_concurrency contacts at once.
     event_route_batch: int = Field(default=500, ge=1, le=100_000)
