@@ -106,6 +106,13 @@ async def test_a_marketer_installs_and_activates_a_rep_pauses_and_the_timelines_
     assert "entered 1" in " ".join((await browser.text(".funnel")).split())
     await browser.screenshot("dashboard")
 
+    # The marketer sends the welcome email, rendered for the contact, to themselves.
+    await browser.go("/app/templates/blog-welcome")
+    await browser.fill("#test-contact", str(contact_id))
+    await browser.click("#test-send-form button")
+    await browser.eventually(lambda: browser.text("#test-send-form .form-ok"), what="the test send's confirmation")
+    assert "Sent to marketer@example.com: [Test]" in await browser.text("#test-send-form .form-ok")
+
     # Rep-1 signs in, finds the contact on their own, and pauses it for a call.
     await browser.sign_in("sales@example.com", PASSWORD)
     assert await browser.path() == "/app/my"

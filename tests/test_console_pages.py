@@ -347,3 +347,13 @@ async def test_writers_get_the_contact_and_enroll_forms_and_readers_do_not(conso
     assert 'id="contact-form"' not in (await console.get("/app/contacts")).text
     page = (await console.get(f"/app/flows/{flow.id}")).text
     assert 'id="enroll-form"' not in page and 'id="deactivate-form"' not in page and "Edit as a new version" not in page
+
+
+async def test_a_console_page_answers_head_as_it_answers_get(console, db):
+    assert (await console.head("/app/flows")).status_code == 303  # a stranger is sent to sign in
+    await signed_in_as(console, Role.read_only)
+    for path in ("/app/flows", "/app/dashboard", "/app/contacts", "/app/playbooks"):
+        head = await console.head(path)
+        assert head.status_code == 200 and head.headers["content-type"].startswith("text/html"), path
+    assert (await console.head("/app/flows/999999")).status_code == 404
+    assert (await console.head("/app/users")).status_code == 403  # the same roles as GET

@@ -8,6 +8,7 @@ its CSRF token, so the console obeys the API's policy table and validation (docs
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
+from fastapi.routing import APIRoute
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -23,6 +24,10 @@ def install_console(app: FastAPI) -> None:
     app.mount(f"{PREFIX}/static", StaticFiles(directory=STATIC_DIR), name="console-static")
     # The editor first: /app/flows/new is not a flow id.
     for module in (sign_in, editor_pages, flow_pages, contact_pages, playbook_pages, template_pages):
+        # A page answers HEAD as it answers GET (link checkers, uptime probes); the server sends no body.
+        for route in module.router.routes:
+            if isinstance(route, APIRoute) and "GET" in route.methods:
+                route.methods.add("HEAD")
         app.include_router(module.router)
 
     @app.exception_handler(SignInRequired)
@@ -34,6 +39,6 @@ def install_console(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def console_errors(request: Request, exc: StarletteHTTPException) -> Response:
         path = request.url.path
-        if request.method == "GET" and (path == PREFIX or path.startswith(f"{PREFIX}/")) and not path.startswith(f"{PREFIX}/static/"):
+        if request.method in ("GET", "HEAD") and (path == PREFIX or path.startswith(f"{PREFIX}/")) and not path.startswith(f"{PREFIX}/static/"):
             return error_page(request, exc.status_code, str(exc.detail))
         return await api_errors(request, exc)
