@@ -15,21 +15,16 @@ from temporalio.client import (
     Client,
     Schedule,
     ScheduleActionStartWorkflow,
-    ScheduleAlreadyRunningError,
     ScheduleHandle,
     ScheduleIntervalSpec,
     ScheduleOverlapPolicy,
     SchedulePolicy,
     ScheduleSpec,
     ScheduleState,
-    ScheduleUpdate,
-    ScheduleUpdateInput,
 )
-from temporalio.service import RPCError
 
 from nurture.batch_contracts import TRIGGER_SCAN_WORKFLOW, TriggerScanInput, trigger_scan_schedule_id
-from nurture.enrolling import TemporalUnavailable
-from nurture.logging import get_logger
+from nurture.interval_schedules import ensure_interval_schedule
 from nurture.settings import Settings
 
 
@@ -53,28 +48,7 @@ def trigger_scan_schedule(settings: Settings) -> Schedule:
 
 async def ensure_trigger_scan_schedule(client: Client, settings: Settings) -> ScheduleHandle:
     """Create the schedule, or update it when its interval or task queue changed. Idempotent."""
-    schedule_id = trigger_scan_schedule_id(settings.workflow_id_prefix)
-    wanted = trigger_scan_schedule(settings)
-    log = get_logger(component="trigger_schedule", schedule_id=schedule_id)
-    try:
-        try:
-            handle = await client.create_schedule(schedule_id, wanted)
-            log.info("trigger_scan_schedule_created", every=str(settings.trigger_scan_interval))
-            return handle
-        except ScheduleAlreadyRunningError:
-            handle = client.get_schedule_handle(schedule_id)
-
-        def update(current: ScheduleUpdateInput) -> ScheduleUpdate | None:
-            schedule = current.description.schedule
-            action = schedule.action
-            same = (
-                [i.every for i in schedule.spec.intervals] == [settings.trigger_scan_interval]
-                and isinstance(action, ScheduleActionStartWorkflow)
-                and action.task_queue == settings.temporal_task_queue
-            )
-            return None if same else ScheduleUpdate(schedule=wanted)
-
-        await handle.update(update)
-        return handle
-    except RPCError as exc:
-        raise TemporalUnavailable(str(exc)) from exc
+    return await ensure_interval_schedule(
+        client, trigger_scan_schedule_id(settings.workflow_id_prefix), trigger_scan_schedule(settings),
+        settings.trigger_scan_interval, settings.temporal_task_queue, "trigger_scan_schedule_created",
+    )

@@ -11,15 +11,12 @@ from temporalio.client import (
     Client,
     Schedule,
     ScheduleActionStartWorkflow,
-    ScheduleAlreadyRunningError,
     ScheduleHandle,
     ScheduleIntervalSpec,
     ScheduleOverlapPolicy,
     SchedulePolicy,
     ScheduleSpec,
     ScheduleState,
-    ScheduleUpdate,
-    ScheduleUpdateInput,
     WorkflowHandle,
 )
 from temporalio.common import WorkflowIDConflictPolicy
@@ -27,7 +24,7 @@ from temporalio.service import RPCError
 
 from nurture.crm.contracts import CRM_SYNC_WORKFLOW, CrmSyncInput, crm_resync_workflow_id, crm_sync_schedule_id
 from nurture.enrolling import TemporalUnavailable
-from nurture.logging import get_logger
+from nurture.interval_schedules import ensure_interval_schedule
 from nurture.settings import Settings
 
 
@@ -50,30 +47,10 @@ async def ensure_crm_sync_schedule(client: Client, settings: Settings) -> Schedu
     """Create the schedule, or update it when its interval or task queue changed; None without a CRM."""
     if settings.crm_provider == "none":
         return None
-    schedule_id = crm_sync_schedule_id(settings.workflow_id_prefix, settings.crm_provider)
-    wanted = crm_sync_schedule(settings)
-    try:
-        try:
-            handle = await client.create_schedule(schedule_id, wanted)
-            get_logger(schedule_id=schedule_id).info("crm_sync_schedule_created", every=str(settings.crm_sync_interval))
-            return handle
-        except ScheduleAlreadyRunningError:
-            handle = client.get_schedule_handle(schedule_id)
-
-        def update(current: ScheduleUpdateInput) -> ScheduleUpdate | None:
-            schedule = current.description.schedule
-            action = schedule.action
-            same = (
-                [i.every for i in schedule.spec.intervals] == [settings.crm_sync_interval]
-                and isinstance(action, ScheduleActionStartWorkflow)
-                and action.task_queue == settings.temporal_task_queue
-            )
-            return None if same else ScheduleUpdate(schedule=wanted)
-
-        await handle.update(update)
-        return handle
-    except RPCError as exc:
-        raise TemporalUnavailable(str(exc)) from exc
+    return await ensure_interval_schedule(
+        client, crm_sync_schedule_id(settings.workflow_id_prefix, settings.crm_provider), crm_sync_schedule(settings),
+        settings.crm_sync_interval, settings.temporal_task_queue, "crm_sync_schedule_created",
+    )
 
 
 async def start_resync(client: Client, settings: Settings) -> WorkflowHandle:
