@@ -70,14 +70,14 @@ class CrmSyncWorkflow:
                 pushed = done.pushed
             except ActivityError as err:
                 error = f"push: {_cause(err)}"
-            if workflow.patched("crm-owner-import"):
-                try:
-                    await workflow.execute_activity_method(
-                        CrmActivities.import_crm_owners, OwnerImportInput(),
-                        start_to_close_timeout=timedelta(minutes=2), retry_policy=crm_retry(input.crm_attempts),
-                    )
-                except ActivityError as err:
-                    error = "; ".join(filter(None, [error, f"owners: {_cause(err)}"]))
+            # No patch guard: this workflow is new on this branch (no recorded runs to keep replaying).
+            try:
+                await workflow.execute_activity_method(
+                    CrmActivities.import_crm_owners, OwnerImportInput(),
+                    start_to_close_timeout=timedelta(minutes=2), retry_policy=crm_retry(input.crm_attempts),
+                )
+            except ActivityError as err:
+                error = "; ".join(filter(None, [error, f"owners: {_cause(err)}"]))
             start: SyncStart = await workflow.execute_activity_method(
                 CrmActivities.start_crm_sync, SyncStartInput(full=input.full),
                 start_to_close_timeout=timedelta(minutes=1), retry_policy=DB_RETRY,
