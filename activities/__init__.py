@@ -59,7 +59,7 @@ def build_activities(
     synced = CrmActivities(db, crm, client, settings) if crm is not None else None
     crm_activities = [
         synced.push_crm_writes, synced.queue_crm_engagement, synced.start_crm_sync, synced.sync_crm_page, synced.sync_crm_deals,
-        synced.finish_crm_sync,
+        synced.finish_crm_sync, synced.import_crm_owners,
     ] if synced is not None else []
     # Every activity is timed into nurture_activity_seconds (nurture/metrics.py).
     return instrumented([

@@ -19,6 +19,8 @@ from temporalio.exceptions import ApplicationError
 from nurture.crm import mapping_for, mapping_with_owners
 from nurture.crm.connector import CrmActivity, CrmAuthFailed, CrmConnector, CrmRejected, CrmUnavailable
 from nurture.crm.contracts import (
+    OwnerImportInput,
+    OwnerImportResult,
     PushWritesInput,
     PushWritesResult,
     SyncFinishInput,
@@ -28,6 +30,7 @@ from nurture.crm.contracts import (
     SyncStartInput,
 )
 from nurture.crm.inbound import CrmInbound
+from nurture.crm.owners import import_owners
 from nurture.crm.mapping import parse_crm_time
 from nurture.crm.writes import CONTACT, NOTE, UPSERT, queue_write
 from nurture.db import Database
@@ -165,7 +168,7 @@ class CrmActivities:
             if differing:  # what the CRM already holds is not written again
                 await self.connector.update_contact(crm_id, differing)
             return crm_id
-        mapping = await mapping_with_owners(self.settings, self.connector)
+        mapping = await mapping_with_owners(self.settings, self.connector, session)
         due = row.payload.get("due_at")
         planned = CrmActivity(
             kind="task" if row.kind == "task" else "note",
@@ -237,6 +240,27 @@ class CrmActivities:
 
     # --- inbound ----------------------------------------------------------------
 
+    async def _mapping(self):
+        async with self.db.session() as session:
+            return await mapping_with_owners(self.settings, self.connector, session)
+
+    @activity.defn(name="import_crm_owners")
+    async def import_crm_owners(self, input: OwnerImportInput) -> OwnerImportResult:
+        """The CRM's owners not imported yet become reps (nurture/crm/owners.py)."""
+        try:
+            owners = await self.connector.owners()
+        except CrmUnavailable as exc:
+            wait = min(exc.retry_after or 0, self.settings.crm_max_retry_after_seconds)
+            raise ApplicationError(
+                str(exc), type="CrmUnavailable", next_retry_delay=timedelta(seconds=wait) if wait else None
+            ) from exc
+        except (CrmAuthFailed, CrmRejected) as exc:
+            raise ApplicationError(str(exc), type=type(exc).__name__, non_retryable=True) from exc
+        imported = await import_owners(self.db, self.connector.provider, mapping_for(self.settings), owners)
+        if imported:
+            get_logger(provider=self.connector.provider).info("crm_owners_imported", imported=imported, listed=len(owners))
+        return OwnerImportResult(imported=imported)
+
     @activity.defn(name="start_crm_sync")
     async def start_crm_sync(self, input: SyncStartInput) -> SyncStart:
         async with self.db.session() as session:
@@ -253,7 +277,7 @@ class CrmActivities:
         """One page of CRM contacts modified since ``input.since``, applied like webhooks are."""
         if self.client is None:
             raise ApplicationError("this worker has no Temporal client", non_retryable=True)
-        mapping = await mapping_with_owners(self.settings, self.connector)
+        mapping = await self._mapping()
         try:
             page = await self.connector.changed_contacts(
                 input.since, mapping.crm_properties(), input.after, self.settings.crm_batch_size
@@ -289,7 +313,7 @@ class CrmActivities:
         deal_stage_changed event, once, whichever way it arrived first."""
         if self.client is None:
             raise ApplicationError("this worker has no Temporal client", non_retryable=True)
-        mapping = await mapping_with_owners(self.settings, self.connector)
+        mapping = await self._mapping()
         try:
             deals, after = await self.connector.changed_deals(input.since, input.after, self.settings.crm_batch_size)
         except CrmUnavailable as exc:

@@ -379,6 +379,19 @@ class CrmWrite(SQLModel, table=True):
     done_at: datetime | None = _when()
 
 
+class CrmOwner(SQLModel, table=True):
+    """A CRM owner (HubSpot owner, Salesforce User) and the rep id it is, imported by the CRM sync:
+    fixed once imported, so a rep's sales key keeps matching their contacts whatever the CRM later says."""
+
+    __tablename__ = "crm_owners"
+
+    provider: str = Field(sa_column=sa.Column(sa.String(40), primary_key=True))
+    crm_owner_id: str = Field(sa_column=sa.Column(sa.String(100), primary_key=True))
+    email: str | None = None
+    rep: str
+    imported_at: datetime = _when(nullable=False, default=utcnow)
+
+
 class CrmSyncState(SQLModel, table=True):
     """Where a connector's incremental sync stands: one row per provider."""
 

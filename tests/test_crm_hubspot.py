@@ -20,7 +20,7 @@ from nurture.contracts import EnrollmentState
 from nurture.crm.contracts import CRM_SYNC_WORKFLOW, CrmSyncInput, CrmSyncResult
 from nurture.crm.mapping import MappingInvalid, load_mapping
 from nurture.db import Database
-from nurture.models import Contact, CrmWrite, Event, PauseLog, utcnow
+from nurture.models import Contact, CrmOwner, CrmWrite, Event, PauseLog, utcnow
 from tests.conftest import eventually, result_of
 from tests.crm_emulators.hubspot import HubSpotEmulator, serving
 from tests.factories import add_templates
@@ -517,3 +517,30 @@ async def test_a_deal_webhook_that_never_came_is_caught_by_the_next_sync_once(hu
     answer = await hubspot.deliver(crm_api, WEBHOOK, late)  # it arrives after all
     assert answer.status_code == 200 and answer.json()["events"] == 0
     assert await stages() == ["appointmentscheduled", "closedwon"]
+
+
+async def test_the_sync_imports_hubspot_owners_as_reps_once_and_keeps_their_rep_ids(hubspot, crm_api, db, client, crm_settings):
+    hubspot.add_owner("78", "Omar@Example.com")
+    hubspot.add_owner("79", "")
+
+    await sync(client, crm_settings)
+
+    async with db.session() as s:
+        owners = {o.crm_owner_id: o.rep for o in (await s.exec(select(CrmOwner))).all()}
+    # The file's rep for 77, the owner's email for 78, and an id for an owner without one.
+    assert owners == {"77": "rep-jane", "78": "omar@example.com", "79": "crm-owner-79"}
+
+    # Omar's email changes in HubSpot, and HubSpot then cannot list owners for a while: his
+    # contacts stay with the rep id his sales key uses.
+    hubspot.owners[1]["email"] = "omar.k@example.com"
+    hubspot.add_owner("80", "ida@example.com")
+    await sync(client, crm_settings)
+    hubspot.fail_next(50, 503, path_contains="/owners")
+    record = hubspot.put("contacts", {"email": "grace@example.com", "hubspot_owner_id": "78"})
+    answer = await hubspot.deliver(crm_api, WEBHOOK, [hubspot.event("contact.creation", record.id)])
+    assert answer.status_code == 200, answer.text
+    async with db.session() as s:
+        owners = {o.crm_owner_id: o.rep for o in (await s.exec(select(CrmOwner))).all()}
+        contact = (await s.exec(select(Contact).where(Contact.crm_id == record.id))).one()
+    assert owners["78"] == "omar@example.com" and owners["80"] == "ida@example.com"
+    assert contact.owner == "omar@example.com"

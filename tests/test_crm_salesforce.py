@@ -19,7 +19,7 @@ from api.main import create_app
 from nurture.contracts import EnrollmentState
 from nurture.crm.contracts import CRM_SYNC_WORKFLOW, CrmSyncInput, CrmSyncResult
 from nurture.db import Database
-from nurture.models import Contact, CrmWrite, Event, PauseLog, utcnow
+from nurture.models import Contact, CrmOwner, CrmWrite, Event, PauseLog, utcnow
 from tests.conftest import eventually, result_of
 from tests.crm_emulators.salesforce import SalesforceEmulator, serving
 from tests.factories import add_templates
@@ -236,3 +236,18 @@ async def test_contacts_created_here_are_upserted_to_salesforce_by_the_email_ext
         upserts = (await s.exec(select(CrmWrite).where(CrmWrite.kind == "upsert"))).all()
     assert {e: c.crm_id for e, c in contacts.items()} == {e: r["Id"] for e, r in by_email.items()}
     assert sorted(w.status for w in upserts) == ["done", "done", "done"]
+
+
+async def test_the_sync_imports_salesforce_users_as_reps(sf, client, crm_settings, db):
+    omar = sf.put("User", {"Email": "Omar@Example.com", "IsActive": True})
+    sf.put("User", {"Email": "gone@example.com", "IsActive": False})
+
+    await sync(client, crm_settings)
+    record = sf.put("Contact", {"Email": "grace@example.com", "LastName": "Hopper", "OwnerId": omar["Id"]})
+    await sync(client, crm_settings)
+
+    async with db.session() as s:
+        owners = {o.crm_owner_id: o.rep for o in (await s.exec(select(CrmOwner))).all()}
+        contact = (await s.exec(select(Contact).where(Contact.crm_id == record["Id"]))).one()
+    assert owners == {rep_id(sf): "rep-jane", omar["Id"]: "omar@example.com"}  # active users only
+    assert contact.owner == "omar@example.com"

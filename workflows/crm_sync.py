@@ -2,6 +2,7 @@
 
 Deterministic code only. First the queued writes go out (and the engagement since the last run is
 queued as timeline notes); a CRM that stays down fails only this run, its rows wait for the next.
+The CRM's owners not imported yet become reps (nurture/crm/owners.py).
 Then the contacts modified since the cursor are read page by page (a full resync starts from the
 beginning), continuing as new every ``pages_per_run`` pages so the history stays short. HubSpot's
 search stops at 10,000 results: past it the run searches again from the newest change it saw.
@@ -21,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
         CRM_SYNC_WORKFLOW,
         CrmSyncInput,
         CrmSyncResult,
+        OwnerImportInput,
         PushWritesInput,
         PushWritesResult,
         SyncFinishInput,
@@ -68,6 +70,14 @@ class CrmSyncWorkflow:
                 pushed = done.pushed
             except ActivityError as err:
                 error = f"push: {_cause(err)}"
+            # No patch guard: this workflow is new on this branch (no recorded runs to keep replaying).
+            try:
+                await workflow.execute_activity_method(
+                    CrmActivities.import_crm_owners, OwnerImportInput(),
+                    start_to_close_timeout=timedelta(minutes=2), retry_policy=crm_retry(input.crm_attempts),
+                )
+            except ActivityError as err:
+                error = "; ".join(filter(None, [error, f"owners: {_cause(err)}"]))
             start: SyncStart = await workflow.execute_activity_method(
                 CrmActivities.start_crm_sync, SyncStartInput(full=input.full),
                 start_to_close_timeout=timedelta(minutes=1), retry_policy=DB_RETRY,

@@ -93,7 +93,7 @@ async def hubspot_webhook(
         )
     client = await temporal.get()
     try:
-        inbound = CrmInbound("hubspot", await mapping_with_owners(settings, crm), client, Enroller(client, settings))
+        inbound = CrmInbound("hubspot", await mapping_with_owners(settings, crm, session), client, Enroller(client, settings))
         done = await HubSpotWebhook(crm, inbound, settings.crm_hubspot_app_id).handle(session, events)
     except CrmUnavailable as exc:
         raise HTTPException(status_code=503, detail=f"HubSpot is unreachable: {exc}") from exc

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from nurture.crm.connector import CrmConnector, CrmError
 from nurture.crm.mapping import CrmMapping, load_mapping
+from nurture.crm.owners import imported_reps
+from sqlmodel.ext.asyncio.session import AsyncSession
 from nurture.logging import get_logger
 from nurture.settings import Settings
 
@@ -40,9 +42,10 @@ def mapping_for(settings: Settings) -> CrmMapping:
     return _mapping(path, modified, settings.crm_provider)
 
 
-async def mapping_with_owners(settings: Settings, connector: CrmConnector) -> CrmMapping:
-    """The mapping, knowing the CRM's owners' emails (asked at most every OWNER_LIST_SECONDS per
-    connector; a CRM that cannot list them now leaves the last list, or none)."""
+async def mapping_with_owners(settings: Settings, connector: CrmConnector, session: AsyncSession | None = None) -> CrmMapping:
+    """The mapping, knowing the owners the sync imported (read in ``session``) and the CRM's owners' emails
+    (asked at most every OWNER_LIST_SECONDS per connector; a CRM that cannot list them now leaves the
+    last list, or none)."""
     cached: tuple[float, dict[str, str]] | None = getattr(connector, "owner_cache", None)
     now = time.monotonic()
     if cached is None or now - cached[0] > OWNER_LIST_SECONDS:
@@ -52,4 +55,5 @@ async def mapping_with_owners(settings: Settings, connector: CrmConnector) -> Cr
             get_logger(provider=connector.provider).warning("crm_owners_unavailable", error=str(exc))
             cached = (now, cached[1] if cached else {})
         connector.owner_cache = cached  # type: ignore[attr-defined]
-    return mapping_for(settings).knowing_owners(cached[1])
+    imported = await imported_reps(session, connector.provider) if session is not None else {}
+    return mapping_for(settings).knowing_owners(cached[1], imported)

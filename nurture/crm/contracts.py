@@ -67,6 +67,14 @@ class SyncStart(BaseModel):
     deal_since: datetime
 
 
+class OwnerImportInput(BaseModel):
+    pass
+
+
+class OwnerImportResult(BaseModel):
+    imported: int = 0
+
+
 class SyncPageInput(BaseModel):
     since: datetime
     after: str | None = None

@@ -111,10 +111,13 @@ class CrmMapping(BaseModel):
     # The CRM's owners (id -> email), as the CRM lists them now: an owner the file does not name
     # is the rep with that email (so notify_owner can write to them).
     _owner_emails: dict[str, str] = PrivateAttr(default_factory=dict)
+    # The owners the sync imported (CRM owner id -> rep id, the crm_owners table): after the file's.
+    _imported: dict[str, str] = PrivateAttr(default_factory=dict)
 
-    def knowing_owners(self, emails: dict[str, str]) -> CrmMapping:
+    def knowing_owners(self, emails: dict[str, str], imported: dict[str, str] | None = None) -> CrmMapping:
         known = self.model_copy()
         known._owner_emails = {k: v.lower() for k, v in emails.items() if v}
+        known._imported = dict(imported or {})
         return known
 
     @model_validator(mode="after")
@@ -137,11 +140,12 @@ class CrmMapping(BaseModel):
         return sorted(names)
 
     def rep_for(self, crm_owner_id: str | None) -> str | None:
-        """Our rep id for a CRM owner: the file's, else the owner's email, else ``crm-owner-<id>``."""
+        """Our rep id for a CRM owner: the file's, else the one imported, else the owner's email, else ``crm-owner-<id>``."""
         if not crm_owner_id:
             return None
         crm_owner_id = str(crm_owner_id)
-        return self.owners.get(crm_owner_id) or self._owner_emails.get(crm_owner_id) or f"{UNLISTED_OWNER}{crm_owner_id}"
+        return (self.owners.get(crm_owner_id) or self._imported.get(crm_owner_id) or self._owner_emails.get(crm_owner_id)
+                or f"{UNLISTED_OWNER}{crm_owner_id}")
 
     def crm_owner_for(self, rep: str | None) -> str | None:
         if not rep:
@@ -149,6 +153,7 @@ class CrmMapping(BaseModel):
         if rep.startswith(UNLISTED_OWNER):
             return rep.removeprefix(UNLISTED_OWNER)
         listed = next((crm for crm, ours in self.owners.items() if ours == rep), None)
+        listed = listed or next((crm for crm, ours in self._imported.items() if ours == rep), None)
         return listed or next((crm for crm, email in self._owner_emails.items() if email == rep.lower()), None)
 
     def lifecycle_in(self, value: str) -> str:

@@ -1,4 +1,4 @@
-"""CRM sync: the contact's CRM record id, the queue of writes to the CRM, and each connector's sync cursor.
+"""CRM sync: the contact's CRM record id, the queue of writes to the CRM, each connector's sync cursor and its owners.
 
 Revision ID: 0003_crm_sync
 Revises: 0002
@@ -59,10 +59,19 @@ def upgrade() -> None:
     sa.Column('resync_requested_at', sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('provider')
     )
+    op.create_table('crm_owners',
+    sa.Column('provider', sa.String(length=40), nullable=False),
+    sa.Column('crm_owner_id', sa.String(length=100), nullable=False),
+    sa.Column('email', sa.String(), nullable=True),
+    sa.Column('rep', sa.String(), nullable=False),
+    sa.Column('imported_at', sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('provider', 'crm_owner_id')
+    )
 
 
 def downgrade() -> None:
     """Downgrade schema."""
+    op.drop_table('crm_owners')
     op.drop_table('crm_sync_state')
     op.drop_index(op.f('ix_crm_writes_status'), table_name='crm_writes')
     op.drop_index(op.f('ix_crm_writes_contact_id'), table_name='crm_writes')
