@@ -1,8 +1,8 @@
 """Console users and their sessions, the audit log of flow and template changes, and the
 console user behind a pause (pause_log.user_id).
 
-Revision ID: 0003_console_users
-Revises: 0002
+Revision ID: 0006_console_users
+Revises: 0005_crm_sync
 Create Date: 2026-12-06 23:29:13.033910
 
 """
@@ -13,8 +13,8 @@ import sqlalchemy as sa
 
 
 # revision identifiers, used by Alembic.
-revision: str = '0003_console_users'
-down_revision: Union[str, Sequence[str], None] = '0003_crm_sync'
+revision: str = '0006_console_users'
+down_revision: Union[str, Sequence[str], None] = '0005_crm_sync'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 

@@ -1,7 +1,7 @@
 """CRM sync: the contact's CRM record id, the queue of writes to the CRM, each connector's sync cursor and its owners.
 
-Revision ID: 0003_crm_sync
-Revises: 0002
+Revision ID: 0005_crm_sync
+Revises: 0004_webhook_tokens
 Create Date: 2026-12-06 23:40:00
 
 """
@@ -12,8 +12,8 @@ import sqlalchemy as sa
 
 
 # revision identifiers, used by Alembic.
-revision: str = '0003_crm_sync'
-down_revision: Union[str, Sequence[str], None] = '0003_webhook_tokens'
+revision: str = '0005_crm_sync'
+down_revision: Union[str, Sequence[str], None] = '0004_webhook_tokens'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 

@@ -1,7 +1,7 @@
 """Provider webhook tokens: a signed Mailgun webhook's one-time token, so a replay is refused.
 
-Revision ID: 0003_webhook_tokens
-Revises: 0002
+Revision ID: 0004_webhook_tokens
+Revises: 0003_event_inbox
 Create Date: 2026-12-06 23:50:00
 
 """
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 
 # revision identifiers, used by Alembic.
-revision: str = '0003_webhook_tokens'
+revision: str = '0004_webhook_tokens'
 down_revision: Union[str, Sequence[str], None] = '0003_event_inbox'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
