@@ -43,7 +43,7 @@ async def counts_at(browser: Browser, step: str) -> str:
 
 
 async def test_a_marketer_installs_and_activates_a_rep_pauses_and_the_timelines_say_who(site, db):
-    browser, http = site
+    browser, _ = site
 
     # A marketer installs a playbook from the gallery and activates it from the flow page.
     await browser.sign_in("marketer@example.com", PASSWORD)
@@ -75,7 +75,7 @@ async def test_a_marketer_installs_and_activates_a_rep_pauses_and_the_timelines_
         flow = await session.get(Flow, flow_id)
         assert (flow.status, flow.active_version) == ("active", 1)
 
-    # The marketer adds the contact; the site reports a subscription: the contact enrolls, and the
+    # The marketer adds the contact and records its subscription: the contact enrolls, and the
     # flow page counts 1 waiting two days.
     await browser.go("/app/contacts")
     await browser.click("details summary")
@@ -86,8 +86,12 @@ async def test_a_marketer_installs_and_activates_a_rep_pauses_and_the_timelines_
     await browser.eventually(lambda: at(browser, "/app/contacts/"), what="the new contact's page")
     contact_id = int((await browser.path()).split("/")[3])
     assert "vip, beta" in await browser.text("main")
-    event = await http.post("/events", json={"type": "blog_subscribed", "email": "ada@example.com"})
-    assert event.status_code == 202 and len(event.json()["enrolled"]) == 1, event.text
+    # The subscription is recorded from the contact page, as the site would post it.
+    await browser.fill("#event-type", "blog_subscribed")
+    await browser.fill("#event-properties", '{"source": "blog"}')
+    await browser.click("#event-form button[type=submit]")
+    await browser.eventually(lambda: browser.text("#event-form .form-ok"), what="the recorded event's answer")
+    assert "1 enrollment(s) started" in await browser.text("#event-form .form-ok")
 
     async def waiting_two_days() -> bool:
         await browser.go(f"/app/flows/{flow_id}")
@@ -112,6 +116,14 @@ async def test_a_marketer_installs_and_activates_a_rep_pauses_and_the_timelines_
     await browser.click("#test-send-form button")
     await browser.eventually(lambda: browser.text("#test-send-form .form-ok"), what="the test send's confirmation")
     assert "Sent to marketer@example.com: [Test]" in await browser.text("#test-send-form .form-ok")
+
+    # A new template from the templates page opens its own page.
+    await browser.go("/app/templates")
+    await browser.click("details summary")
+    for field, value in (("key", "demo-followup"), ("subject", "Your demo"), ("html", "<p>Hi {{ contact.name }}</p>")):
+        await browser.fill(f"#t-{field}", value)
+    await browser.click("#new-template-form button[type=submit]")
+    await browser.eventually(lambda: at(browser, "/app/templates/demo-followup"), what="the new template's page")
 
     # Rep-1 signs in, finds the contact on their own, and pauses it for a call.
     await browser.sign_in("sales@example.com", PASSWORD)

@@ -349,6 +349,18 @@ async def test_writers_get_the_contact_and_enroll_forms_and_readers_do_not(conso
     assert 'id="enroll-form"' not in page and 'id="deactivate-form"' not in page and "Edit as a new version" not in page
 
 
+async def test_writers_get_the_new_template_and_record_an_event_forms_and_readers_do_not(console, db):
+    contact = await add_contact(db, email="ada@example.com")
+    await signed_in_as(console, Role.marketer)
+    templates = (await console.get("/app/templates")).text
+    assert 'id="new-template-form"' in templates and 'data-api="/templates"' in templates
+    page = (await console.get(f"/app/contacts/{contact.id}")).text
+    assert 'id="event-form"' in page and f'name="contact_id" value="{contact.id}"' in page
+    await signed_in_as(console, Role.read_only)
+    assert 'id="new-template-form"' not in (await console.get("/app/templates")).text
+    assert 'id="event-form"' not in (await console.get(f"/app/contacts/{contact.id}")).text
+
+
 async def test_a_console_page_answers_head_as_it_answers_get(console, db):
     assert (await console.head("/app/flows")).status_code == 303  # a stranger is sent to sign in
     await signed_in_as(console, Role.read_only)

@@ -12,6 +12,8 @@
     if (kind === "int") return Number.isInteger(Number(raw)) ? Number(raw) : raw;
     if (kind === "list") return raw.split(",").map((s) => s.trim()).filter(Boolean);
     if (kind === "raw") return input.value;
+    // Not JSON: sent as typed, so the API names the field and says what it expected.
+    if (kind === "object") { try { return JSON.parse(raw); } catch (_) { return raw; } }
     return raw;
   }
 
