@@ -42,6 +42,7 @@ from api.routers import (
 from api.state import TemporalConnection
 from nurture.db import Database
 from nurture.deployment_secrets import API_SECRETS, ForgeableSecret, require_secrets, with_stored_secrets
+from nurture.provider_webhook_keys import require_webhook_keys, unconfigured
 from nurture.enrolling import Enroller, TemporalUnavailable
 from nurture.event_inbox import EventInbox
 from nurture.flow import FlowDefinition
@@ -74,9 +75,14 @@ def create_app(
         try:
             checked = with_stored_secrets(app.state.settings)
             require_secrets(checked, API_SECRETS, "API")
+            # A guessable provider webhook key would let anyone suppress or unsubscribe any contact.
+            require_webhook_keys(checked, "API")
         except ForgeableSecret as exc:
             log.error("api_refused_to_start", reason=str(exc))
             raise
+        for problem in unconfigured(checked):
+            # Sending works without it, but no bounce or complaint of the provider suppresses anyone.
+            log.warning("email_webhook_not_configured", provider=checked.email_provider, problem=problem)
         app.state.settings = checked
         owned_db: Database | None = None
         if app.state.db is None:

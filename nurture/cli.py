@@ -43,6 +43,7 @@ from nurture.database_location import DatabaseMissing, describe_database, requir
 from nurture.db import Database
 from nurture.deployment_secrets import ALL_SECRETS, ForgeableSecret, ensure_local_secrets, require_secrets, secrets_environment
 from nurture.migrating import MigrationFailed, migrate, upgrade
+from nurture.provider_webhook_keys import require_webhook_keys, unconfigured
 from nurture.settings import Settings, get_settings
 from nurture.temporal import connect
 
@@ -336,8 +337,11 @@ class Stack:
         try:
             settings = ensure_local_secrets(settings)
             require_secrets(settings, ALL_SECRETS, "stack")
+            require_webhook_keys(settings, "stack")
         except ForgeableSecret as exc:
             raise StackError(str(exc)) from exc
+        for problem in unconfigured(settings):
+            self.log.warning("email_webhook_not_configured", provider=settings.email_provider, problem=problem)
         self.child_environment.update(secrets_environment(settings))
         # The API and the worker refuse a database behind their schema: bring it there first.
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -14,7 +15,7 @@ from sqlmodel import select
 
 from api.main import create_app
 
-from nurture.models import Event, Message
+from nurture.models import Event, Message, WebhookToken, utcnow
 from tests.api_support import active_example_flow, enroll_by_event, wait_for_step
 from tests.conftest import BACKENDS, eventually
 from tests.email_emulators.fixtures import mailgun, moto_server, postmark, sendgrid, ses  # noqa: F401
@@ -173,6 +174,10 @@ async def test_ses_confirms_its_subscription_and_trusts_only_sns_certificates(se
         elsewhere = sns.notification(unknown)
         elsewhere["SigningCertURL"] = "https://sns.us-east-1.amazonaws.com.evil.example/cert.pem"
         assert (await api.post("/webhooks/ses", **sns.post(elsewhere))).status_code == 401
+        # Starts like the trusted prefix, but the host is after the "@".
+        borrowed = sns.notification(unknown)
+        borrowed["SigningCertURL"] = "http://127.0.0.1:@attacker.example/cert.pem"
+        assert (await api.post("/webhooks/ses", **sns.post(borrowed))).status_code == 401
         tampered = sns.notification(unknown)
         tampered["Message"] = tampered["Message"].replace("Delivery", "Bounce")
         assert (await api.post("/webhooks/ses", **sns.post(tampered))).status_code == 401
@@ -207,6 +212,21 @@ async def test_sendgrid_and_mailgun_refuse_old_signatures_and_mailgun_a_spent_to
         reused = mailgun_emulator.signed({**data, "event": "complained", "id": "a2"}, token="t" * 50)
         assert (await api.post("/webhooks/mailgun", json=reused)).status_code == 406
 
+        # Spent tokens are not kept for ever: one seen long ago can only come back with a timestamp
+        # refused anyway, so its row goes; a recent one stays spent.
+        async with db.session() as s:
+            s.add(WebhookToken(provider="mailgun", token="o" * 50, seen_at=utcnow() - timedelta(days=1)))
+            await s.commit()
+        assert (await api.post("/webhooks/mailgun", json=mailgun_emulator.signed({**data, "id": "a3"}))).status_code == 200
+        async with db.session() as s:
+            kept = set((await s.exec(select(WebhookToken.token).where(WebhookToken.provider == "mailgun"))).all())
+        assert "o" * 50 not in kept and "t" * 50 in kept
+        old_replay = mailgun_emulator.signed({**data, "id": "a4"}, token="o" * 50, timestamp=int(time.time()) - 86400)
+        assert (await api.post("/webhooks/mailgun", json=old_replay)).status_code == 401
+
         # A provider whose webhook is not configured says which setting is missing.
         missing = await api.post("/webhooks/postmark", json={"RecordType": "Delivery"})
         assert missing.status_code == 404 and "NURTURE_POSTMARK__WEBHOOK_USERNAME" in missing.json()["detail"]
+        # Without the topic allow-list, any AWS account's topic could post: no SES event is taken.
+        no_topics = await api.post("/webhooks/ses", json={"Type": "Notification"})
+        assert no_topics.status_code == 404 and "NURTURE_SES__SNS_TOPIC_ARNS" in no_topics.json()["detail"]

@@ -12,9 +12,11 @@ answers 404, naming the setting.
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Request
+from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
@@ -25,7 +27,7 @@ from nurture.engagement import EngagementRecorder
 from nurture.enrolling import Enroller
 from nurture.logging import get_logger
 from nurture.metrics import EMAIL_WEBHOOK_EVENTS
-from nurture.models import WebhookToken
+from nurture.models import WebhookToken, utcnow
 
 router = APIRouter(tags=["provider webhooks"])
 
@@ -73,8 +75,9 @@ async def ses_webhook(request: Request, session: SessionDep, settings: SettingsD
     """Amazon SES events through an SNS HTTPS subscription. The SNS signature is checked against its
     signing certificate (fetched from an SNS host, then kept); a subscription confirmation is
     confirmed by visiting its SubscribeURL (on an SNS host only)."""
-    if settings.email_provider != "ses" and not settings.ses.sns_topic_arns:
-        raise _not_configured("NURTURE_EMAIL_PROVIDER=ses or NURTURE_SES__SNS_TOPIC_ARNS")
+    # Without the allow-list, any AWS account's topic could subscribe here and post real, signed lies.
+    if not settings.ses.sns_topic_arns:
+        raise _not_configured("NURTURE_SES__SNS_TOPIC_ARNS")
     try:
         message = ses.parse(await request.body())
         verifier = ses.SnsVerifier(settings.ses)
@@ -181,6 +184,10 @@ async def mailgun_webhook(request: Request, session: SessionDep, settings: Setti
         raise HTTPException(status_code=406, detail="this webhook's token was used before: a replay is refused")
     # Spent with the reports, in one commit: a request answered 503 leaves it unspent for Mailgun's retry.
     session.add(WebhookToken(provider="mailgun", token=token))
+    # A token seen more than twice the tolerance ago can only come back with a timestamp the check
+    # above refuses (it was within the tolerance of that sighting): its row is no longer needed.
+    forgotten = utcnow() - timedelta(seconds=2 * settings.email_webhook_tolerance_seconds)
+    await session.exec(delete(WebhookToken).where(WebhookToken.provider == "mailgun", WebhookToken.seen_at < forgotten))
     try:
         await session.flush()
     except IntegrityError as exc:  # the same request, at the same moment, on another connection

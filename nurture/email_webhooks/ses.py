@@ -46,9 +46,11 @@ def string_to_sign(message: dict[str, Any]) -> bytes:
 
 
 def trusted_url(url: str, settings: SesSettings) -> bool:
+    parts = urlsplit(url)
+    if "@" in parts.netloc:  # http://127.0.0.1:@elsewhere/ starts like a trusted prefix but is another host
+        return False
     if settings.sns_trusted_url_prefix and url.startswith(settings.sns_trusted_url_prefix):
         return True
-    parts = urlsplit(url)
     return parts.scheme == "https" and parts.port is None and bool(SNS_HOST.match(parts.hostname or ""))
 
 

@@ -12,6 +12,7 @@ from moto.server import ThreadedMotoServer
 
 from nurture.settings import MailgunSettings, PostmarkSettings, SendgridSettings, SesSettings
 from tests.email_emulators.loopback import serving
+from tests.email_emulators.sns import TOPIC
 from tests.email_emulators.vendors import MailgunEmulator, PostmarkEmulator, SendgridEmulator
 
 SES_SENDER = "marketing@example.com"
@@ -71,7 +72,7 @@ def ses(moto_server: str) -> SesSettings:
     """SES v2 on moto, with the sender's address verified (SES refuses to send from any other)."""
     settings = SesSettings(
         base_url=moto_server, region="us-east-1", access_key_id="testing", secret_access_key="testing",
-        sns_trusted_url_prefix="http://127.0.0.1:",
+        sns_trusted_url_prefix="http://127.0.0.1:", sns_topic_arns=[TOPIC],
     )
     client = boto3.client(
         "sesv2", endpoint_url=moto_server, region_name="us-east-1",

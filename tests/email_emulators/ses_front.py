@@ -4,9 +4,16 @@ Requests pass through to moto unchanged, except that ``throttle(n)`` answers the
 SES v2 answers past the account's sending rate: HTTP 429, ``x-amzn-ErrorType:
 TooManyRequestsException`` and ``{"message": "Maximum sending rate exceeded."}``
 (https://docs.aws.amazon.com/ses/latest/APIReference-V2/CommonErrors.html).
+Each SendEmail that moto accepted is kept in ``sends``: its request (EmailTags, the raw MIME) and
+SES's MessageId, since moto's own record of a raw send drops the tags.
 """
 
 from __future__ import annotations
+
+import base64
+import json
+from email import message_from_bytes
+from typing import Any
 
 import httpx
 from starlette.applications import Starlette
@@ -21,6 +28,7 @@ class SesThrottlingFront:
     def __init__(self, moto_url: str):
         self.moto_url = moto_url
         self.throttled = 0
+        self.sends: list[dict[str, Any]] = []
         self._throttle_next = 0
         self._retry_after = 1
         self.app = Starlette(routes=[Route("/{path:path}", self.forward, methods=["GET", "POST", "PUT", "DELETE"])])
@@ -41,5 +49,21 @@ class SesThrottlingFront:
             answer = await http.request(
                 request.method, request.url.path, params=request.query_params, headers=headers, content=await request.body()
             )
+        if request.url.path.startswith("/v2/email/outbound-emails") and answer.status_code == 200:
+            self.sends.append(_send_record(await request.body(), answer.json()))
         passed = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP | {"content-encoding"}}
         return Response(answer.content, answer.status_code, headers=passed)
+
+
+def _send_record(body: bytes, answer: dict[str, Any]) -> dict[str, Any]:
+    """What the SendEmail request carried: the tags (our metadata), the recipient and the Message-ID."""
+    request = json.loads(body)
+    raw = request.get("Content", {}).get("Raw", {}).get("Data", "")
+    mime = message_from_bytes(base64.b64decode(raw)) if raw else None
+    return {
+        "message_id": answer.get("MessageId"),
+        "to": (request.get("Destination") or {}).get("ToAddresses", [""])[0],
+        "tags": {tag["Name"]: tag["Value"] for tag in request.get("EmailTags") or []},
+        "headers": {"Message-ID": mime["Message-ID"]} if mime is not None else {},
+        "configuration_set": request.get("ConfigurationSetName"),
+    }
