@@ -19,6 +19,8 @@ from activities.email.providers import (
 from activities.email.ses import SesProvider
 from nurture.settings import Settings
 from tests.email_emulators.fixtures import SES_SENDER, mailgun, moto_server, postmark, sendgrid, ses, ses_sent  # noqa: F401
+from tests.email_emulators.loopback import serving
+from tests.email_emulators.ses_front import SesThrottlingFront
 
 METADATA = {"nurture_message_id": "17", "nurture_enrollment": "enrollment-3-9"}
 
@@ -136,6 +138,19 @@ async def test_ses_refusing_an_unverified_sender_is_permanent(ses, moto_server):
     with pytest.raises(PermanentDeliveryError, match="MessageRejected"):
         await deliver(provider, mail)
     await provider.aclose()
+
+
+async def test_ses_throttling_is_temporary_and_names_its_wait(ses, moto_server):
+    front = SesThrottlingFront(moto_server)
+    async with serving(front.app) as url:
+        provider = SesProvider(ses.model_copy(update={"base_url": url}))
+        front.throttle(1, retry_after_seconds=7)
+        with pytest.raises(TemporaryDeliveryError, match="TooManyRequestsException") as raised:
+            await deliver(provider, outgoing())
+        assert raised.value.retry_after == 7 and front.sends == []
+        await deliver(provider, outgoing())  # the next attempt goes through, once
+        assert len(front.sends) == 1
+        await provider.aclose()
 
 
 async def test_ses_unreachable_is_temporary(ses):

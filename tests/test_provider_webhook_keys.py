@@ -98,3 +98,15 @@ def test_the_api_refuses_to_start_with_a_guessable_webhook_key_and_says_which(tm
     code, output = run_until_exit(command, env)
     assert code != 0, output
     assert "NURTURE_POSTMARK__WEBHOOK_PASSWORD is a published placeholder" in output, output[-3000:]
+
+
+def test_the_api_names_the_chosen_providers_missing_webhook_key_at_start(tmp_path):
+    command = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(free_port())]
+    env = bare_env(
+        tmp_path, NURTURE_TRACKING_SECRET=GOOD_SECRET, NURTURE_EMAIL_WEBHOOK_SECRET=GOOD_SECRET,
+        NURTURE_EMAIL_PROVIDER="mailgun",
+    )
+    # The database here was never migrated, so the API stops right after its start checks.
+    code, output = run_until_exit(command, env)
+    assert "email_webhook_not_configured" in output and "NURTURE_MAILGUN__WEBHOOK_SIGNING_KEY is not set" in output, output[-3000:]
+    assert "refuses to start: NURTURE_MAILGUN" not in output
