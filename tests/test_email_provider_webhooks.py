@@ -82,7 +82,12 @@ async def test_a_send_goes_through_the_provider_and_its_delivery_report_is_recor
         assert (await s.get(Message, message.id)).delivered_at is not None
 
 
-async def test_a_hard_bounce_suppresses_and_a_complaint_unsubscribes(provider_stack, db):
+# Each vendor's word for "this message, this time" (the address may take mail later).
+SOFT_BOUNCE = {"ses": {"bounceType": "Transient"}, "sendgrid": {"type": "blocked"}, "postmark": {"Type": "SoftBounce"},
+               "mailgun": {"severity": "temporary"}}
+
+
+async def test_a_hard_bounce_suppresses_a_soft_one_does_not_and_a_complaint_unsubscribes(provider_stack, db):
     stack = provider_stack
     stack.db = db
     await active_example_flow(stack.api)
@@ -105,6 +110,14 @@ async def test_a_hard_bounce_suppresses_and_a_complaint_unsubscribes(provider_st
     row = await eventually(lambda: ended(stack.api, complainer_enrollment))
     assert (row["status"], row["exit_reason"]) == ("exited", "unsubscribed")
     assert (await stack.api.get(f"/contacts/{complainer_id}")).json()["subscription_status"] == "unsubscribed"
+
+    full_id, full_enrollment, full_message = await enrolled(stack, "full@example.com")
+    soft = await stack.report("hard_bounce", full_message, **SOFT_BOUNCE[stack.name])
+    assert soft.json()["recorded"] == 1, soft.text
+    [event] = await events_of(db, full_id, "email_bounced")
+    assert event.properties["bounce_type"] == "soft"
+    assert (await stack.api.get(f"/contacts/{full_id}")).json()["subscription_status"] == "subscribed"
+    assert (await stack.api.get(f"/enrollments/{full_enrollment}")).json()["status"] == "active"
 
 
 async def test_opens_clicks_and_unsubscribes_the_provider_tracked(provider_stack, db):

@@ -212,10 +212,10 @@ class PostmarkEmulator(VendorEmulator):
         at = "2026-12-06T16:00:00Z"
         shapes: dict[str, dict[str, Any]] = {
             "Delivery": {"ServerID": 23, "Recipient": accepted.to, "DeliveredAt": at, "Details": "Test delivery webhook details"},
-            "Bounce": {"ID": 4323372036854775807, "Type": "HardBounce", "TypeCode": 1, "Name": "Hard bounce",
+            "Bounce": {"ID": secrets.randbelow(2**62), "Type": "HardBounce", "TypeCode": 1, "Name": "Hard bounce",
                        "Email": accepted.to, "BouncedAt": at, "Description": "The server was unable to deliver your message (ex: unknown user, mailbox not found).",
                        "Details": "smtp;550 5.1.1 The email account that you tried to reach does not exist.", "Inactive": True, "CanActivate": True},
-            "SpamComplaint": {"ID": 42, "Type": "SpamComplaint", "TypeCode": 512, "Name": "Spam complaint",
+            "SpamComplaint": {"ID": secrets.randbelow(2**62), "Type": "SpamComplaint", "TypeCode": 512, "Name": "Spam complaint",
                               "Email": accepted.to, "BouncedAt": at, "Details": "Test spam complaint details", "Inactive": True},
             "Open": {"FirstOpen": True, "Recipient": accepted.to, "ReceivedAt": at, "UserAgent": "Mozilla/5.0 (Macintosh)", "Platform": "WebMail"},
             "Click": {"ClickLocation": "HTML", "OriginalLink": "https://example.com", "Recipient": accepted.to, "ReceivedAt": at,
