@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import logging
 import os
@@ -235,10 +236,12 @@ class RunningStack:
 
 
 async def settle(check, what: str, timeout: float = SETTLE_TIMEOUT) -> Any:
-    """Poll until ``check()`` answers something truthy; answers it."""
+    """Poll until ``check()`` (a coroutine function or a plain one) answers something truthy; answers it."""
     deadline = time.monotonic() + timeout
     while True:
-        found = await check()
+        found = check()
+        if inspect.isawaitable(found):
+            found = await found
         if found:
             return found
         if time.monotonic() > deadline:
@@ -328,7 +331,7 @@ async def _walk(record: Walk, provider: Emulated, stack: RunningStack, http: htt
     # The delivery report, then the same report again: providers retry a post they think failed.
     delivery = reports.signed(reports.payload("delivered", row("delivered")))
     first = await http.post(PATHS[name], **delivery)
-    delivered_at = await settle(lambda: _value(stack.delivered_at(contacts["delivered"]["message"]["id"])), "messages.delivered_at")
+    delivered_at = await settle(lambda: stack.delivered_at(contacts["delivered"]["message"]["id"]), "messages.delivered_at")
     record.step("delivery_report", **answer(first), delivered_at=delivered_at)
     record.check(first.status_code == 200 and first.json()["recorded"] == 1, f"delivery report: {first.text}")
     if name == "mailgun":
@@ -377,10 +380,6 @@ async def _walk(record: Walk, provider: Emulated, stack: RunningStack, http: htt
                 sends_at_provider=len(provider.sends()))
     record.check(waiting["status"] == "active", f"the delivered contact's enrollment is {waiting['status']}")
     record.check(len(provider.sends()) == len(CONTACTS), f"the provider got {len(provider.sends())} sends, not {len(CONTACTS)}")
-
-
-async def _value(value: Any) -> Any:
-    return value
 
 
 async def main_async(providers: list[str]) -> dict[str, Any]:
