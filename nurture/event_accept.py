@@ -1,0 +1,103 @@
+"""Accepting one event of a known contact in three statements on the connection, no ORM.
+
+The hot path of ``POST /events``: the contact's touch (``UPDATE … RETURNING``, which also finds
+it), the event's insert (``ON CONFLICT (event_id) DO NOTHING RETURNING``: a duplicate is found by
+the unique index, with no read before), and the commit. The ORM path it replaces read the contact,
+flushed an insert and an update, and cost about twice the API's CPU per event.
+
+The contact's row is updated first on purpose: its lock orders two events of one contact, so the
+one accepted first also gets the lower row id, which is the order the router delivers them in.
+
+What it does not take (the caller uses the general path): a contact given by an email no contact
+has exactly (it may have to be created, or be stored in another case), and unsubscribe events
+(they change the contact's subscription as well).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from nurture.db import Database
+from nurture.models import Contact, Event, utcnow
+
+CONTACTS = Contact.__table__
+EVENTS = Event.__table__
+
+
+@dataclass(frozen=True)
+class Accepted:
+    contact_id: int
+    row: int | None  # None: this event_id was received before (a duplicate)
+
+
+def _touch(where: sa.ColumnElement[bool]) -> sa.Update:
+    at = sa.bindparam("activity_at", type_=CONTACTS.c.last_activity_at.type)
+    return (
+        sa.update(CONTACTS)
+        .where(where)
+        .values(
+            last_activity_at=sa.case(
+                (sa.or_(CONTACTS.c.last_activity_at.is_(None), CONTACTS.c.last_activity_at < at), at),
+                else_=CONTACTS.c.last_activity_at,
+            )
+        )
+        .returning(CONTACTS.c.id)
+    )
+
+
+_TOUCH_BY_ID = _touch(CONTACTS.c.id == sa.bindparam("by_id"))
+_TOUCH_BY_EMAIL = _touch(CONTACTS.c.email == sa.bindparam("by_email"))
+_INSERTS = {
+    name: dialect.insert(EVENTS).on_conflict_do_nothing(index_elements=[EVENTS.c.event_id]).returning(EVENTS.c.id)
+    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
+}
+
+
+async def accept(
+    db: Database,
+    *,
+    contact_id: int | None,
+    email: str | None,
+    event_id: str,
+    type: str,
+    properties: dict[str, Any],
+    occurred_at: datetime,
+    status: str,
+) -> Accepted | None:
+    """Store the event; None when the contact is not found this way (unknown id, or no exact email)."""
+    async with db.engine.connect() as conn:
+        if contact_id is not None:
+            found = await conn.execute(_TOUCH_BY_ID, {"by_id": contact_id, "activity_at": occurred_at})
+        else:
+            found = await conn.execute(_TOUCH_BY_EMAIL, {"by_email": (email or "").strip().lower(), "activity_at": occurred_at})
+        contact = found.scalar()
+        if contact is None:
+            await conn.rollback()
+            return None
+        row = await _insert(conn, {
+            "event_id": event_id, "contact_id": contact, "type": type, "properties": properties,
+            "occurred_at": occurred_at, "received_at": utcnow(), "inbox_status": status,
+        })
+        if row is None:
+            # A duplicate changes nothing: not even the contact's last activity.
+            await conn.rollback()
+        else:
+            await conn.commit()
+        return Accepted(contact_id=contact, row=row)
+
+
+async def _insert(conn: AsyncConnection, values: dict[str, Any]) -> int | None:
+    statement = _INSERTS.get(conn.dialect.name)
+    if statement is None:  # another database: the portable way (the unique index still dedupes)
+        try:
+            async with conn.begin_nested():
+                return (await conn.execute(sa.insert(EVENTS).returning(EVENTS.c.id), values)).scalar()
+        except sa.exc.IntegrityError:
+            return None
+    return (await conn.execute(statement, values)).scalar()
