@@ -176,6 +176,7 @@ class Stack:
         self.profile = profile
         self.processes: list[subprocess.Popen] = []
         self.postgres_name: str | None = None
+        self._postgres_seen: dict[int, float] = {}
         self.profiled = "api"
 
     def start(self) -> None:
@@ -222,8 +223,23 @@ class Stack:
             "temporal": sum(tree_cpu_seconds(pid) for pid in temporal),
         }
         if self.postgres_name is not None:
-            used["postgresql"] = sum(_cpu_or_zero(pid) for pid in postgres_backends(self.postgres_name))
+            used["postgresql"] = self.postgres_cpu_seconds()
         return used
+
+    def postgres_cpu_seconds(self) -> float:
+        """CPU of this run's PostgreSQL backends so far: a backend whose connection the pool closed
+        keeps the CPU it was last seen with (``watch_postgres`` looks often), so none goes missing."""
+        if self.postgres_name is not None:
+            for pid in postgres_backends(self.postgres_name):
+                used = _cpu_or_zero(pid)
+                if used:
+                    self._postgres_seen[pid] = used
+        return sum(self._postgres_seen.values())
+
+    async def watch_postgres(self) -> None:
+        while True:
+            await asyncio.to_thread(self.postgres_cpu_seconds)
+            await asyncio.sleep(0.5)
 
     def stop(self) -> None:
         for process in reversed(self.processes):
@@ -338,6 +354,7 @@ async def goal_rate(engine: Engine, http: httpx.AsyncClient, flow, rate: int, du
         answered.append(time.time() - began)
 
     spy = stack.spy_on_worker()
+    watching = asyncio.create_task(stack.watch_postgres())
     cpu_before = stack.cpu_seconds()
     began = time.monotonic()
     tasks = []
@@ -353,6 +370,7 @@ async def goal_rate(engine: Engine, http: httpx.AsyncClient, flow, rate: int, du
     await rows_closed(engine, [w for _, w in targets], timeout=120 + n / 10)
     await asyncio.sleep(0.5)
     cpu_after = stack.cpu_seconds()
+    watching.cancel()
     if spy is not None:
         spy.send_signal(signal.SIGINT)
         spy.wait(timeout=60)
