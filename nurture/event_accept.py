@@ -59,6 +59,38 @@ _INSERTS = {
 }
 
 
+def _one_statement(by: sa.ColumnElement[bool]) -> sa.Select:
+    """PostgreSQL: the same in one statement, sent in autocommit (one round trip). The insert reads
+    the contact ``FOR UPDATE`` before its row takes its id, so the order holds; the touch follows
+    the insert, so a duplicate touches nothing. Answers (contact, event row)."""
+    found = sa.select(CONTACTS.c.id).where(by).with_for_update().cte("found")
+    columns = ("event_id", "type", "properties", "occurred_at", "received_at", "inbox_status")
+    values = sa.select(
+        # Parameters named apart from the columns: the UPDATE below would take same-named ones as values.
+        *(sa.bindparam(f"e_{name}", type_=EVENTS.c[name].type).label(name) for name in columns),
+        found.c.id.label("contact_id"),
+    )
+    inserted = (
+        postgresql.insert(EVENTS)
+        .from_select([*columns, "contact_id"], values)
+        .on_conflict_do_nothing(index_elements=[EVENTS.c.event_id])
+        .returning(EVENTS.c.id, EVENTS.c.contact_id)
+        .cte("inserted")
+    )
+    at = sa.bindparam("activity_at", type_=CONTACTS.c.last_activity_at.type)
+    touched = (
+        sa.update(CONTACTS)
+        .where(CONTACTS.c.id == inserted.c.contact_id)
+        .values(last_activity_at=sa.func.greatest(sa.func.coalesce(CONTACTS.c.last_activity_at, at), at))
+        .cte("touched")
+    )
+    return sa.select(sa.select(found.c.id).scalar_subquery(), sa.select(inserted.c.id).scalar_subquery()).add_cte(touched)
+
+
+_ONE_BY_ID = _one_statement(CONTACTS.c.id == sa.bindparam("by_id"))
+_ONE_BY_EMAIL = _one_statement(CONTACTS.c.email == sa.bindparam("by_email"))
+
+
 async def accept(
     db: Database,
     *,
@@ -72,6 +104,11 @@ async def accept(
 ) -> Accepted | None:
     """Store the event; None when the contact is not found this way (unknown id, or no exact email)."""
     async with db.engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            return await _accept_in_one(conn, contact_id, email, {
+                "e_event_id": event_id, "e_type": type, "e_properties": properties, "e_occurred_at": occurred_at,
+                "e_received_at": utcnow(), "e_inbox_status": status, "activity_at": occurred_at,
+            })
         if contact_id is not None:
             found = await conn.execute(_TOUCH_BY_ID, {"by_id": contact_id, "activity_at": occurred_at})
         else:
@@ -101,3 +138,13 @@ async def _insert(conn: AsyncConnection, values: dict[str, Any]) -> int | None:
         except sa.exc.IntegrityError:
             return None
     return (await conn.execute(statement, values)).scalar()
+
+
+async def _accept_in_one(conn: AsyncConnection, contact_id: int | None, email: str | None, values: dict[str, Any]) -> Accepted | None:
+    await conn.execution_options(isolation_level="AUTOCOMMIT")
+    if contact_id is not None:
+        found = await conn.execute(_ONE_BY_ID, values | {"by_id": contact_id})
+    else:
+        found = await conn.execute(_ONE_BY_EMAIL, values | {"by_email": (email or "").strip().lower()})
+    contact, row = found.one()
+    return None if contact is None else Accepted(contact_id=contact, row=row)
