@@ -1,12 +1,15 @@
-"""Accepting one event of a known contact in three statements on the connection, no ORM.
+"""Accepting one event of a known contact without the ORM: one statement on PostgreSQL.
 
-The hot path of ``POST /events``: the contact's touch (``UPDATE … RETURNING``, which also finds
-it), the event's insert (``ON CONFLICT (event_id) DO NOTHING RETURNING``: a duplicate is found by
-the unique index, with no read before), and the commit. The ORM path it replaces read the contact,
-flushed an insert and an update, and cost about twice the API's CPU per event.
+The hot path of ``POST /events``. On PostgreSQL one statement sent in autocommit (one round trip):
+the contact read ``FOR UPDATE`` (which also finds it), the event's insert ``ON CONFLICT (event_id)
+DO NOTHING`` (a duplicate is found by the unique index, with no read before), and the contact's
+touch after the insert (so a duplicate touches nothing). Elsewhere (SQLite) three statements: the
+touch (``UPDATE … RETURNING``), the insert, the commit. The ORM path it replaces (pre-ping, BEGIN,
+SELECT, INSERT, UPDATE, COMMIT) cost 6.5 ms of CPU per event in-process; this one 1.8 ms.
 
-The contact's row is updated first on purpose: its lock orders two events of one contact, so the
-one accepted first also gets the lower row id, which is the order the router delivers them in.
+The contact's row is locked before the event's row takes its id on purpose: two events of one
+contact then get their ids in the order they are accepted, which is the order the router delivers
+them in.
 
 What it does not take (the caller uses the general path): a contact given by an email no contact
 has exactly (it may have to be created, or be stored in another case), and unsubscribe events
