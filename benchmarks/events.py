@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
+import sqlalchemy as sa
 from sqlmodel import col, select
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -41,6 +43,7 @@ from benchmarks.flows import SCALE_FLOW
 from benchmarks.harness import (
     BACKENDS,
     GOAL_EVENT,
+    POSTGRES_URL,
     Engine,
     add_flow,
     add_templates,
@@ -54,7 +57,7 @@ from benchmarks.harness import (
     terminate_all,
 )
 from benchmarks.raw_workflow import RAW_WORKFLOW, Pings, PingSignal, PingsQuery, RawInput, RawWorkflow, noop
-from benchmarks.processes import cpu_seconds, descendants
+from benchmarks.processes import children, cpu_seconds, descendants
 from benchmarks.scale import worker_environment, worker_polling
 from nurture.enrolling import Enroller
 from nurture.models import Contact, Enrollment, FlowVersion, utcnow
@@ -130,6 +133,28 @@ class Poster:
             writer.close()
 
 
+def _cpu_or_zero(pid: int) -> float:
+    try:
+        return cpu_seconds(pid)
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return 0.0
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    return sum(_cpu_or_zero(p) for p in [pid, *descendants(pid)])
+
+
+def postgres_backends(application_name: str) -> list[int]:
+    """The server processes of this run's connections (same machine: their CPU is in /proc)."""
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s", (application_name,))
+        return [pid for (pid,) in rows.fetchall()]
+
+
+def with_application_name(url: str, name: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}application_name={name}"
+
+
 def quantiles(seconds: list[float], *pcts: int) -> dict[str, float | None]:
     return {f"p{p}_ms": round(percentile(seconds, p) * 1000, 1) if seconds else None for p in pcts}
 
@@ -150,15 +175,21 @@ class Stack:
         self.api_workers = api_workers
         self.profile = profile
         self.processes: list[subprocess.Popen] = []
+        self.postgres_name: str | None = None
+        self._postgres_seen: dict[int, float] = {}
+        self.profiled = "api"
 
     def start(self) -> None:
-        self.processes.append(self._spawn("worker", [sys.executable, "-m", "worker"]))
+        worker = [sys.executable, "-m", "worker"]
         api = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(self.port),
                "--no-proxy-headers", "--no-access-log", "--workers", str(self.api_workers)]
         if self.profile is not None:
-            api = [str(Path(sys.executable).parent / "py-spy"), "record", "--subprocesses", "--rate", "200",
+            spy = [str(Path(sys.executable).parent / "py-spy"), "record", "--subprocesses", "--rate", "200",
                    "--format", {".json": "speedscope", ".txt": "raw"}.get(self.profile.suffix, "flamegraph"),
-                   "-o", str(self.profile), "--"] + api
+                   "-o", str(self.profile), "--"]
+            if self.profiled == "api":
+                api = spy + api
+        self.processes.append(self._spawn("worker", worker))
         self.processes.append(self._spawn("api", api))
 
     def _spawn(self, name: str, command: list[str]) -> subprocess.Popen:
@@ -166,16 +197,49 @@ class Stack:
         return subprocess.Popen(command, env=self.env, cwd=Path(__file__).resolve().parent.parent,
                                 stdout=log, stderr=subprocess.STDOUT)
 
+    def spy_on_worker(self) -> subprocess.Popen | None:
+        """py-spy attached to the worker while the goal events are handled (not while they enroll)."""
+        if self.profile is None or self.profiled != "worker":
+            return None
+        return subprocess.Popen(
+            [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(self.processes[0].pid), "--rate", "200",
+             "--format", {".json": "speedscope", ".txt": "raw"}.get(self.profile.suffix, "flamegraph"),
+             "-o", str(self.profile)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+
     def api_cpu_seconds(self) -> float:
         """CPU time the API's processes used so far (uvicorn's and its workers')."""
-        api = self.processes[1].pid
-        total = 0.0
-        for pid in [api, *descendants(api)]:
-            try:
-                total += cpu_seconds(pid)
-            except (FileNotFoundError, ProcessLookupError, IndexError):
-                pass
-        return total
+        return tree_cpu_seconds(self.processes[1].pid)
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU used so far by each part of the path of an event: the API, the worker, the Temporal
+        dev server, and the PostgreSQL backends serving this run (by application_name)."""
+        own = {self.processes[0].pid, self.processes[1].pid}
+        temporal = [pid for pid in children(os.getpid()) if pid not in own]
+        used = {
+            "api": self.api_cpu_seconds(),
+            "worker": tree_cpu_seconds(self.processes[0].pid),
+            "temporal": sum(tree_cpu_seconds(pid) for pid in temporal),
+        }
+        if self.postgres_name is not None:
+            used["postgresql"] = self.postgres_cpu_seconds()
+        return used
+
+    def postgres_cpu_seconds(self) -> float:
+        """CPU of this run's PostgreSQL backends so far: a backend whose connection the pool closed
+        keeps the CPU it was last seen with (``watch_postgres`` looks often), so none goes missing."""
+        if self.postgres_name is not None:
+            for pid in postgres_backends(self.postgres_name):
+                used = _cpu_or_zero(pid)
+                if used:
+                    self._postgres_seen[pid] = used
+        return sum(self._postgres_seen.values())
+
+    async def watch_postgres(self) -> None:
+        while True:
+            await asyncio.to_thread(self.postgres_cpu_seconds)
+            await asyncio.sleep(0.5)
 
     def stop(self) -> None:
         for process in reversed(self.processes):
@@ -199,6 +263,19 @@ async def contacts_of(engine: Engine, flow_id: int, skip: set[int]) -> list[tupl
             .order_by(col(Enrollment.id))
         )
         return [(c, w) for c, w in rows.all() if c not in skip]
+
+
+async def rows_closed(engine: Engine, workflow_ids: list[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        async with engine.db.session() as s:
+            open_ = (await s.exec(
+                select(sa.func.count()).select_from(Enrollment).where(
+                    col(Enrollment.workflow_id).in_(workflow_ids), Enrollment.status == "active")
+            )).one()
+        if open_ == 0:
+            return
+        await asyncio.sleep(0.2)
 
 
 async def closed_at(client: Client, workflow_ids: list[str], timeout: float) -> dict[str, datetime]:
@@ -234,7 +311,19 @@ async def enrolled_directly(engine: Engine, flow, n: int, page: int = 500) -> di
         for start in range(0, len(contacts), page):
             await engine.enroller.admit_many(s, flow, version, contacts[start:start + page], at=utcnow())
     took = time.perf_counter() - began
-    await asyncio.sleep(2 + n / 100)
+    # Every enrollment asleep (its row says so) before the events come: a start still being handled
+    # would count in the worker's and Temporal's CPU per goal event.
+    asleep = (
+        select(sa.func.count()).select_from(Enrollment).join(Contact, col(Contact.id) == col(Enrollment.contact_id))
+        .where(Contact.company == company, Enrollment.current_step == "wait", Enrollment.status == "active")
+    )
+
+    async def all_asleep() -> bool:
+        async with engine.db.session() as s:
+            return (await s.exec(asleep)).one() >= n
+
+    await poll(all_asleep, timeout=120 + n / 10, interval=0.5)
+    await asyncio.sleep(1.0)
     return {"n": n, "enrollments_per_s": round(n / took, 1)}
 
 
@@ -264,7 +353,9 @@ async def goal_rate(engine: Engine, http: httpx.AsyncClient, flow, rate: int, du
             return
         answered.append(time.time() - began)
 
-    cpu_before = stack.api_cpu_seconds()
+    spy = stack.spy_on_worker()
+    watching = asyncio.create_task(stack.watch_postgres())
+    cpu_before = stack.cpu_seconds()
     began = time.monotonic()
     tasks = []
     for i, (contact_id, workflow_id) in enumerate(targets):
@@ -274,8 +365,17 @@ async def goal_rate(engine: Engine, http: httpx.AsyncClient, flow, rate: int, du
         tasks.append(asyncio.create_task(post(contact_id, workflow_id)))
     sending = time.monotonic() - began
     await asyncio.gather(*tasks)
+    # The rows say closed (the workflow's last local activity) before the close times are asked for:
+    # the describe calls would count in Temporal's CPU.
+    await rows_closed(engine, [w for _, w in targets], timeout=120 + n / 10)
+    await asyncio.sleep(0.5)
+    cpu_after = stack.cpu_seconds()
+    watching.cancel()
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=60)
+    cpu_ms = {part: round((cpu_after[part] - cpu_before[part]) * 1000 / n, 2) for part in cpu_after}
     closes = await closed_at(engine.client, [w for _, w in targets], timeout=120 + n / 10)
-    api_cpu = stack.api_cpu_seconds() - cpu_before
     to_close = [closes[w].timestamp() - sent_at[w] for w in sent_at if w in closes]
     return {
         "rate": rate,
@@ -286,7 +386,9 @@ async def goal_rate(engine: Engine, http: httpx.AsyncClient, flow, rate: int, du
         # The machine is shared: its load while this rate ran, and the API's CPU per event
         # (accepting and routing), which the load does not inflate as much as the times.
         "load_average_1m": round(os.getloadavg()[0], 2),
-        "api_cpu_ms_per_event": round(api_cpu * 1000 / n, 2),
+        "api_cpu_ms_per_event": cpu_ms["api"],
+        # Per goal event, from the first POST until every enrollment's row said it ended.
+        "cpu_ms_per_event": cpu_ms,
         "bulk_setup": {k: enrolled[k] for k in ("n", "enrollments_per_s")},
     }
 
@@ -357,10 +459,14 @@ async def run_backend(name: str, env, args, workdir: Path) -> dict[str, Any]:
     address = env.client.service_client.config.target_host
     tag = f"bev{uuid.uuid4().hex[:6]}"
     async with backend(name, workdir) as b:
-        settings = engine_settings(b.url, workdir, tag)
+        # The stack's PostgreSQL connections carry the run's tag: their server processes' CPU is measured.
+        url = with_application_name(b.url, tag) if name == "postgresql" else b.url
+        settings = engine_settings(url, workdir, tag)
         await add_templates(b.db)
         flow = await add_flow(b.db, SCALE_FLOW)
         stack = Stack(settings, address, workdir, tag, args.api_workers, args.profile)
+        stack.postgres_name = tag if name == "postgresql" else None
+        stack.profiled = args.profile_process
         stack.start()
         app = create_app(settings, db=b.db, client=env.client)
         try:
@@ -401,9 +507,16 @@ async def run_backend(name: str, env, args, workdir: Path) -> dict[str, Any]:
     return {"backend": name, "rates": rates, "batch": batch}
 
 
+def cpu_cell(r: dict[str, Any]) -> str:
+    cpu = r.get("cpu_ms_per_event")
+    if not cpu:
+        return f"{r.get('api_cpu_ms_per_event', '—')} / — / — / —"
+    return " / ".join(f"{cpu[part]:g}" if part in cpu else "—" for part in ("api", "worker", "temporal", "postgresql"))
+
+
 def table(results: dict[str, Any]) -> str:
     lines = [
-        "| rate | database | sent/s | POST answered p50 / p99 | goal -> closed p50 / p95 / p99 | not closed | API CPU per event | load |",
+        "| rate | database | sent/s | POST answered p50 / p99 | goal -> closed p50 / p95 / p99 | not closed | CPU ms per event: API / worker / Temporal / PostgreSQL | load |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for run in results["backends"]:
@@ -411,7 +524,7 @@ def table(results: dict[str, Any]) -> str:
             p, g = r["post"], r["goal_to_closed"]
             lines.append(
                 f"| {r['rate']} ev/s | {run['backend']} | {r['sent_per_s']} | {p['p50_ms']} / {p['p99_ms']} ms | "
-                f"{g['p50_ms']} / {g['p95_ms']} / {g['p99_ms']} ms | {g['not_closed']} | {r.get('api_cpu_ms_per_event', '—')} ms | {r.get('load_average_1m', '—')} |"
+                f"{g['p50_ms']} / {g['p95_ms']} / {g['p99_ms']} ms | {g['not_closed']} | {cpu_cell(r)} | {r.get('load_average_1m', '—')} |"
             )
     for run in results["backends"]:
         if run.get("batch"):
@@ -457,6 +570,7 @@ def parse(argv: list[str] | None = None):
     parser.add_argument("--skip-batch", action="store_true")
     parser.add_argument("--skip-raw", action="store_true")
     parser.add_argument("--profile", type=Path, help="run the API under py-spy, write the flame graph here")
+    parser.add_argument("--profile-process", choices=("api", "worker"), default="api", help="which process --profile samples")
     parser.add_argument("--output", type=Path, default=RESULTS)
     return parser.parse_args(argv)
 

@@ -221,3 +221,28 @@ async def test_a_batch_over_the_limit_is_refused_naming_the_setting(db, client, 
         not_a_list = await http.post("/events/batch", json={"type": "page_viewed", "contact_id": contact["id"]})
         assert not_a_list.status_code == 422
     assert await count_rows(db, Event) == 0
+
+
+async def test_a_known_contacts_events_move_its_last_activity_and_a_duplicate_changes_nothing(http, db):
+    contact = (await http.post("/contacts", json={"email": "seen@example.com"})).json()
+
+    async def post(event_id: str, at: str, **who) -> httpx.Response:
+        return await http.post("/events", params={"wait": "false"},
+                               json={"type": "page_viewed", "event_id": event_id, "occurred_at": at, **who})
+
+    first = await post("seen-1", "2026-03-01T00:00:00Z", contact_id=contact["id"])
+    assert first.status_code == 202, first.text
+    # The same event_id again, later and by email in another case: a duplicate, which moves nothing.
+    again = await post("seen-1", "2026-05-01T00:00:00Z", email="Seen@Example.com")
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+    assert again.json()["contact_id"] == contact["id"]
+    # An older event of the same contact, found by email: accepted, the last activity stays the newest.
+    older = await post("seen-2", "2026-01-01T00:00:00Z", email="SEEN@example.com")
+    assert older.status_code == 202 and older.json()["contact_id"] == contact["id"]
+    assert older.json()["contact_created"] is False
+    shown = (await http.get(f"/contacts/{contact['id']}")).json()
+    assert shown["last_activity_at"].startswith("2026-03-01")
+    assert await count_rows(db, Event) == 2
+    unknown = await post("seen-3", "2026-03-01T00:00:00Z", contact_id=contact["id"] + 1000)
+    assert unknown.status_code == 404
+    assert await count_rows(db, Event) == 2

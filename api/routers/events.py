@@ -18,7 +18,9 @@ from sqlmodel import col, select
 from api import crud
 from api.deps import DatabaseDep, EnrollerFactoryDep, EventInboxDep, SessionDep, SettingsDep
 from api.schemas.events import EventBatchOut, EventBatchResult, EventIn, EventOut
+from nurture import event_accept
 from nurture.event_inbox import PENDING
+from nurture.db import Database
 from nurture.event_types import UNSUBSCRIBE_EVENTS
 from nurture.logging import get_logger
 from nurture.models import Contact, Event, SubscriptionStatus, utcnow
@@ -57,7 +59,6 @@ def _touch(contact: Contact, event: Event) -> None:
 )
 async def ingest_event(
     body: EventIn,
-    session: SessionDep,
     db: DatabaseDep,
     inbox: EventInboxDep,
     get_enroller: EnrollerFactoryDep,
@@ -77,17 +78,68 @@ async def ingest_event(
     and an event answered so is never lost (it stays in the inbox until routed).
     """
     wait = settings.events_wait_by_default if wait is None else wait
+    event_id = body.event_id or uuid.uuid4().hex
+    occurred_at = body.occurred_at or utcnow()
+    quick = None
+    if body.type not in UNSUBSCRIBE_EVENTS:
+        quick = await event_accept.accept(
+            db, contact_id=body.contact_id, email=body.email, event_id=event_id, type=body.type,
+            properties=body.properties, occurred_at=occurred_at, status=PENDING,
+        )
+    if quick is not None:
+        if quick.row is None:
+            return await _duplicate_of(db, event_id)
+        contact_id, event_row, created = quick.contact_id, quick.row, False
+    else:
+        # No request-wide session (an async dependency per request): only this path needs one.
+        async with db.session() as session:
+            stored = await _accept_with_orm(session, body, event_id, occurred_at)
+        if isinstance(stored, JSONResponse):
+            return stored
+        contact_id, event_row, created = stored
+    answer = EventOut(event_id=event_id, contact_id=contact_id, duplicate=False, contact_created=created)
+    if not wait:
+        inbox.kick(get_enroller)
+        answer.routed = False
+        return answer
+
+    try:
+        routed = await inbox.routed(get_enroller, event_row)
+    except Exception:
+        # The client is told it failed: nothing of it stays, so that its retry is routed.
+        await crud.forget_event(db, event_row, only_pending=True)
+        if created:
+            await crud.forget_new_contact(db, contact_id)
+        raise
+    get_logger(contact_id=contact_id, event_id=event_id).info(
+        "event_ingested", type=body.type, contact_created=created, enrolled=routed.enrolled, signalled=routed.signalled
+    )
+    answer.enrolled, answer.signalled = routed.enrolled, routed.signalled
+    return answer
+
+
+async def _duplicate_of(db: Database, event_id: str) -> JSONResponse:
+    async with db.session() as session:
+        stored = (await session.exec(select(Event).where(Event.event_id == event_id))).first()
+    if stored is None:  # removed again meanwhile (its request failed): the client retries
+        raise HTTPException(status_code=status.HTTP_409_CONFLICT, detail="this event_id is being received; retry")
+    return _duplicate(stored)
+
+
+async def _accept_with_orm(session, body: EventIn, event_id: str, occurred_at) -> tuple[int, int, bool] | JSONResponse:
+    """The general accept path: a contact to create (or found by email in another case), or an
+    unsubscribe event, which changes the contact's subscription too."""
     if body.contact_id is not None:
         contact, created = await crud.contact_or_404(session, body.contact_id), False
     else:
         assert body.email is not None
         contact, created = await crud.get_or_create_contact(session, body.email)
     event = Event(
-        event_id=body.event_id or uuid.uuid4().hex,
+        event_id=event_id,
         contact_id=contact.id,  # type: ignore[arg-type]
         type=body.type,
         properties=body.properties,
-        occurred_at=body.occurred_at or utcnow(),
+        occurred_at=occurred_at,
         inbox_status=PENDING,
     )
     session.add(event)
@@ -102,27 +154,8 @@ async def ingest_event(
         if stored is None:
             raise
         return _duplicate(stored)
-    contact_id, event_row = contact.id, event.id
-    assert contact_id is not None and event_row is not None
-    answer = EventOut(event_id=event.event_id, contact_id=contact_id, duplicate=False, contact_created=created)
-    if not wait:
-        inbox.kick(get_enroller)
-        answer.routed = False
-        return answer
-
-    try:
-        routed = await inbox.routed(get_enroller, event_row)
-    except Exception:
-        # The client is told it failed: nothing of it stays, so that its retry is routed.
-        await crud.forget_event(db, event_row, only_pending=True)
-        if created:
-            await crud.forget_new_contact(db, contact_id)
-        raise
-    get_logger(contact_id=contact_id, event_id=event.event_id).info(
-        "event_ingested", type=event.type, contact_created=created, enrolled=routed.enrolled, signalled=routed.signalled
-    )
-    answer.enrolled, answer.signalled = routed.enrolled, routed.signalled
-    return answer
+    assert contact.id is not None and event.id is not None
+    return contact.id, event.id, created
 
 
 BATCH_BODY = {
