@@ -56,7 +56,16 @@ from benchmarks.harness import (
     postgres_reachable,
     terminate_all,
 )
-from benchmarks.raw_workflow import RAW_WORKFLOW, Pings, PingSignal, PingsQuery, RawInput, RawWorkflow, noop
+from benchmarks.raw_workflow import (
+    RAW_WORKFLOW,
+    FinishSignal,
+    Pings,
+    PingSignal,
+    PingsQuery,
+    RawInput,
+    RawWorkflow,
+    noop,
+)
 from benchmarks.processes import children, cpu_seconds, descendants
 from benchmarks.scale import worker_environment, worker_polling
 from nurture.enrolling import Enroller
@@ -455,6 +464,85 @@ async def raw_signals(client: Client, n: int, workflows: int) -> dict[str, Any]:
             "sent_per_s": round(n / sent, 1), "received_per_s": round(n / received, 1)}
 
 
+async def raw_goal_rate(client: Client, rate: int, duration: float, workdir: Path) -> dict[str, Any]:
+    """The same load on bare Temporal: ``rate × duration`` bare workflows asleep in a timer (after one
+    activity, as the engine's enrollments sleep after their first step), each ended by one signal sent
+    at ``rate`` a second by a bare client, their worker in its own process (benchmarks/raw_worker.py).
+    Signal sent -> workflow closed (the server's clock), and the CPU per close of the worker and the
+    Temporal server: what the engine's goal -> closed is to be compared with, on this machine."""
+    queue = f"bench-raw-goals-{uuid.uuid4().hex[:6]}"
+    n = max(1, int(rate * duration))
+    ids = [f"{queue}-{i}" for i in range(n)]
+    address = client.service_client.config.target_host
+    log = (workdir / f"{queue}.log").open("wb")
+    worker = subprocess.Popen([sys.executable, "-m", "benchmarks.raw_worker", address, queue],
+                              cwd=Path(__file__).resolve().parent.parent, stdout=log, stderr=subprocess.STDOUT)
+    gate = asyncio.Semaphore(50)
+    try:
+        async def start(workflow_id: str) -> None:
+            async with gate:
+                await client.start_workflow(RAW_WORKFLOW, RawInput(timer_seconds=86400), id=workflow_id, task_queue=queue)
+
+        await asyncio.gather(*(start(w) for w in ids))
+
+        async def asleep(workflow_id: str) -> bool:
+            async with gate:
+                pings = await client.get_workflow_handle(workflow_id).query("pings", PingsQuery(), result_type=Pings)
+            return pings.waiting
+
+        async def all_asleep() -> bool:
+            return all(await asyncio.gather(*(asleep(w) for w in ids)))
+
+        await poll(all_asleep, timeout=120 + n / 10, interval=0.5)
+        temporal = [pid for pid in children(os.getpid()) if pid != worker.pid]
+        cpu_before = {"worker": tree_cpu_seconds(worker.pid), "temporal": sum(tree_cpu_seconds(p) for p in temporal)}
+        sent_at: dict[str, float] = {}
+        failures: dict[str, int] = {}
+
+        async def finish(workflow_id: str) -> None:
+            sent_at[workflow_id] = time.time()
+            try:
+                await client.get_workflow_handle(workflow_id).signal("finish", FinishSignal(reason="goal"))
+            except Exception as exc:  # noqa: BLE001 - counted, as the engine's failed POSTs are
+                failures[type(exc).__name__] = failures.get(type(exc).__name__, 0) + 1
+
+        began = time.monotonic()
+        tasks = []
+        for i, workflow_id in enumerate(ids):
+            delay = began + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(finish(workflow_id)))
+        sending = time.monotonic() - began
+        await asyncio.gather(*tasks)
+
+        async def result(workflow_id: str) -> None:
+            async with gate:
+                await client.get_workflow_handle(workflow_id).result()
+
+        await asyncio.wait_for(asyncio.gather(*(result(w) for w in ids)), timeout=120 + n / 10)
+        cpu_after = {"worker": tree_cpu_seconds(worker.pid), "temporal": sum(tree_cpu_seconds(p) for p in temporal)}
+        closes = await closed_at(client, ids, timeout=120 + n / 10)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        log.close()
+    to_close = [closes[w].timestamp() - sent_at[w] for w in sent_at if w in closes]
+    return {
+        "rate": rate,
+        "signals": n,
+        "sent_per_s": round(n / sending, 1),
+        "signal_to_closed": quantiles(to_close, 50, 95, 99) | {"samples": len(to_close), "not_closed": n - len(to_close),
+                                                               "failures": failures},
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        # The Temporal side includes the result() long polls the measure waits on.
+        "cpu_ms_per_event": {part: round((cpu_after[part] - cpu_before[part]) * 1000 / n, 2) for part in cpu_after},
+    }
+
+
 async def run_backend(name: str, env, args, workdir: Path) -> dict[str, Any]:
     address = env.client.service_client.config.target_host
     tag = f"bev{uuid.uuid4().hex[:6]}"
@@ -530,6 +618,13 @@ def table(results: dict[str, Any]) -> str:
         if run.get("batch"):
             lines.append(f"\nbatch ingest, {run['backend']}: {run['batch']['events_per_s']} events/s "
                          f"({run['batch']['batch_size']} per request)")
+    if results.get("raw_goals"):
+        lines.append("\n| rate | raw Temporal: signal -> closed p50 / p95 / p99 | not closed | CPU ms per close: bare worker / Temporal | load |")
+        lines.append("|---|---|---|---|---|")
+        for r in results["raw_goals"]:
+            g, cpu = r["signal_to_closed"], r["cpu_ms_per_event"]
+            lines.append(f"| {r['rate']} ev/s | {g['p50_ms']} / {g['p95_ms']} / {g['p99_ms']} ms | {g['not_closed']} | "
+                         f"{cpu['worker']:g} / {cpu['temporal']:g} | {r['load_average_1m']} |")
     if results.get("raw_signals"):
         raw = results["raw_signals"]
         lines.append(f"raw Temporal signals (bare client, bare workflows): {raw['sent_per_s']} sent/s, "
@@ -553,6 +648,11 @@ async def main(args) -> dict[str, Any]:
                     break
             if not args.skip_raw:
                 results["raw_signals"] = await raw_signals(env.client, RAW_SIGNALS, RAW_WORKFLOWS)
+                results["raw_goals"] = []
+                for rate in args.rates:
+                    print(f"[raw] {rate} goal signals/s ...", file=sys.stderr, flush=True)
+                    results["raw_goals"].append(await raw_goal_rate(env.client, rate, args.duration, Path(tmp)))
+                    print(f"[raw]   {json.dumps(results['raw_goals'][-1])}", file=sys.stderr, flush=True)
     finally:
         await env.shutdown()
     return results
@@ -588,7 +688,8 @@ if __name__ == "__main__":
         if arguments.output.exists():
             before = json.loads(arguments.output.read_text())
             outcome["backends"] = [r for r in before.get("backends", []) if r["backend"] not in ran] + outcome["backends"]
-            if "raw_signals" not in outcome and "raw_signals" in before:
-                outcome["raw_signals"] = before["raw_signals"]
+            for kept in ("raw_signals", "raw_goals"):
+                if kept not in outcome and kept in before:
+                    outcome[kept] = before[kept]
         arguments.output.write_text(json.dumps(outcome, indent=2) + "\n")
         print(table(outcome))
