@@ -55,9 +55,9 @@ class EmailActivities:
 
     @activity.defn(name="send_email")
     async def send_email(self, input: SendEmailInput) -> SendEmailResult:
-        """Three short transactions, none of them open while the template renders or the provider
-        works: reserve (the step's report, the gate, the message row), record the attempt (the
-        rendered message, ``sending``), record the outcome."""
+        """Three short writes, none of them open while the template renders or the provider works:
+        reserve (the step's report, the gate, the message row: one transaction), record the attempt
+        (the rendered message, ``sending``) and the outcome (one UPDATE each, committed alone)."""
         log = get_logger(
             flow_id=input.flow_id, enrollment_id=input.workflow_id, contact_id=input.contact_id, step_id=input.step_id
         )
