@@ -23,37 +23,44 @@ from nurture.logging import get_logger
 from nurture.models import Contact, Enrollment, StepVisit, utcnow
 
 ENROLLMENTS = Enrollment.__table__
+STEP_VISITS = StepVisit.__table__
+_CONTACT_EXISTS = sa.select(Contact.__table__.c.id).where(Contact.__table__.c.id == sa.bindparam("contact"))
 
 # With the retry policies' backoff (1-2 s doubling), about two minutes for the starter to commit.
 ROW_WAIT_ATTEMPTS = 8
 
 
-async def apply_progress(session: AsyncSession, report: ProgressReport) -> bool:
+async def apply_progress(session: AsyncSession, report: ProgressReport, *, contact_exists: bool | None = None) -> bool:
     """Write the report into its row in the caller's transaction; False when the row was ahead.
 
     The row takes the newest report only (by ``seq``); the steps a report entered are added
     whatever its number, once each, so a late report overtaken by a newer one loses none.
+    ``contact_exists``: the caller has just read the contact (the send has), so it is not read again.
     """
     applied = await _take_report(session, report)
-    if report.entered and await session.get(Contact, report.contact_id) is None:
+    if report.entered and contact_exists is None:
+        contact_exists = (await session.exec(_CONTACT_EXISTS, params={"contact": report.contact_id})).first() is not None
+    if report.entered and not contact_exists:
         report = report.model_copy(update={"entered": []})  # deleted under the enrollment: no visit can refer to it
     if report.entered:  # per-step statistics (nurture/analytics.py), each entry once
         # Each entry rides in exactly one report: one the row took holds only new entries, one it
         # did not (a retried activity, a late report) may hold some already written.
         seen = set() if applied else await _entries_written(session, report)
-        for entry in report.entered:
-            if (entry.step_id, entry.at) not in seen:
-                session.add(
-                    StepVisit(
-                        enrollment_id=report.enrollment_id,
-                        flow_id=report.flow_id,
-                        flow_version=report.flow_version,
-                        contact_id=report.contact_id,
-                        step_id=entry.step_id,
-                        lifecycle_stage=entry.lifecycle_stage,
-                        entered_at=entry.at,
-                    )
-                )
+        visits = [
+            {
+                "enrollment_id": report.enrollment_id,
+                "flow_id": report.flow_id,
+                "flow_version": report.flow_version,
+                "contact_id": report.contact_id,
+                "step_id": entry.step_id,
+                "lifecycle_stage": entry.lifecycle_stage,
+                "entered_at": entry.at,
+            }
+            for entry in report.entered
+            if (entry.step_id, entry.at) not in seen
+        ]
+        if visits:  # a plain INSERT: no object to track, nothing read back
+            await session.exec(sa.insert(STEP_VISITS), params=visits)
     return applied
 
 

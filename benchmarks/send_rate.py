@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -43,6 +44,7 @@ from benchmarks.harness import (
     poll,
     postgres_reachable,
 )
+from benchmarks.processes import child_named, cpu_seconds, descendants
 from benchmarks.scale import worker_environment
 from nurture.enrolling import Enroller
 from nurture.models import Message, MessageStatus
@@ -135,6 +137,10 @@ async def measure(
             engine = Engine(env.client, b.db, settings, Enroller(env.client, settings), None, {"one": flow}, tag)  # type: ignore[arg-type]
             enrolling_s = await enroll_all(engine, flow, n)
 
+            temporal = child_named("temporal")
+            temporal_cpu_before = cpu_seconds(temporal) if temporal is not None else 0.0
+            emulator_cpu_before = cpu_seconds(emulator.pid)
+            load_before = os.getloadavg()
             began = time.time()
             address = env.client.service_client.config.target_host
             if separate_sends:
@@ -154,6 +160,11 @@ async def measure(
             await asyncio.sleep(2.0)  # the last sends' rows
             stats = await emulator_stats(url)
             sent, attempts = await sent_rows(b.db)
+            # CPU since each process started (a worker's with its render processes): per send, what the machine paid.
+            cpu = {f"worker_{i}": _tree_cpu(w.pid) for i, w in enumerate(running)}
+            cpu["provider_emulator"] = cpu_seconds(emulator.pid) - emulator_cpu_before
+            if temporal is not None:
+                cpu["temporal_server"] = cpu_seconds(temporal) - temporal_cpu_before
             for w in running:
                 w.send_signal(signal.SIGTERM)
             for w in running:
@@ -181,6 +192,8 @@ async def measure(
             "distinct_messages_at_provider": stats["distinct_messages"],
             "messages_sent_rows": sent,
             "send_attempts": attempts,
+            "cpu_ms_per_send": {name: round(seconds * 1000 / n, 1) for name, seconds in cpu.items()},
+            "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         }
     finally:
         for process in (*running, emulator):
@@ -196,6 +209,17 @@ async def _answers(url: str) -> bool:
         return True
     except httpx.HTTPError:
         return False
+
+
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and the processes it started (the worker's render pool)."""
+    total = 0.0
+    for each in (pid, *descendants(pid)):
+        try:
+            total += cpu_seconds(each)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
 
 
 def _per_second(times: list[float], began: float) -> list[int]:

@@ -31,11 +31,23 @@ class Database:
             sa.event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
             sa.event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
         self._sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
+        # A single statement needs no transaction around it: on PostgreSQL, BEGIN and COMMIT are
+        # a round trip each (SQLite keeps its transactions: they take its write lock up front).
+        self._autocommit = None if self.is_sqlite else self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
         async with self._sessions() as session:
             yield session
+
+    async def execute_alone(self, statement: sa.Executable) -> None:
+        """One statement, committed on its own; on PostgreSQL one round trip (no BEGIN, no COMMIT)."""
+        if self._autocommit is None:
+            async with self.engine.begin() as conn:
+                await conn.execute(statement)
+            return
+        async with self._autocommit.connect() as conn:
+            await conn.execute(statement)
 
     async def create_all(self) -> None:
         async with self.engine.begin() as conn:

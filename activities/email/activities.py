@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
+from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 from jinja2 import TemplateError
-from sqlmodel import select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
-from activities.common import require_contact
 from activities.email.consent import ConsentLinks, with_unsubscribe_footer
 from activities.email.providers import (
     EmailProvider,
@@ -31,6 +31,7 @@ from nurture.snapshots import contact_snapshot
 
 FINAL = {MessageStatus.sent, MessageStatus.refused, MessageStatus.failed}
 MESSAGES = Message.__table__
+CONTACTS = Contact.__table__
 
 
 class EmailActivities:
@@ -54,9 +55,9 @@ class EmailActivities:
 
     @activity.defn(name="send_email")
     async def send_email(self, input: SendEmailInput) -> SendEmailResult:
-        """Three short transactions, none of them open while the template renders or the provider
-        works: reserve (the step's report, the gate, the message row), record the attempt (the
-        rendered message, ``sending``), record the outcome."""
+        """Three short writes, none of them open while the template renders or the provider works:
+        reserve (the step's report, the gate, the message row: one transaction), record the attempt
+        (the rendered message, ``sending``) and the outcome (one UPDATE each, committed alone)."""
         log = get_logger(
             flow_id=input.flow_id, enrollment_id=input.workflow_id, contact_id=input.contact_id, step_id=input.step_id
         )
@@ -66,7 +67,8 @@ class EmailActivities:
                 return reserved
             message, contact, template = reserved
             # From here the row changes by plain UPDATEs (_record); the error paths add it back.
-            session.expunge(message)
+            if message in session:  # a retry's message, loaded (a first attempt's was never added)
+                session.expunge(message)
 
             context: dict = {"contact": contact_snapshot(contact).fields()}
             links: dict[str, str] = {}
@@ -89,14 +91,14 @@ class EmailActivities:
 
             # The attempt is on record before the provider sees it.
             await _record(
-                session, message, subject=rendered.subject, html=rendered.html, text=rendered.text,
+                self.db, message, subject=rendered.subject, html=rendered.html, text=rendered.text,
                 provider=self.provider.name, variant=input.variant, status=MessageStatus.sending,
             )
 
             async def record_sent(provider_id: str) -> None:
                 # Called the moment the provider has the message: nothing may come in between.
                 await _record(
-                    session, message, status=MessageStatus.sent, provider_message_id=provider_id, sent_at=utcnow(),
+                    self.db, message, status=MessageStatus.sent, provider_message_id=provider_id, sent_at=utcnow(),
                     error=None,
                 )
 
@@ -129,14 +131,29 @@ class EmailActivities:
 
     async def _reserve(
         self, session, input: SendEmailInput, log
-    ) -> SendEmailResult | tuple[Message, Contact, Template]:
+    ) -> SendEmailResult | tuple[Message, Any, Any]:
         """The first transaction: the step's progress report, the gate's decision and the message row,
-        committed together. A result when the send ends here (done before, deferred, refused)."""
-        if input.progress is not None:
-            await apply_progress(session, input.progress)
-        message = (
-            await session.exec(select(Message).where(Message.idempotency_key == input.idempotency_key))
+        committed together. A result when the send ends here (done before, deferred, refused).
+
+        One SELECT reads the contact, the template and whether the message exists; the message row
+        of a first attempt is one INSERT ... RETURNING (no unit of work: the send's cost is mostly
+        its database statements). Only a frequency cap needs the contact row locked."""
+        lock = self.gate is not None and self.gate.counts(input)
+        found = (
+            await session.execute(
+                _READS[lock],
+                {"contact": input.contact_id, "template": input.template, "key": input.idempotency_key},
+            )
         ).first()
+        if found is None:
+            raise ApplicationError(
+                f"contact {input.contact_id} does not exist", type="ContactMissing", non_retryable=True
+            )
+        if input.progress is not None:
+            await apply_progress(session, input.progress, contact_exists=True)
+        message: Message | None = None
+        if found.message_id is not None:
+            message = await session.get(Message, found.message_id)
         if message is not None and message.status in FINAL:
             await session.commit()
             log.info("send_already_done", message_id=message.id, status=message.status)
@@ -151,16 +168,16 @@ class EmailActivities:
             )
 
         # No message yet: this is the first attempt, and the gate decides (a retry's message was
-        # reserved by the attempt before it). Only a frequency cap needs the contact locked.
-        gated = message is None and self.gate is not None
-        contact = await require_contact(session, input.contact_id, lock=gated and self.gate.counts(input))
-        if gated and contact.subscription_status == "subscribed":
+        # reserved by the attempt before it).
+        contact = found
+        if message is None and self.gate is not None and contact.subscription_status == "subscribed":
             deferral = await self.gate.defer(session, contact, input)
             if deferral is not None:
                 await session.commit()  # the progress report, if any
                 until, reason = deferral
                 return SendEmailResult(message_id=None, status="deferred", defer_until=until, detail=reason)
-        template = (await session.exec(select(Template).where(Template.key == input.template))).first()
+        template = _Template(found.template_subject, found.template_html, found.template_text)
+        fresh = message is None
         if message is None:
             message = Message(
                 idempotency_key=input.idempotency_key,
@@ -183,21 +200,66 @@ class EmailActivities:
             message.status = MessageStatus.refused
             message.error = f"contact is {contact.subscription_status}"
             return await _save(session, message, log, "send_refused")
-        if template is None:
+        if found.template_html is None:
             message.status = MessageStatus.failed
             message.error = f"template '{input.template}' does not exist"
             await _save(session, message, log, "send_failed")
             raise ApplicationError(message.error, type="TemplateError", non_retryable=True)
-        session.add(message)
+        if fresh:
+            await _insert(session, message)
+        else:
+            session.add(message)
         await session.commit()  # reserved: it counts against the cap, and its id goes into the links
         return message, contact, template
 
 
-async def _record(session, message: Message, **values) -> None:
-    """Change the message and its row in one UPDATE, committed (no unit of work: a send does this twice).
-    The object takes the values as the row's own, so a later flush (an error path) sees what changed since."""
-    await session.exec(sa.update(MESSAGES).where(MESSAGES.c.id == message.id).values(values))
-    await session.commit()
+def _reads(lock: bool) -> sa.Select:
+    """The contact, the template (NULLs when there is none) and the id of the message of this
+    idempotency key, if any: one round trip. ``lock``: the contact row, for the frequency cap."""
+    templates = Template.__table__
+    statement = (
+        sa.select(
+            CONTACTS,
+            templates.c.subject.label("template_subject"),
+            templates.c.html.label("template_html"),
+            templates.c.text.label("template_text"),
+            sa.select(MESSAGES.c.id)
+            .where(MESSAGES.c.idempotency_key == sa.bindparam("key"))
+            .scalar_subquery()
+            .label("message_id"),
+        )
+        .select_from(CONTACTS.outerjoin(templates, templates.c.key == sa.bindparam("template")))
+        .where(CONTACTS.c.id == sa.bindparam("contact"))
+    )
+    # Holds the contact row until the transaction ends (PostgreSQL; SQLite's write lock already does).
+    return statement.with_for_update(of=CONTACTS) if lock else statement
+
+
+_READS = {lock: _reads(lock) for lock in (False, True)}
+
+
+class _Template(NamedTuple):
+    subject: str
+    html: str
+    text: str | None
+
+
+async def _insert(session, message: Message) -> None:
+    """The new row in one INSERT ... RETURNING id; the object then stands for the row as if loaded
+    (detached), so an error path's ``session.add`` updates only what it changed."""
+    values = {column.key: getattr(message, column.key) for column in MESSAGES.columns if column.key != "id"}
+    message.id = (await session.execute(_INSERT_MESSAGE, values)).scalar_one()
+    make_transient_to_detached(message)
+
+
+_INSERT_MESSAGE = sa.insert(MESSAGES).returning(MESSAGES.c.id)
+
+
+async def _record(db: Database, message: Message, **values) -> None:
+    """Change the message and its row in one UPDATE, committed on its own (no unit of work, and on
+    PostgreSQL no BEGIN and COMMIT around it: a send does this twice). The object takes the values
+    as the row's own, so a later flush (an error path) sees what changed since."""
+    await db.execute_alone(sa.update(MESSAGES).where(MESSAGES.c.id == message.id).values(values))
     for name, value in values.items():
         set_committed_value(message, name, value)
 

@@ -94,7 +94,23 @@ class TemplateRenderer:
         return cls(TemplateBudget.from_settings(settings))
 
     async def email(self, subject: str, html: str, text: str | None, context: dict[str, Any]) -> RenderedEmail:
-        """Subject, HTML and text; without a text template the text is made from the HTML."""
+        """Subject, HTML and text; without a text template the text is made from the HTML.
+
+        One task in the render pool for all the parts (a send's render is mostly the hand-over to
+        the render process and back, not Jinja). Only when that task runs out of time are the parts
+        rendered one by one, each within the budget, to name the one at fault."""
+        try:
+            parts, problem = await self._submit(
+                sandbox.render_email, (subject, html, text, context, self.budget.max_bytes), "email"
+            )
+        except TimeoutError:
+            return await self._email_part_by_part(subject, html, text, context)
+        if problem is not None:
+            raise TemplateRenderError(*problem)
+        rendered_subject, rendered_html, rendered_text = parts
+        return RenderedEmail(subject=self._one_line(rendered_subject, "subject"), html=rendered_html, text=rendered_text)
+
+    async def _email_part_by_part(self, subject: str, html: str, text: str | None, context: dict[str, Any]) -> RenderedEmail:
         rendered_subject = await self.line(subject, context)
         rendered_html = await self._render("html", html, "html", context)
         if text:
@@ -105,7 +121,11 @@ class TemplateRenderer:
 
     async def line(self, source: str, context: dict[str, Any], field: str = "subject") -> str:
         """One line of plain text (a subject, a title): runs of whitespace become one space."""
-        value = " ".join((await self._render(field, source, "plain", context)).split())
+        return self._one_line(await self._render(field, source, "plain", context), field)
+
+    @staticmethod
+    def _one_line(rendered: str, field: str) -> str:
+        value = " ".join(rendered.split())
         if len(value) > SUBJECT_MAX_CHARS:
             raise TemplateRenderError(field, f"renders {len(value):,} characters, too large (at most {SUBJECT_MAX_CHARS})")
         return value
@@ -142,26 +162,42 @@ class TemplateRenderer:
         return await self._run(field, sandbox.render, source, mode, context, self.budget.max_bytes)
 
     async def _run(self, field: str, function, *args: Any) -> Any:
-        timeout = self.budget.timeout_seconds
-        # In a thread: the first call starts the pool (a fork server and its processes).
-        future = await asyncio.to_thread(_schedule, self.budget, function, args, timeout)
         try:
-            value, problem = await asyncio.wrap_future(future)
+            value, problem = await self._submit(function, args, field)
         except TimeoutError:
-            raise TemplateRenderError(field, f"did not finish within {timeout:g}s") from None
+            raise TemplateRenderError(field, f"did not finish within {self.budget.timeout_seconds:g}s") from None
+        if problem is not None:
+            raise TemplateRenderError(field, problem)
+        return value
+
+    async def _submit(self, function, args: tuple, field: str) -> Any:
+        """The task's answer from the pool; TimeoutError past the budget's time."""
+        timeout = self.budget.timeout_seconds
+        future = _schedule_started(function, args, timeout)
+        if future is None:
+            # In a thread: the first call starts the pool (a fork server and its processes).
+            future = await asyncio.to_thread(_schedule, self.budget, function, args, timeout)
+        try:
+            return await asyncio.wrap_future(future)
         except ProcessExpired as exc:
             # Killed from outside (a service stop signalling every process, the kernel's OOM killer):
             # not the template's fault as far as we can tell, so a temporary failure, retried.
             raise RenderProcessLost(f"the render process of the {field} died (exit code {exc.exitcode})") from exc
-        if problem is not None:
-            raise TemplateRenderError(field, problem)
-        return value
 
 
 # --- the process-wide render pool ----------------------------------------------------------
 
 _pool: ProcessPool | None = None
 _pool_lock = threading.Lock()
+
+
+def _schedule_started(function, args: tuple, timeout: float):
+    """Hands the task to a running pool without leaving the event loop (a queue put, no thread
+    hop: a send renders once); None when the pool must be started first."""
+    with _pool_lock:
+        if _pool is not None and _pool.active:
+            return _pool.schedule(function, args=args, timeout=timeout)
+    return None
 
 
 def _schedule(budget: TemplateBudget, function, args: tuple, timeout: float):
