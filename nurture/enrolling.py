@@ -194,6 +194,7 @@ def _new_row(settings: Settings, candidate: _Candidate, now: datetime) -> Enroll
 
 ENROLLMENTS = Enrollment.__table__
 _INSERT_ROWS = sa.insert(ENROLLMENTS).returning(ENROLLMENTS.c.id, sort_by_parameter_order=True)
+_INSERT_ONE = sa.insert(ENROLLMENTS)
 _ROW_COLUMNS = ("flow_id", "flow_version", "contact_id", "sequence", "workflow_id", "run_id", "status",
                 "current_step", "paused", "exit_reason", "progress_seq", "started_at", "updated_at")
 
@@ -201,6 +202,11 @@ _ROW_COLUMNS = ("flow_id", "flow_version", "contact_id", "sequence", "workflow_i
 async def _insert(session: AsyncSession, rows: Sequence[Enrollment]) -> None:
     """The rows in one statement (executemany with RETURNING: batched into multi-row INSERTs), ids set."""
     params = [{column: getattr(row, column) for column in _ROW_COLUMNS} for row in rows]
+    if len(params) == 1:
+        # One row (an API request): the dialect's own way to the new id (SQLite's lastrowid, no
+        # RETURNING rows to fetch across aiosqlite's thread), not executemany's batching.
+        rows[0].id = (await session.execute(_INSERT_ONE, params[0])).inserted_primary_key[0]
+        return
     result = await session.execute(_INSERT_ROWS, params)
     for row, (row_id,) in zip(rows, result.all()):
         row.id = row_id
@@ -359,9 +365,11 @@ class Enroller:
         assert contact.id is not None
         if contact.subscription_status != SubscriptionStatus.subscribed:
             return str(contact.subscription_status)
-        fields = contact_snapshot(contact).fields()
-        if audience.suppressing_on(contact.id, fields, policy, events, now) is not None:
-            return "suppressed"
+        # The snapshot only when a suppression condition reads it: a page builds one per contact otherwise.
+        if policy is not None and policy.suppress:
+            fields = contact_snapshot(contact).fields()
+            if audience.suppressing_on(contact.id, fields, policy, events, now) is not None:
+                return "suppressed"
         if latest is not None and since is not None and latest.started_at >= since:
             return "already_enrolled"
         if latest is not None and not may_reenroll(policy, latest, now):
