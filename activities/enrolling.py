@@ -187,10 +187,15 @@ class EnrollingActivities:
             if flow is None or flow.status != FlowStatus.active:
                 return BulkPageResult(done=True, flow_inactive=True, next_cursor=input.after_contact_id)
             version = await active_version(session, flow)
-            query = select(Contact).where(Contact.id > input.after_contact_id).order_by(Contact.id).limit(input.scan_limit)
+            # One contact more than the page scans: when there is none, this page is the last, and the
+            # bulk workflow completes without running one more page that finds nothing (seconds on a
+            # worker busy with the enrollments this page just started).
+            query = select(Contact).where(Contact.id > input.after_contact_id).order_by(Contact.id).limit(input.scan_limit + 1)
             contacts = list((await session.exec(query)).all())
+            more = len(contacts) > input.scan_limit
+            contacts = contacts[: input.scan_limit]
 
-            result = BulkPageResult(next_cursor=input.after_contact_id, done=len(contacts) < input.scan_limit)
+            result = BulkPageResult(next_cursor=input.after_contact_id, done=not more)
             segment = input.segment
             if segment is not None:
                 events = await audience.recent_events_of(session, [c.id for c in contacts], [segment], input.at)

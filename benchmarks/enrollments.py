@@ -6,7 +6,11 @@ search attributes registered), a temporary SQLite database and, when reachable, 
 PostgreSQL at 127.0.0.1:5432. Only loopback is used.
 
 Measured, for the raw baseline (benchmarks/raw_workflow.py) and for the engine (flows in
-benchmarks/flows.py, started through Enroller and through the HTTP API in-process):
+benchmarks/flows.py, started through Enroller and through the HTTP API). Each side runs as deployed:
+the engine's worker (``python -m worker``) and its API (``uvicorn api.main:app``) are processes of
+their own, and so is raw Temporal's bare worker (benchmarks/raw_worker.py); the benchmark process
+only drives them (benchmarks/deployed.py). Each case also reports the CPU milliseconds per
+enrollment that each process spent, read from /proc: steadier than wall-clock on a shared machine.
 
 - start throughput: N workflows of the shape send → 1 s delay → send (raw: activity → 1 s timer →
   activity) started with ``--concurrency`` starts in flight; starts per second;
@@ -41,14 +45,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 from sqlmodel import col, select
 from temporalio.client import Client, WorkflowHandle
-from temporalio.worker import Worker
 
-from activities.email.providers import OutboxProvider
-from api.main import create_app
 from benchmarks.bulk import engine_bulk, raw_starts
+from benchmarks.deployed import CpuMeter, cpu_note, deployed_engine, raw_worker
 from benchmarks.flows import BRANCH_FLOW, BULK_FLOW, GOAL_FLOW, SHORT_FLOW
 from benchmarks.harness import (
     dev_server,
@@ -56,6 +57,7 @@ from benchmarks.harness import (
     LONG_WAIT,
     machine,
     GOAL_EVENT,
+    Backend,
     Batch,
     Engine,
     add_flow,
@@ -76,22 +78,17 @@ from benchmarks.raw_workflow import (
     Pings,
     PingSignal,
     PingsQuery,
-    RawBranchWorkflow,
     RawInput,
     RawResult,
-    RawWorkflow,
-    noop,
 )
 from benchmarks.scale import measure_scale
 from benchmarks.shapes import SHAPES, engine_branch_runs, history_ratios, history_sample, raw_branch_runs
 from benchmarks.targets import evaluate
 from nurture.contracts import PauseSignal, ResumeSignal
-from nurture.db import Database
 from nurture.enrolling import Enroller
 from nurture.logging import configure_logging
 from nurture.models import Message, utcnow
 from nurture.settings import Settings
-from worker.main import build_worker
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "latest.json"
@@ -143,7 +140,8 @@ async def measure_raw(client: Client, options: Options) -> dict[str, Any]:
         await poll(ready)
 
     closed: dict[str, list[str]] = {}
-    async with Worker(client, task_queue=queue, workflows=[RawWorkflow, RawBranchWorkflow], activities=[noop]):
+    # Its own process, as the engine's worker: the benchmark client's CPU is not the worker's.
+    async with raw_worker(client, queue) as meter:
         # Warm up, as the engine does: the first workflow pays for the worker's start.
         await (await start(0, 0.01, "warm-up")).result()
 
@@ -152,9 +150,11 @@ async def measure_raw(client: Client, options: Options) -> dict[str, Any]:
             closed.setdefault("send_delay_send", []).append(handle.id)
             return handle.result
 
+        before = meter.read()
         batch = await measure_batch(
             options.n, options.concurrency, start_short, lambda r: isinstance(r, RawResult) and not r.finished_early
         )
+        batch_cpu = CpuMeter.per_item_ms(before, meter.read(), options.n)
 
         # Signal round trip, on workflows waiting in their (long) timer.
         pool = [await start(i, LONG_WAIT.total_seconds(), "signal") for i in range(min(10, options.signal_samples))]
@@ -188,10 +188,12 @@ async def measure_raw(client: Client, options: Options) -> dict[str, Any]:
         closed["delay_goal_exit"] = [h.id for h in closers]
 
         closed["wait_for_event_branch"] = await raw_branch_runs(client, queue, options.history_samples)
+        before = meter.read()
         starts = await raw_starts(client, queue, options.bulk_n, bulk_concurrency(options))
+        starts["cpu_ms_per_start"] = CpuMeter.per_item_ms(before, meter.read(), options.bulk_n)
 
     return {
-        "batch": asdict(batch),
+        "batch": asdict(batch) | {"cpu_ms_per_workflow": batch_cpu},
         "signal_round_trip": latency_ms(round_trips),
         "event_to_exit": latency_ms(exits) | {"exited": exited_early},
         "starts": starts,
@@ -204,7 +206,7 @@ async def measure_raw(client: Client, options: Options) -> dict[str, Any]:
 # --- the engine -------------------------------------------------------------------------
 
 
-async def engine_batch(engine: Engine, options: Options, via: str) -> dict[str, Any]:
+async def engine_batch(engine: Engine, meter: CpuMeter, options: Options, via: str) -> dict[str, Any]:
     contacts = await engine.contacts(options.n)
     workflow_ids: list[str] = []
 
@@ -213,13 +215,15 @@ async def engine_batch(engine: Engine, options: Options, via: str) -> dict[str, 
         workflow_ids.append(workflow_id)
         return engine.handle(workflow_id).result
 
+    before = meter.read()
     batch: Batch = await measure_batch(
         options.n, options.concurrency, start_one, lambda r: r.status == "completed" and r.emails_sent == 2
     )
+    cpu = CpuMeter.per_item_ms(before, meter.read(), options.n)
     engine.closed.setdefault("send_delay_send", []).extend(workflow_ids)
     async with engine.db.session() as s:
         sent = len((await s.exec(select(Message.id).where(col(Message.workflow_id).in_(workflow_ids)))).all())
-    return asdict(batch) | {"emails_sent": sent}
+    return asdict(batch) | {"emails_sent": sent, "cpu_ms_per_enrollment": cpu}
 
 
 async def engine_signal_round_trip(engine: Engine, options: Options) -> dict[str, Any]:
@@ -270,40 +274,40 @@ async def engine_history(engine: Engine, options: Options) -> dict[str, Any]:
     }
 
 
-async def measure_engine(
-    client: Client, db: Database, data_dir: Path, options: Options, worker_db: Database | None = None
-) -> dict[str, Any]:
-    """The engine on one database: every case, in an order that leaves the server quiet for the next."""
+async def measure_engine(client: Client, b: Backend, data_dir: Path, options: Options) -> dict[str, Any]:
+    """The engine on one database, as deployed (the worker and the API each its own process,
+    benchmarks/deployed.py): every case, in an order that leaves the server quiet for the next."""
     tag = f"bench-{uuid.uuid4().hex[:8]}"
-    settings = engine_settings(db.url, data_dir, tag)
+    settings = engine_settings(b.url, data_dir, tag)
+    db = b.db
     await add_templates(db)
     flows = {name: await add_flow(db, definition) for name, definition in (
         ("short", SHORT_FLOW), ("goal", GOAL_FLOW), ("branch", BRANCH_FLOW), ("bulk", BULK_FLOW),
     )}
-    app = create_app(settings, db=db, client=client)
     results: dict[str, Any] = {}
-    async with (
-        build_worker(client, worker_db or db, OutboxProvider(settings.outbox_dir), settings),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench") as api,
-    ):
-        engine = Engine(client, db, settings, Enroller(client, settings), api, flows, tag)
+    async with deployed_engine(client, settings, data_dir, tag) as stack:
+        engine = Engine(client, db, settings, Enroller(client, settings), stack.api, flows, tag)
         # The first enrollment pays for the worker's start and the template render processes: not measured.
         warm_up = (await engine.contacts(1))[0]
         await engine.handle(await engine.enroll(flows["short"], warm_up, "enroller")).result()
         for via in ("enroller", "api"):
-            results[via] = {"batch": await engine_batch(engine, options, via)}
+            results[via] = {"batch": await engine_batch(engine, stack.meter, options, via)}
         results["signal_round_trip"] = await engine_signal_round_trip(engine, options)
         for via in ("enroller", "api"):
             results[via]["event_to_exit"] = await engine_event_to_exit(engine, options, via)
         results["history"] = await guarded(engine_history(engine, options))
+        before = stack.meter.read()
         results["bulk"] = await guarded(engine_bulk(engine, flows["bulk"], options.bulk_n, options.bulk_rate))
-        results["import"] = await engine_import(app, db, options.import_rows)
+        if "error" not in results["bulk"]:
+            # From the POST until every enrollment sleeps in its delay (rows, starts, first tasks).
+            results["bulk"]["cpu_ms_per_enrollment"] = CpuMeter.per_item_ms(before, stack.meter.read(), options.bulk_n)
+        results["import"] = await engine_import(str(stack.api.base_url), db, options.import_rows)
     return results
 
 
 async def on_backend(name: str, client: Client, workdir: Path, options: Options) -> dict[str, Any]:
     async with backend(name, workdir) as b:
-        return await measure_engine(client, b.db, workdir / name, options, b.worker_db)
+        return await measure_engine(client, b, workdir / name, options)
 
 
 # --- the report -------------------------------------------------------------------------
@@ -363,6 +367,14 @@ def engine_table(report: dict[str, Any], backend_name: str) -> list[str]:
             f"{'signal round trip ' + pct + ' (ms)':40} {_cell(raw['signal_round_trip'][pct + '_ms'], 9)} "
             f"{_cell(engine['signal_round_trip'][pct + '_ms'], 9)} {_cell(r['signal_round_trip_' + pct], 6)}"
         )
+    raw_cpu = raw["batch"].get("cpu_ms_per_workflow", {})
+    for via in ("enroller", "api"):
+        cpu = engine[via]["batch"].get("cpu_ms_per_enrollment")
+        if cpu:
+            lines.append(
+                f"{'CPU ms per enrollment, batch, ' + via:40} raw worker {raw_cpu.get('worker')}; "
+                f"engine {cpu_note(cpu)}"
+            )
     for via in ("enroller", "api"):
         for error, count in engine[via]["batch"].get("errors", {}).items():
             lines.append(f"  {via} batch: {count} × {error}")
@@ -375,6 +387,11 @@ def engine_table(report: dict[str, Any], backend_name: str) -> list[str]:
             f"{bulk['enrollments_per_s']:>9} {_cell(r.get('bulk_enrollments_per_s'), 6)}"
             f"   rows after {bulk['rows_s']} s, workflows after {bulk['workflows_s']} s"
         )
+        if bulk.get("cpu_ms_per_enrollment"):
+            lines.append(
+                f"{'CPU ms per enrollment, bulk':40} raw worker {starts.get('cpu_ms_per_start', {}).get('worker')}; "
+                f"engine {cpu_note(bulk['cpu_ms_per_enrollment'])}"
+            )
     if "error" in engine.get("history", {}):
         lines.append(f"{'history':40} failed: {engine['history']['error']}")
     for shape, label in SHAPES.items():

@@ -167,3 +167,21 @@ async def test_a_page_whose_starts_partly_fail_is_retried_without_doubles_or_los
         assert run is not None and runs[row.id] in (None, run)  # the two started first were not started again
         started = await started_with(client, row.workflow_id)
         assert (started.enrollment_id, started.contact.email) == (row.id, emails[row.contact_id])  # type: ignore[union-attr]
+
+
+async def test_a_page_that_scans_the_last_contacts_is_the_last_page(db, client, settings, temporal_env):
+    """A segment of exactly a page's size completes after that page, not after one more empty page."""
+    await add_templates(db, TEMPLATES)
+    flow = await add_active_flow(db, one_email_flow({"type": "manual"}))
+    everyone = [await add_contact(db, f"c{i}@example.com") for i in range(4)]
+    at = await temporal_env.get_current_time()
+    activities = EnrollingActivities(db, client, settings)
+
+    def page(after: int) -> BulkPageInput:
+        return BulkPageInput(bulk_id="b1", flow_id=flow.id, max_enrollments=10, scan_limit=2, after_contact_id=after, at=at, bulk_started_at=at)
+
+    first = await ActivityEnvironment().run(activities.bulk_enroll_page, page(0))
+    assert (first.examined, first.enrolled, first.done, first.next_cursor) == (2, 2, False, everyone[1].id)
+    last = await ActivityEnvironment().run(activities.bulk_enroll_page, page(first.next_cursor))
+    assert (last.examined, last.enrolled, last.done, last.next_cursor) == (2, 2, True, everyone[3].id)
+    assert await enrolled_contacts(db, flow.id) == [c.id for c in everyone]

@@ -16,7 +16,7 @@ from api.deps import MAX_ID, EnrollerDep, EnrollmentId, PaginationDep, SessionDe
 from api.schemas.common import Page
 from api.schemas.enrollments import EnrollmentDetail, EnrollmentOut, ExitIn, ManualEnrollIn
 from nurture.contracts import EnrollmentState
-from nurture.enrolling import TemporalUnavailable
+from nurture.enrolling import TemporalUnavailable, active_version
 from nurture.logging import get_logger
 from nurture.models import Enrollment, EnrollmentStatus, FlowStatus, SubscriptionStatus
 from nurture.temporal import temporal_ui_url
@@ -57,12 +57,13 @@ async def enroll_contact(
         raise HTTPException(
             status_code=409, detail=f"contact {contact.id} is {contact.subscription_status} and cannot be enrolled"
         )
-    suppressed_by = await enroller.suppressed(session, flow, contact)
+    version = await active_version(session, flow)  # read once for both
+    suppressed_by = await enroller.suppressed(session, flow, contact, version=version)
     if suppressed_by is not None:
         raise HTTPException(
             status_code=409, detail=f"contact {contact.id} matches the flow's suppression criteria (enrollment.suppress[{suppressed_by}])"
         )
-    outcome = await enroller.enroll(session, flow, contact)
+    outcome = await enroller.enroll(session, flow, contact, version=version)
     await session.commit()
     response.status_code = status.HTTP_201_CREATED if outcome.created else status.HTTP_200_OK
     return outcome.enrollment
