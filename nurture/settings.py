@@ -319,6 +319,8 @@ class Settings(BaseSettings):
     crm_salesforce_contact_external_id: str = "Nurture_Email__c"
     # The Task's External ID field that holds a write's idempotency key.
     crm_salesforce_task_external_id: str = "Nurture_Key__c"
+    # Records per sObject Collections call for Salesforce writes (Salesforce takes at most 200).
+    crm_salesforce_collection_size: int = Field(default=200, ge=1, le=200)
     # Webhooks older or newer than this (X-HubSpot-Request-Timestamp) are refused; HubSpot's window is 5 minutes.
     crm_webhook_tolerance_seconds: int = Field(default=300, ge=1, le=3600)
     # The YAML mapping of fields, owners and stages; the defaults of nurture/crm/mapping.py when unset.
@@ -330,9 +332,9 @@ class Settings(BaseSettings):
     crm_request_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     # The incremental sync runs this often (a Temporal Schedule), and reads pages of crm_batch_size.
     crm_sync_interval: Duration = Field(default=timedelta(minutes=5), ge=timedelta(seconds=10))
-    # Queued CRM writes pushed per activity run; a CRM that says Retry-After longer than this is asked
-    # again after this many seconds at most.
-    crm_write_batch: int = Field(default=100, ge=1, le=1000)
+    # Queued CRM writes read and pushed together (the push goes on, batch after batch, until none is
+    # left); a CRM that says Retry-After longer than this is asked again after this many seconds at most.
+    crm_write_batch: int = Field(default=200, ge=1, le=1000)
     crm_max_retry_after_seconds: float = Field(default=600.0, ge=1, le=86_400)
 
     # --- durability (docs/running.md) ---

@@ -2,9 +2,10 @@
 
 Salesforce does not push here: contact and opportunity changes are read by the reconciliation's
 incremental SOQL query on ``SystemModstamp``. A session that expires (401 ``INVALID_SESSION_ID``) is
-renewed once from the token endpoint and the call repeated. Contacts created here are upserted by an
-External ID field holding the email, and tasks and timeline entries by one holding the write's key,
-so a retried write finds the record it made. ``REQUEST_LIMIT_EXCEEDED`` (the org's daily API budget)
+renewed once from the token endpoint and the call repeated. Writes go out in sObject Collections of up
+to 200 records (``allOrNone: false``, one result per record): contacts created here upserted by an
+External ID field holding the email, field updates by record id, and tasks and timeline entries
+upserted by an External ID field holding the write's key, so a retried write finds the record it made. ``REQUEST_LIMIT_EXCEEDED`` (the org's daily API budget)
 and 5xx answers are ``CrmUnavailable``.
 """
 
@@ -15,7 +16,6 @@ import hashlib
 import threading
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -36,6 +36,8 @@ from nurture.crm.hubspot import BurstLimit
 from nurture.crm.mapping import parse_crm_time
 from nurture.settings import Settings
 
+# Per-record errors of a collection that mean "try again later", not "this record is wrong".
+TRANSIENT = {"UNABLE_TO_LOCK_ROW", "REQUEST_LIMIT_EXCEEDED", "SERVER_UNAVAILABLE"}
 DEAL_FIELDS = ["Id", "Name", "StageName", "ContactId", "IsWon", "IsClosed", "SystemModstamp"]
 
 
@@ -53,6 +55,8 @@ class SalesforceConnector:
         self.http.mount("http://", adapter)
         self.timeout = settings.crm_request_timeout_seconds
         self.batch_size = max(settings.crm_batch_size, 1)
+        self.collection_size = settings.crm_salesforce_collection_size
+        self.upsert_batch = self.update_batch = self.activity_batch = self.collection_size
         self.limit = BurstLimit(settings.crm_burst_per_10s)
         self.owner_cache: tuple[float, dict[str, str]] | None = None  # nurture.crm.mapping_with_owners
         self.sf: Salesforce | None = None
@@ -78,21 +82,19 @@ class SalesforceConnector:
         answer = await self._page(soql, after, limit)
         return ContactPage([self._contact(r) for r in answer["records"]], None if answer.get("done") else answer.get("nextRecordsUrl"))
 
-    async def upsert_contacts(self, records: list[tuple[str, dict[str, str]]]) -> dict[str, str]:
+    async def upsert_contacts(self, records: list[tuple[str, dict[str, str]]]) -> dict[str, str | CrmRejected]:
+        """Upserted by the email's External ID field, up to 200 a call (sObject Collections)."""
         field = self.settings.crm_salesforce_contact_external_id
-        ids: dict[str, str] = {}
-        for email, properties in records:
-            data = {"Email": email, "LastName": properties.get("LastName") or email.split("@")[0], **properties}
-            await self._call(lambda sf, data=data, email=email: sf.Contact.upsert(f"{field}/{quote(email, safe='')}", data))
-            answer = await self._call(
-                lambda sf, email=email: sf.query(f"SELECT Id FROM Contact WHERE {field} = {_literal(email)}")
-            )
-            if answer["records"]:
-                ids[email] = answer["records"][0]["Id"]
-        return ids
+        rows = [
+            (email, {"Email": email, "LastName": properties.get("LastName") or email.split("@")[0], **properties, field: email})
+            for email, properties in records
+        ]
+        return await self._collection(f"composite/sobjects/Contact/{field}", "Contact", rows)
 
-    async def update_contact(self, crm_id: str, properties: dict[str, str]) -> None:
-        await self._call(lambda sf: sf.Contact.update(crm_id, properties))
+    async def update_contacts(self, updates: list[tuple[str, dict[str, str]]]) -> dict[str, CrmRejected | None]:
+        rows = [(crm_id, {"id": crm_id, **properties}) for crm_id, properties in updates]
+        answered = await self._collection("composite/sobjects", "Contact", rows)
+        return {crm_id: result if isinstance(result, CrmRejected) else None for crm_id, result in answered.items()}
 
     # --- opportunities -----------------------------------------------------------
 
@@ -110,30 +112,39 @@ class SalesforceConnector:
 
     # --- tasks -------------------------------------------------------------------
 
-    async def find_activity(self, activity: CrmActivity) -> str | None:
+    async def create_activities(self, activities: list[CrmActivity]) -> dict[str, str | CrmRejected]:
+        """Upserted by the key's External ID field, up to 200 a call, so that even two pushes racing
+        make one task each; those already there are found by the key first and not written again."""
         field = self.settings.crm_salesforce_task_external_id
-        answer = await self._call(lambda sf: sf.query(f"SELECT Id FROM Task WHERE {field} = {_literal(_key(activity.key))}"))
-        return answer["records"][0]["Id"] if answer["records"] else None
-
-    async def create_activity(self, activity: CrmActivity) -> str:
-        """Upserted by the key's External ID field: a create repeated after a lost answer finds the first."""
-        field = self.settings.crm_salesforce_task_external_id
-        data: dict[str, Any] = {
-            "WhoId": activity.contact_crm_id,
-            "Subject": activity.subject[:255],
-            "Description": activity.body[:32_000],
-            "Status": "Not Started" if activity.kind == "task" else "Completed",
-            "Priority": "High" if activity.kind == "task" else "Normal",
-        }
-        if activity.owner_crm_id:
-            data["OwnerId"] = activity.owner_crm_id
-        if activity.due_at is not None:
-            data["ActivityDate"] = activity.due_at.date().isoformat()
-        await self._call(lambda sf: sf.Task.upsert(f"{field}/{_key(activity.key)}", data))
-        found = await self.find_activity(activity)
-        if found is None:
-            raise CrmUnavailable("Salesforce did not show the task it accepted")
-        return found
+        answered: dict[str, str | CrmRejected] = {}
+        # Those made before (an answer lost) are found first, in one query a collection: not written again.
+        for start in range(0, len(activities), self.collection_size):
+            keys = {_key(a.key): a.key for a in activities[start : start + self.collection_size]}
+            values = ", ".join(_literal(k) for k in keys)
+            found = await self._call(lambda sf, values=values: sf.query(f"SELECT Id, {field} FROM Task WHERE {field} IN ({values})"))
+            for record in found["records"]:
+                if record.get(field) in keys:
+                    answered[keys[record[field]]] = record["Id"]
+        rows = []
+        for activity in activities:
+            if activity.key in answered:
+                continue
+            data: dict[str, Any] = {
+                field: _key(activity.key),
+                "WhoId": activity.contact_crm_id,
+                "Subject": activity.subject[:255],
+                "Description": activity.body[:32_000],
+                "Status": "Not Started" if activity.kind == "task" else "Completed",
+                "Priority": "High" if activity.kind == "task" else "Normal",
+            }
+            if activity.owner_crm_id:
+                data["OwnerId"] = activity.owner_crm_id
+            if activity.due_at is not None:
+                data["ActivityDate"] = activity.due_at.date().isoformat()
+            rows.append((activity.key, data))
+        if rows:
+            answered.update(await self._collection(f"composite/sobjects/Task/{field}", "Task", rows))
+        return answered
 
     async def owners(self) -> dict[str, str]:
         answer = await self._call(lambda sf: sf.query("SELECT Id, Email FROM User WHERE IsActive = true"))
@@ -143,6 +154,27 @@ class SalesforceConnector:
         await self._call(lambda sf: sf.query("SELECT Id FROM User LIMIT 1"))
 
     # --- calling -----------------------------------------------------------------
+
+    async def _collection(self, path: str, sobject: str, rows: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+        """sObject Collections (PATCH, ``allOrNone: false``): each record succeeds or fails on its own,
+        and the results come back in the order sent. Answers key -> record id, or the record's refusal."""
+        answered: dict[str, Any] = {}
+        for start in range(0, len(rows), self.collection_size):
+            chunk = rows[start : start + self.collection_size]
+            body = {"allOrNone": False, "records": [{"attributes": {"type": sobject}, **data} for _, data in chunk]}
+            results = await self._call(lambda sf, body=body: sf.restful(path, method="PATCH", json=body)) or []
+            if len(results) != len(chunk):
+                raise CrmUnavailable(f"Salesforce answered {len(results)} results for {len(chunk)} records")
+            for (key, _), result in zip(chunk, results):
+                errors = [e for e in result.get("errors") or [] if isinstance(e, dict)]
+                if result.get("success") and result.get("id"):
+                    answered[key] = str(result["id"])
+                elif any(e.get("statusCode") in TRANSIENT for e in errors):
+                    # Busy, not wrong: the whole call is asked again (each record is an upsert or a diff).
+                    raise CrmUnavailable(f"Salesforce could not write {sobject} {key} now: {_reasons(errors)}")
+                else:
+                    answered[key] = CrmRejected(f"Salesforce refused {sobject} {key}: {_reasons(errors) or 'no reason given'}")
+        return answered
 
     async def _page(self, soql: str, after: str | None, limit: int) -> dict[str, Any]:
         # Salesforce answers batches of at least 200 records; ask for the page size we work in.
@@ -236,6 +268,10 @@ def _translated(exc: SalesforceError) -> CrmError:
     if exc.status >= 500 or exc.status == 429:
         return CrmUnavailable(f"Salesforce answered {exc.status}: {message}")
     return CrmRejected(f"Salesforce answered {exc.status}: {message}")
+
+
+def _reasons(errors: list[dict[str, Any]]) -> str:
+    return "; ".join(f"{e.get('statusCode')}: {e.get('message')}" for e in errors)[:500]
 
 
 def _deal(record: dict[str, Any]) -> CrmDeal:

@@ -4,7 +4,12 @@ From Salesforce's REST API reference, what the connector uses: the OAuth 2.0 tok
 (client credentials: ``access_token`` and ``instance_url``), SOQL queries of the shapes the connector
 issues (``SELECT fields FROM object WHERE a >= datetime AND b = 'x' AND c IN (...) ORDER BY f, g
 LIMIT n``) answered in batches with ``nextRecordsUrl`` (``Sforce-Query-Options: batchSize``), sObject
-read, create, update and upsert by External ID (201 created / 204 updated), 401 ``INVALID_SESSION_ID``
+read, create, update and upsert by External ID (201 created / 204 updated), sObject Collections
+(``PATCH composite/sobjects`` to update and ``PATCH composite/sobjects/{object}/{External ID field}``
+to upsert: at most 200 records, each with its ``attributes.type``, ``allOrNone``; 200 with one
+SaveResult / UpsertResult per record in the order sent, a refused record answered
+``{"success": false, "errors": [{"statusCode", "message", "fields"}]}`` beside the others, and a
+malformed request 400 as a whole), 401 ``INVALID_SESSION_ID``
 for an expired session, 403 ``REQUEST_LIMIT_EXCEEDED`` and 503 while "down". Tests act as a user in
 Salesforce through the methods of ``SalesforceEmulator``.
 """
@@ -29,6 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+COLLECTION_MAX = 200
 PREFIXES = {"Contact": "003", "Opportunity": "006", "Task": "00T", "User": "005"}
 SELECT = re.compile(
     r"^SELECT (?P<fields>.+?) FROM (?P<object>\w+)(?: WHERE (?P<where>.+?))?(?: ORDER BY (?P<order>.+?))?(?: LIMIT (?P<limit>\d+))?$",
@@ -69,7 +75,10 @@ class SalesforceEmulator:
             Route(f"{base}/sobjects/{{object}}/", self.create, methods=["POST"]),
             Route(f"{base}/sobjects/{{object}}/{{record_id}}", self.one, methods=["GET", "PATCH"]),
             Route(f"{base}/sobjects/{{object}}/{{field}}/{{value}}", self.upsert, methods=["PATCH"]),
+            Route(f"{base}/composite/sobjects", self.update_collection, methods=["PATCH"]),
+            Route(f"{base}/composite/sobjects/{{object}}/{{field}}", self.upsert_collection, methods=["PATCH"]),
         ])
+        self.collection_sizes: list[int] = []  # records per sObject Collections call, in order
 
     # --- a user's side: what happens in Salesforce ----------------------------------
 
@@ -234,6 +243,104 @@ class SalesforceEmulator:
         record = self.put(name, {**fields, field: value})
         self.writes.append((name, record["Id"], dict(fields)))
         return JSONResponse({"id": record["Id"], "success": True, "errors": [], "created": True}, status_code=201)
+
+
+    async def _collection(self, request: Request) -> tuple[list[dict[str, Any]], bool] | Response:
+        """The records of an sObject Collections body, or the 400 Salesforce answers for the whole request."""
+        try:
+            body = await request.json()
+        except ValueError:
+            return _errors(400, "JSON_PARSER_ERROR", "The request body is not valid JSON")
+        records = body.get("records") if isinstance(body, dict) else None
+        if not isinstance(records, list) or not records:
+            return _errors(400, "INVALID_FIELD", "records: a non-empty list is required")
+        if len(records) > COLLECTION_MAX:
+            return _errors(400, "EXCEEDED_ID_LIMIT", f"record limit reached. cannot submit more than {COLLECTION_MAX} records into this call")
+        if any(not isinstance(r, dict) or not (r.get("attributes") or {}).get("type") for r in records):
+            return _errors(400, "INVALID_INPUT", "Each record must have an attributes map with a type")
+        self.collection_sizes.append(len(records))
+        return records, bool(body.get("allOrNone"))
+
+    async def update_collection(self, request: Request) -> Response:
+        parsed = await self._collection(request)
+        if isinstance(parsed, Response):
+            return parsed
+        records, all_or_none = parsed
+        results = []
+        for record in records:
+            name = record["attributes"]["type"]
+            fields = {k: v for k, v in record.items() if k not in ("attributes", "id", "Id")}
+            record_id = record.get("id") or record.get("Id")
+            found = self.records.get(name, {}).get(str(record_id)) if record_id else None
+            if not record_id:
+                results.append(_record_error("MISSING_ARGUMENT", "Id not specified in an update call", ["Id"]))
+            elif found is None or found["IsDeleted"]:
+                results.append(_record_error("ENTITY_IS_DELETED", "entity is deleted", []))
+            elif "LastName" in fields and not fields["LastName"]:
+                results.append(_record_error("REQUIRED_FIELD_MISSING", "Required fields are missing: [LastName]", ["LastName"]))
+            else:
+                results.append({"id": found["Id"], "success": True, "errors": [], "apply": (name, found["Id"], fields)})
+        return self._answer_collection(results, all_or_none)
+
+    async def upsert_collection(self, request: Request) -> Response:
+        name, field = request.path_params["object"], request.path_params["field"]
+        if name not in self.records:
+            return _errors(404, "NOT_FOUND", f"sObject type '{name}' is not supported.")
+        parsed = await self._collection(request)
+        if isinstance(parsed, Response):
+            return parsed
+        records, all_or_none = parsed
+        if any(r["attributes"]["type"] != name for r in records):
+            return _errors(400, "INVALID_INPUT", f"All records must be of type {name}")
+        results: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for record in records:
+            fields = {k: v for k, v in record.items() if k != "attributes"}
+            value = fields.get(field)
+            if "Id" in fields or "id" in fields:
+                results.append(_record_error("INVALID_FIELD", "Only external ids are supported: don't set Id", ["Id"]))
+                continue
+            if not value:
+                results.append(_record_error("MISSING_ARGUMENT", f"{field} not specified", [field]))
+                continue
+            if str(value) in seen:
+                results.append(_record_error("DUPLICATE_EXTERNAL_ID", f"Duplicate external id specified: {value}", [field]))
+                continue
+            seen.add(str(value))
+            matches = [r for r in self.records[name].values() if str(r.get(field)) == str(value) and not r["IsDeleted"]]
+            if len(matches) > 1:
+                results.append(_record_error("DUPLICATE_EXTERNAL_ID", f"{field} matches more than one record", [field]))
+            elif matches:
+                results.append({"id": matches[0]["Id"], "success": True, "errors": [], "created": False,
+                                "apply": (name, matches[0]["Id"], fields)})
+            elif name == "Contact" and not fields.get("LastName"):
+                results.append(_record_error("REQUIRED_FIELD_MISSING", "Required fields are missing: [LastName]", ["LastName"]))
+            else:
+                results.append({"success": True, "errors": [], "created": True, "apply": (name, None, fields)})
+        return self._answer_collection(results, all_or_none)
+
+    def _answer_collection(self, results: list[dict[str, Any]], all_or_none: bool) -> JSONResponse:
+        """Carry out the records that succeed (none when allOrNone and one fails), answered in order."""
+        if all_or_none and any(not r["success"] for r in results):
+            rolled = [r if not r["success"] else _record_error("ALL_OR_NONE_OPERATION_ROLLED_BACK", "Record rolled back because not all records were valid and the request was using AllOrNone header") for r in results]
+            return JSONResponse([{"success": False, "errors": r["errors"]} for r in rolled])
+        answered = []
+        for result in results:
+            apply = result.pop("apply", None)
+            if apply is not None:
+                name, record_id, fields = apply
+                if record_id is None:
+                    record_id = self.put(name, fields)["Id"]
+                    result["id"] = record_id
+                else:
+                    self.change(name, record_id, fields)
+                self.writes.append((name, record_id, {k: v for k, v in fields.items()}))
+            answered.append({"id": result.get("id"), **{k: v for k, v in result.items() if k != "id"}}
+                            if result["success"] else result)
+        return JSONResponse(answered)
+
+def _record_error(code: str, message: str, fields: list[str] | None = None) -> dict[str, Any]:
+    return {"success": False, "errors": [{"statusCode": code, "message": message, "fields": fields or []}]}
 
 
 def _batch_size(request: Request) -> int:
