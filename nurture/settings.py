@@ -321,6 +321,9 @@ class Settings(BaseSettings):
     crm_salesforce_task_external_id: str = "Nurture_Key__c"
     # Records per sObject Collections call for Salesforce writes (Salesforce takes at most 200).
     crm_salesforce_collection_size: int = Field(default=200, ge=1, le=200)
+    # The share of the org's daily API requests (Sforce-Limit-Info) past which the sync stops calling
+    # Salesforce, as if it were down, leaving the rest to the org's other integrations.
+    crm_salesforce_max_api_usage_percent: float = Field(default=90.0, gt=0, le=100)
     # Webhooks older or newer than this (X-HubSpot-Request-Timestamp) are refused; HubSpot's window is 5 minutes.
     crm_webhook_tolerance_seconds: int = Field(default=300, ge=1, le=3600)
     # The YAML mapping of fields, owners and stages; the defaults of nurture/crm/mapping.py when unset.

@@ -18,6 +18,7 @@ from api.main import create_app
 
 from nurture.contracts import EnrollmentState
 from nurture.crm.contracts import CRM_SYNC_WORKFLOW, CrmSyncInput, CrmSyncResult
+from nurture.crm.writes import CONTACT, queue_write
 from nurture.db import Database
 from nurture.models import Contact, CrmOwner, CrmWrite, Event, PauseLog, utcnow
 from tests.conftest import eventually, result_of
@@ -252,3 +253,69 @@ async def test_the_sync_imports_salesforce_users_as_reps(sf, client, crm_setting
         contact = (await s.exec(select(Contact).where(Contact.crm_id == record["Id"]))).one()
     assert owners == {rep_id(sf): "rep-jane", omar["Id"]: "omar@example.com"}  # active users only
     assert contact.owner == "omar@example.com"
+
+
+async def test_a_backlog_goes_out_in_collections_of_200_and_a_refused_record_fails_alone(sf, client, crm_settings, db):
+    async with db.session() as s:
+        people = []
+        for n in range(250):
+            record = sf.put("Contact", {"Email": f"backlog{n}@example.com", "LastName": f"Backlog {n}"})
+            person = Contact(email=f"backlog{n}@example.com", crm_id=record["Id"])
+            s.add(person)
+            people.append(person)
+        await s.flush()
+        for person in people:  # as 250 update_contact steps would have queued them
+            await queue_write(s, crm_settings, key=f"crm:mql:{person.id}", kind=CONTACT, contact_id=person.id,
+                              payload={"properties": {"Nurture_Lifecycle_Stage__c": "marketingqualifiedlead"}})
+        await s.commit()
+    sf.records["Contact"][people[7].crm_id]["IsDeleted"] = True  # deleted in Salesforce meanwhile
+
+    result = await sync(client, crm_settings)
+
+    assert result.pushed == 249 and result.error is None
+    assert sf.collection_sizes == [200, 50]  # two calls for 250 updates (one record was not there to write)
+    statuses = {w.contact_id: (w.status, w.last_error) for w in await _writes(db)}
+    assert statuses.pop(people[7].id)[0] == "failed"
+    assert set(statuses.values()) == {("done", None)}
+    written = [record_id for record_id, fields in sf.written("Contact")]
+    assert sorted(written) == sorted(p.crm_id for i, p in enumerate(people) if i != 7)  # each once
+    status = await _status(crm_settings, db, client)
+    [failed] = status["failed_writes"]
+    assert failed["contact_id"] == people[7].id and "ENTITY_IS_DELETED" in failed["last_error"]
+
+
+async def test_a_contact_first_seen_in_an_event_is_upserted_to_salesforce_by_email_once(sf, client, crm_settings, db):
+    field = crm_settings.crm_salesforce_contact_external_id
+    app = create_app(crm_settings, db=db, client=client)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as api:
+        assert (await api.post("/events", json={"email": "walk.in@example.com", "type": "page_viewed"})).status_code == 202
+        assert (await api.post("/events/batch", json=[{"email": "batch@example.com", "type": "page_viewed"}])).status_code == 200
+
+    await sync(client, crm_settings)
+    await sync(client, crm_settings)
+
+    by_email = [r[field] for r in sf.records["Contact"].values() if r.get(field)]
+    assert sorted(by_email) == ["batch@example.com", "walk.in@example.com"]
+    assert sf.collection_sizes == [2]  # both in one upsert collection, and nothing written again
+    async with db.session() as s:
+        assert all(c.crm_id for c in (await s.exec(select(Contact))).all())
+
+
+async def _status(crm_settings, db, client) -> dict:
+    app = create_app(crm_settings, db=db, client=client)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as api:
+        return (await api.get("/crm/status")).json()
+
+
+async def test_the_sync_stops_calling_salesforce_past_its_share_of_the_daily_api_budget(sf, client, crm_settings, db, temporal_env):
+    record, contact = await synced_contact(sf, client, crm_settings, db)
+    _, _, handle = await start(db, client, crm_settings, MQL, contact=contact)
+    await result_of(temporal_env, handle)
+    sf.api_used = int(sf.api_daily_limit * 0.95)  # the org's other integrations spent it (the share is 90%)
+    before = len(sf.requests)
+
+    result = await sync(client, crm_settings, crm_attempts=1)
+
+    assert "daily API usage is 14251/15000" in result.error
+    assert len(sf.requests) - before == 1  # the one answer that told; nothing more was asked
+    assert [w.status for w in await _writes(db)] == ["queued", "queued"]

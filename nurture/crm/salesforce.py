@@ -6,7 +6,8 @@ renewed once from the token endpoint and the call repeated. Writes go out in sOb
 to 200 records (``allOrNone: false``, one result per record): contacts created here upserted by an
 External ID field holding the email, field updates by record id, and tasks and timeline entries
 upserted by an External ID field holding the write's key, so a retried write finds the record it made. ``REQUEST_LIMIT_EXCEEDED`` (the org's daily API budget)
-and 5xx answers are ``CrmUnavailable``.
+and 5xx answers are ``CrmUnavailable``, and so is the org's daily API usage past
+``crm_salesforce_max_api_usage_percent`` (read from each answer's ``Sforce-Limit-Info``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,6 +39,8 @@ from nurture.crm.mapping import parse_crm_time
 from nurture.settings import Settings
 
 # Per-record errors of a collection that mean "try again later", not "this record is wrong".
+# How long a daily API usage reading past our share holds before one call may read it again.
+USAGE_RECHECK_SECONDS = 300.0
 TRANSIENT = {"UNABLE_TO_LOCK_ROW", "REQUEST_LIMIT_EXCEEDED", "SERVER_UNAVAILABLE"}
 DEAL_FIELDS = ["Id", "Name", "StageName", "ContactId", "IsWon", "IsClosed", "SystemModstamp"]
 
@@ -60,6 +64,8 @@ class SalesforceConnector:
         self.limit = BurstLimit(settings.crm_burst_per_10s)
         self.owner_cache: tuple[float, dict[str, str]] | None = None  # nurture.crm.mapping_with_owners
         self.sf: Salesforce | None = None
+        # The org's daily API usage from the last answer (used, total, when read), None before the first.
+        self.usage: tuple[int, int, float] | None = None
         self.logins = 0
         self.lock = threading.Lock()
 
@@ -211,6 +217,7 @@ class SalesforceConnector:
                     if self.sf is None:
                         self.sf = self._login()
                     sf = self.sf
+                self._within_budget()
                 self.limit.wait()
                 try:
                     return call(sf)
@@ -220,6 +227,10 @@ class SalesforceConnector:
                             self.sf = None  # expired: the next attempt logs in again
                     if attempt == 2:
                         raise
+                finally:
+                    usage = sf.api_usage.get("api-usage")
+                    if usage is not None:
+                        self.usage = (usage.used, usage.total, time.monotonic())
             raise AssertionError("unreachable")
 
         try:
@@ -230,6 +241,20 @@ class SalesforceConnector:
             raise _translated(exc) from exc
         except requests.RequestException as exc:
             raise CrmUnavailable(f"Salesforce unreachable: {type(exc).__name__}: {exc}"[:500]) from exc
+
+    def _within_budget(self) -> None:
+        """Calls stop, as if Salesforce were down, while the org's daily API usage (the last answer's
+        ``Sforce-Limit-Info``) is past our share, leaving the rest to the org's other integrations. A
+        reading older than USAGE_RECHECK_SECONDS lets one call through, to read the usage again."""
+        if self.usage is None:
+            return
+        used, total, read_at = self.usage
+        share = self.settings.crm_salesforce_max_api_usage_percent
+        if total and used >= total * share / 100 and time.monotonic() - read_at < USAGE_RECHECK_SECONDS:
+            raise CrmUnavailable(
+                f"Salesforce's daily API usage is {used}/{total}, past NURTURE_CRM_SALESFORCE_MAX_API_USAGE_PERCENT "
+                f"({share:g}%): calls wait until the org's budget frees up"
+            )
 
     def _contact(self, record: dict[str, Any]) -> CrmContact:
         properties = {k: v for k, v in record.items() if k != "attributes"}

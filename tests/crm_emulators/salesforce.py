@@ -10,7 +10,8 @@ to upsert: at most 200 records, each with its ``attributes.type``, ``allOrNone``
 SaveResult / UpsertResult per record in the order sent, a refused record answered
 ``{"success": false, "errors": [{"statusCode", "message", "fields"}]}`` beside the others, and a
 malformed request 400 as a whole), 401 ``INVALID_SESSION_ID``
-for an expired session, 403 ``REQUEST_LIMIT_EXCEEDED`` and 503 while "down". Tests act as a user in
+for an expired session, 403 ``REQUEST_LIMIT_EXCEEDED`` and 503 while "down", and the org's daily API
+usage on every REST answer (``Sforce-Limit-Info: api-usage=used/allowance``). Tests act as a user in
 Salesforce through the methods of ``SalesforceEmulator``.
 """
 
@@ -60,6 +61,9 @@ class SalesforceEmulator:
         self.logins = 0
         self.down = False
         self.limit_exceeded = False
+        # The org's daily API requests: used so far (every REST request counts) and the allowance.
+        self.api_used = 0
+        self.api_daily_limit = 15_000
         self.lose_answer_of: list[tuple[str, str]] = []  # (method, path part): carried out, answered 503
         self.requests: list[tuple[str, str, int]] = []
         self.writes: list[tuple[str, str, dict[str, Any]]] = []  # (object, id, fields)
@@ -119,9 +123,16 @@ class SalesforceEmulator:
         request = Request(scope)
         status = {"code": 0}
 
+        data = request.url.path.startswith("/services/data/")
+        if data:
+            self.api_used += 1
+
         async def recording(message):
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+                if data:  # each REST answer reports the org's daily API usage
+                    limit_info = f"api-usage={self.api_used}/{self.api_daily_limit}".encode()
+                    message = {**message, "headers": [*message.get("headers", []), (b"sforce-limit-info", limit_info)]}
             await send(message)
 
         refusal = self._refusal(request)
