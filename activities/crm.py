@@ -40,9 +40,8 @@ from nurture.enrolling import Enroller
 from nurture.event_types import EMAIL_BOUNCED, EMAIL_CLICKED, EMAIL_COMPLAINED, EMAIL_OPENED, UNSUBSCRIBE_EVENTS
 from nurture.logging import get_logger
 from nurture.metrics import CRM_SYNC_CONTACTS, CRM_WRITES
-from nurture.models import Contact, CrmSyncState, CrmWrite, CrmWriteStatus, Event, utcnow
+from nurture.models import Contact, CrmSyncState, CrmWrite, CrmWriteStatus, Event, Message, MessageStatus, utcnow
 from nurture.settings import Settings
-from nurture.snapshots import contact_snapshot
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Engagement worth a line on the CRM timeline.
@@ -101,7 +100,7 @@ class CrmActivities:
 
     @activity.defn(name="queue_crm_engagement")
     async def queue_crm_engagement(self, input: PushWritesInput) -> PushWritesResult:
-        """Opens, clicks, bounces and unsubscribes since the last run, as one note per contact."""
+        """Sends, opens, clicks, bounces and unsubscribes since the last run, as one note per contact."""
         async with self.db.session() as session:
             state = await _state(session, self.connector.provider)
             rows = (
@@ -113,23 +112,30 @@ class CrmActivities:
                     .limit(input.limit * 10)
                 )
             ).all()
-            per_contact: dict[int, list[Event]] = {}
+            lines: dict[int, list[tuple[datetime, str]]] = {}
             for event, contact in rows:
                 if event.type == EMAIL_OPENED and (event.properties or {}).get("bot"):
                     continue
-                per_contact.setdefault(contact.id, []).append(event)  # type: ignore[arg-type]
-            for contact_id, events in per_contact.items():
-                lines = [f"{e.occurred_at:%Y-%m-%d %H:%M} UTC {e.type}" + _about(e) for e in events]
+                line = f"{event.occurred_at:%Y-%m-%d %H:%M} UTC {event.type}" + _about(event)
+                lines.setdefault(contact.id, []).append((event.occurred_at, line))  # type: ignore[arg-type]
+            sends, send_cursor = await _sends_since(session, state.send_cursor, input.limit * 10)
+            for message in sends:
+                line = f"{message.sent_at:%Y-%m-%d %H:%M} UTC email_sent (template={message.template_key}, subject={message.subject})"
+                lines.setdefault(message.contact_id, []).append((message.sent_at, line))  # type: ignore[arg-type]
+            # The note's key names the range of events and sends it holds: a retried run queues it once.
+            span = f"{state.engagement_cursor + 1}-{rows[-1][0].id if rows else state.engagement_cursor}:s{state.send_cursor + 1}-{send_cursor}"
+            for contact_id, entries in lines.items():
                 await queue_write(
-                    session, self.settings, key=f"crm:engagement:{contact_id}:{events[0].id}-{events[-1].id}",
-                    kind=NOTE, contact_id=contact_id,
-                    payload={"subject": "Email engagement (nurture)", "body": "\n".join(lines)},
+                    session, self.settings, key=f"crm:engagement:{contact_id}:{span}", kind=NOTE, contact_id=contact_id,
+                    payload={"subject": "Email engagement (nurture)",
+                             "body": "\n".join(line for _, line in sorted(entries, key=lambda e: e[0]))},
                 )
             if rows:
                 state.engagement_cursor = rows[-1][0].id or state.engagement_cursor
-                session.add(state)
+            state.send_cursor = send_cursor
+            session.add(state)
             await session.commit()
-            return PushWritesResult(pushed=len(per_contact))
+            return PushWritesResult(pushed=len(lines))
 
     def _failure(self, exc: CrmError) -> ApplicationError:
         """The activity's failure for a CRM error: an outage or rate limit is retried (after the CRM's
@@ -262,6 +268,26 @@ async def _state(session, provider: str) -> CrmSyncState:
         session.add(state)
         await session.flush()
     return state
+
+
+# A message still being sent after this long is taken as never to be sent: it no longer holds the cursor back.
+STUCK_SEND = timedelta(hours=1)
+
+
+async def _sends_since(session, cursor: int, limit: int) -> tuple[list[Message], int]:
+    """Marketing emails sent after message ``cursor``, and where the cursor goes: up to the first
+    message still being sent (its send is logged in a later run), so that none is skipped."""
+    messages = (
+        await session.exec(select(Message).where(Message.id > cursor).order_by(col(Message.id)).limit(limit))
+    ).all()
+    sent: list[Message] = []
+    for message in messages:
+        if message.status in (MessageStatus.reserved, MessageStatus.sending) and message.created_at > utcnow() - STUCK_SEND:
+            break
+        cursor = message.id or cursor
+        if message.status == MessageStatus.sent and message.kind == "marketing" and message.sent_at is not None:
+            sent.append(message)
+    return sent, cursor
 
 
 def _about(event: Event) -> str:

@@ -629,3 +629,16 @@ async def test_the_enrollment_history_shows_its_crm_writes_as_they_stand(hubspot
     [task] = hubspot.objects["tasks"].values()
     assert await crm_lines() == [f"CRM contact update written to hubspot (record {record.id})",
                                  f"CRM task written to hubspot (record {task.id})"]
+
+
+async def test_a_send_is_logged_on_the_crm_timeline_once(hubspot, crm_api, db, client, crm_settings):
+    record, contact = await linked_contact(hubspot, crm_api, db)
+    _, _, handle = await start(db, client, crm_settings, NURTURE, contact=contact)
+    await eventually(lambda: _at_step(handle, "wait"))  # demo-welcome sent
+
+    assert (await sync(client, crm_settings)).pushed == 1
+    assert (await sync(client, crm_settings)).pushed == 0
+
+    [note] = hubspot.objects["notes"].values()
+    assert note.associations == {"contacts": [record.id]}
+    assert "email_sent (template=demo-welcome" in note.properties["hs_note_body"]

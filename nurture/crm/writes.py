@@ -2,8 +2,8 @@
 
 A flow step that changes a contact, creates a task or hands off to sales adds a row to
 ``crm_writes`` in its own transaction, keyed by the step's idempotency key: a retried activity
-finds the row and adds nothing. The CRM sync (activities/crm.py) pushes queued rows in order and
-marks each done once the CRM has it; while the CRM is down the rows wait, and nothing a flow sends
+finds the row and adds nothing. The CRM sync (activities/crm.py, activities/crm_push.py) pushes
+queued rows in order, in the CRM's batch calls, and marks each done once the CRM has it; while the CRM is down the rows wait, and nothing a flow sends
 waits for them.
 """
 
@@ -74,7 +74,8 @@ async def queue_contact_update(
 
 
 async def queue_upsert(session: AsyncSession, settings: Settings, contact: Contact) -> CrmWrite | None:
-    """A contact created here (POST /contacts), to be upserted to the CRM by its email."""
+    """A contact created here (POST /contacts, or first seen in POST /events), to be upserted to the CRM
+    by its email."""
     if contact.id is None:
         return None
     return await queue_write(
