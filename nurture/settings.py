@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import limits
-from pydantic import BaseModel, Field, IPvAnyNetwork, field_validator
+from pydantic import BaseModel, Field, IPvAnyNetwork, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from nurture.flow.durations import MAX_DURATION_DAYS, Duration
@@ -308,10 +308,20 @@ class Settings(BaseSettings):
     crm_hubspot_app_secret: str | None = None
     # The app's id: changes HubSpot reports as made by this app are our own writes (never applied back).
     crm_hubspot_app_id: str | None = None
-    # Salesforce: a connected app with the OAuth 2.0 client credentials flow (docs/crm.md).
+    # Salesforce: a connected app (docs/crm.md). How the connector logs in: the app's OAuth 2.0 client
+    # credentials, the JWT bearer flow (the app's certificate, a pre-authorized user), or a user's
+    # username and password (+ security token) through the SOAP login call.
+    crm_salesforce_auth: Literal["client_credentials", "jwt", "password"] = "client_credentials"
     crm_salesforce_login_url: str = "https://login.salesforce.com"
     crm_salesforce_client_id: str | None = None
     crm_salesforce_client_secret: str | None = None
+    # The Salesforce user the JWT's `sub` names, or who logs in with a password.
+    crm_salesforce_username: str | None = None
+    crm_salesforce_password: SecretStr | None = None
+    crm_salesforce_security_token: SecretStr | None = None
+    # The JWT bearer flow's signing key (PEM), given inline or as a file; the connected app holds its certificate.
+    crm_salesforce_private_key: SecretStr | None = None
+    crm_salesforce_private_key_file: Path | None = None
     crm_salesforce_api_version: str = "59.0"
     # A CA bundle to trust for Salesforce's hosts (a corporate proxy; the tests' local emulator). Unset: the system's.
     crm_salesforce_ca_bundle: Path | None = None

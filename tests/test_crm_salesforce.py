@@ -12,6 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from pydantic import SecretStr
 from sqlmodel import select
 
 from api.main import create_app
@@ -22,7 +25,7 @@ from nurture.crm.writes import CONTACT, queue_write
 from nurture.db import Database
 from nurture.models import Contact, CrmOwner, CrmWrite, Event, PauseLog, utcnow
 from tests.conftest import eventually, result_of
-from tests.crm_emulators.salesforce import SalesforceEmulator, serving
+from tests.crm_emulators.salesforce import JWT_GRANT, SalesforceEmulator, serving
 from tests.factories import add_templates
 from tests.flow_runner import manual_flow, start
 from worker.main import build_worker
@@ -57,7 +60,13 @@ def sf(salesforce) -> SalesforceEmulator:
 
 
 @pytest.fixture
-def crm_settings(settings, salesforce, tmp_path: Path):
+def login_mode() -> str:
+    """How the connector logs in; tests of the other modes parametrize it."""
+    return "client_credentials"
+
+
+@pytest.fixture
+def crm_settings(settings, salesforce, tmp_path: Path, login_mode: str):
     emulator, certificate = salesforce
     rep = emulator.put("User", {"Email": "jane@example.com", "IsActive": True})
     mapping = tmp_path / "crm-mapping.yaml"
@@ -69,7 +78,30 @@ def crm_settings(settings, salesforce, tmp_path: Path):
         "crm_salesforce_client_secret": emulator.client_secret,
         "crm_salesforce_ca_bundle": certificate,
         "crm_mapping_file": mapping,
+        **_login(emulator, login_mode, tmp_path),
     })
+
+
+def _login(emulator: SalesforceEmulator, mode: str, tmp_path: Path) -> dict:
+    """Settings for a login mode; a "-wrong" mode has one wrong credential (another key; a wrong password)."""
+    if mode.startswith("jwt"):
+        key = emulator.private_key_pem if mode == "jwt" else _another_key()
+        key_file = tmp_path / "salesforce-jwt.key"
+        key_file.write_text(key)
+        return {"crm_salesforce_auth": "jwt", "crm_salesforce_username": emulator.username,
+                "crm_salesforce_client_secret": None, "crm_salesforce_private_key_file": key_file}
+    if mode.startswith("password"):
+        return {"crm_salesforce_auth": "password", "crm_salesforce_client_id": None, "crm_salesforce_client_secret": None,
+                "crm_salesforce_username": emulator.username,
+                "crm_salesforce_password": SecretStr(emulator.password if mode == "password" else "not-the-password"),
+                "crm_salesforce_security_token": SecretStr(emulator.security_token)}
+    return {}
+
+
+def _another_key() -> str:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
 
 
 @pytest.fixture(autouse=True)
@@ -319,3 +351,44 @@ async def test_the_sync_stops_calling_salesforce_past_its_share_of_the_daily_api
     assert "daily API usage is 14251/15000" in result.error
     assert len(sf.requests) - before == 1  # the one answer that told; nothing more was asked
     assert [w.status for w in await _writes(db)] == ["queued", "queued"]
+
+
+@pytest.mark.parametrize(("login_mode", "grant"), [("jwt", JWT_GRANT), ("password", "soap-login")])
+async def test_each_login_mode_syncs_and_an_expired_session_logs_in_again_once(sf, client, crm_settings, db, grant):
+    record, contact = await synced_contact(sf, client, crm_settings, db)
+
+    assert contact.owner == "rep-jane" and contact.properties["first_name"] == "Ada"
+    assert sf.grants and set(sf.grants) == {grant}
+    sf.expire_sessions()
+    logins = sf.logins
+    sf.change("Contact", record["Id"], {"FirstName": "Augusta"})
+
+    result = await sync(client, crm_settings)
+
+    assert result.error is None and sf.logins == logins + 1
+    async with db.session() as s:
+        assert (await s.get(Contact, contact.id)).properties["first_name"] == "Augusta"
+    assert (await _status(crm_settings, db, client))["connected"] is True
+
+
+@pytest.mark.parametrize(("login_mode", "refusal"), [
+    ("jwt-wrong-key", "invalid_grant: invalid assertion"),
+    ("password-wrong", "INVALID_LOGIN: Invalid username, password, security token; or user locked out."),
+])
+async def test_a_wrong_credential_fails_the_sync_once_with_salesforces_reason(sf, client, crm_settings, db, refusal):
+    async with db.session() as s:
+        record = sf.put("Contact", {"Email": "ada@example.com", "LastName": "Lovelace"})
+        person = Contact(email="ada@example.com", crm_id=record["Id"])
+        s.add(person)
+        await s.flush()
+        await queue_write(s, crm_settings, key=f"crm:mql:{person.id}", kind=CONTACT, contact_id=person.id,
+                          payload={"properties": {"Nurture_Lifecycle_Stage__c": "marketingqualifiedlead"}})
+        await s.commit()
+
+    result = await sync(client, crm_settings, crm_attempts=3)
+
+    assert "Salesforce refused the login" in result.error and refusal in result.error
+    assert len(sf.grants) == 1  # not retried: a person has to fix the credential
+    assert [w.status for w in await _writes(db)] == ["queued"]
+    status = await _status(crm_settings, db, client)
+    assert status["connected"] is False and refusal in status["error"] and refusal in status["last_error"]

@@ -1,4 +1,6 @@
-"""The Salesforce connector, on ``simple-salesforce`` with a connected app (OAuth 2.0 client credentials).
+"""The Salesforce connector, on ``simple-salesforce`` with a connected app: logged in with the app's
+OAuth 2.0 client credentials, the JWT bearer flow, or a user's username and password (SOAP ``login``),
+as ``crm_salesforce_auth`` says. Whatever the mode, a refused login is ``CrmAuthFailed``.
 
 Salesforce does not push here: contact and opportunity changes are read by the reconciliation's
 incremental SOQL query on ``SystemModstamp``. A session that expires (401 ``INVALID_SESSION_ID``) is
@@ -18,11 +20,13 @@ import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlparse
 
 import requests
 from requests.adapters import HTTPAdapter
-from simple_salesforce import Salesforce
-from simple_salesforce.exceptions import SalesforceError, SalesforceExpiredSession
+from pydantic import SecretStr
+from simple_salesforce import Salesforce, SalesforceLogin
+from simple_salesforce.exceptions import SalesforceAuthenticationFailed, SalesforceError, SalesforceExpiredSession
 
 from nurture.crm.connector import (
     ContactPage,
@@ -41,7 +45,16 @@ from nurture.settings import Settings
 # Per-record errors of a collection that mean "try again later", not "this record is wrong".
 # How long a daily API usage reading past our share holds before one call may read it again.
 USAGE_RECHECK_SECONDS = 300.0
+# How long a refused login stands before the connector tries its credentials again.
+LOGIN_RECHECK_SECONDS = 240.0
 TRANSIENT = {"UNABLE_TO_LOCK_ROW", "REQUEST_LIMIT_EXCEEDED", "SERVER_UNAVAILABLE"}
+# The settings each login mode needs (the JWT's key may be inline or a file: checked apart).
+REQUIRED = {
+    "client_credentials": ["crm_salesforce_client_id", "crm_salesforce_client_secret"],
+    "jwt": ["crm_salesforce_client_id", "crm_salesforce_username"],
+    "password": ["crm_salesforce_username", "crm_salesforce_password"],
+}
+LOGIN_ORIGIN = "https://login.salesforce.com"
 DEAL_FIELDS = ["Id", "Name", "StageName", "ContactId", "IsWon", "IsClosed", "SystemModstamp"]
 
 
@@ -49,12 +62,26 @@ class SalesforceConnector:
     provider = "salesforce"
 
     def __init__(self, settings: Settings):
-        if not settings.crm_salesforce_client_id or not settings.crm_salesforce_client_secret:
-            raise CrmAuthFailed("NURTURE_CRM_SALESFORCE_CLIENT_ID and NURTURE_CRM_SALESFORCE_CLIENT_SECRET are required")
+        missing = [name for name in REQUIRED[settings.crm_salesforce_auth] if not getattr(settings, name)]
+        if settings.crm_salesforce_auth == "jwt" and not (
+                settings.crm_salesforce_private_key or settings.crm_salesforce_private_key_file):
+            missing.append("crm_salesforce_private_key")
+        if missing:
+            names = " and ".join(f"NURTURE_{n.upper()}" for n in missing)
+            raise CrmAuthFailed(f"{names} required to log in to Salesforce with crm_salesforce_auth={settings.crm_salesforce_auth}")
         self.settings = settings
         self.http = requests.Session()
         bundle = str(settings.crm_salesforce_ca_bundle) if settings.crm_salesforce_ca_bundle is not None else None
-        adapter = _Adapter(settings.crm_request_timeout_seconds, bundle)
+        # simple-salesforce's own login calls go to https://<domain>.salesforce.com. A login URL on
+        # another host (a proxy in front of Salesforce; the tests' emulator) is reached by sending
+        # those calls there.
+        login = urlparse(settings.crm_salesforce_login_url)
+        host = login.hostname or "login.salesforce.com"
+        if host.endswith(".salesforce.com") and login.port in (None, 443):
+            self.domain, login_origin = host.removesuffix(".salesforce.com"), None
+        else:
+            self.domain, login_origin = "login", f"{login.scheme}://{login.netloc}"
+        adapter = _Adapter(settings.crm_request_timeout_seconds, bundle, login_origin)
         self.http.mount("https://", adapter)
         self.http.mount("http://", adapter)
         self.timeout = settings.crm_request_timeout_seconds
@@ -67,6 +94,9 @@ class SalesforceConnector:
         # The org's daily API usage from the last answer (used, total, when read), None before the first.
         self.usage: tuple[int, int, float] | None = None
         self.logins = 0
+        # A refused login and when: the calls that follow fail with it, without asking Salesforce, which
+        # locks a user out after a number of failed logins in a row.
+        self.refused: tuple[CrmAuthFailed, float] | None = None
         self.lock = threading.Lock()
 
     # --- contacts --------------------------------------------------------------
@@ -189,7 +219,43 @@ class SalesforceConnector:
             return await self._call(lambda sf: sf.query_more(after, identifier_is_url=True, headers=headers))
         return await self._call(lambda sf: sf.query(soql, headers=headers))
 
+    def _login_unless_refused(self) -> Salesforce:
+        if self.refused is not None and time.monotonic() - self.refused[1] < LOGIN_RECHECK_SECONDS:
+            raise self.refused[0]
+        try:
+            sf = self._login()
+        except CrmAuthFailed as exc:
+            self.refused = (exc, time.monotonic())
+            raise
+        self.refused = None
+        return sf
+
     def _login(self) -> Salesforce:
+        if self.settings.crm_salesforce_auth == "client_credentials":
+            return self._client_credentials_login()
+        s = self.settings
+        if s.crm_salesforce_auth == "jwt":
+            # An RS256 assertion (iss: consumer key, sub: username, aud: the login host) for an access token.
+            key_file = str(s.crm_salesforce_private_key_file) if s.crm_salesforce_private_key_file else None
+            login = dict(username=s.crm_salesforce_username, consumer_key=s.crm_salesforce_client_id,
+                         privatekey=_secret(s.crm_salesforce_private_key) if not key_file else None,
+                         privatekey_file=key_file)
+        else:
+            # SOAP login; the security token is appended to the password, as Salesforce expects.
+            login = dict(username=s.crm_salesforce_username, password=_secret(s.crm_salesforce_password),
+                         security_token=_secret(s.crm_salesforce_security_token) or "")
+        try:
+            session_id, instance = SalesforceLogin(session=self.http, domain=self.domain,
+                                                   sf_version=s.crm_salesforce_api_version, **login)
+        except SalesforceAuthenticationFailed as exc:
+            raise _login_refused(exc, s.crm_salesforce_auth) from exc
+        except requests.RequestException as exc:
+            raise CrmUnavailable(f"Salesforce login unreachable: {exc}") from exc
+        self.logins += 1
+        # Our own session (no refresh inside simple-salesforce), so an expired one is renewed once, by _call.
+        return Salesforce(instance=instance, session_id=session_id, session=self.http, version=s.crm_salesforce_api_version)
+
+    def _client_credentials_login(self) -> Salesforce:
         """A session from the connected app (client credentials); the token endpoint names the instance."""
         s = self.settings
         try:
@@ -215,7 +281,7 @@ class SalesforceConnector:
             for attempt in (1, 2):
                 with self.lock:
                     if self.sf is None:
-                        self.sf = self._login()
+                        self.sf = self._login_unless_refused()
                     sf = self.sf
                 self._within_budget()
                 self.limit.wait()
@@ -266,14 +332,17 @@ class SalesforceConnector:
 
 
 class _Adapter(HTTPAdapter):
-    """Every call bounded in time (simple-salesforce passes no timeout of its own), and checked against
-    the configured CA bundle (requests lets REQUESTS_CA_BUNDLE override a session's own)."""
+    """Every call bounded in time (simple-salesforce passes no timeout of its own), checked against
+    the configured CA bundle (requests lets REQUESTS_CA_BUNDLE override a session's own), and login
+    calls sent to a login URL off salesforce.com when one is configured."""
 
-    def __init__(self, timeout: float, ca_bundle: str | None):
+    def __init__(self, timeout: float, ca_bundle: str | None, login_origin: str | None = None):
         super().__init__(max_retries=0)
-        self.timeout, self.ca_bundle = timeout, ca_bundle
+        self.timeout, self.ca_bundle, self.login_origin = timeout, ca_bundle, login_origin
 
     def send(self, request, **kwargs):
+        if self.login_origin and request.url.startswith(LOGIN_ORIGIN + "/"):
+            request.url = self.login_origin + request.url.removeprefix(LOGIN_ORIGIN)
         kwargs["timeout"] = kwargs.get("timeout") or self.timeout
         if self.ca_bundle is not None:
             kwargs["verify"] = self.ca_bundle
@@ -293,6 +362,20 @@ def _translated(exc: SalesforceError) -> CrmError:
     if exc.status >= 500 or exc.status == 429:
         return CrmUnavailable(f"Salesforce answered {exc.status}: {message}")
     return CrmRejected(f"Salesforce answered {exc.status}: {message}")
+
+
+def _login_refused(exc: SalesforceAuthenticationFailed, mode: str) -> CrmError:
+    """A login Salesforce refused (a SOAP fault such as INVALID_LOGIN, an OAuth error such as
+    invalid_grant) is for a person to fix: not retried. Salesforce down at login is an outage."""
+    if isinstance(exc.code, int) and (exc.code >= 500 or exc.code == 429):
+        return CrmUnavailable(f"Salesforce login answered {exc.code}: {exc.auth_message[:300]}")
+    if exc.code in TRANSIENT:
+        return CrmUnavailable(f"Salesforce login failed for now: {exc.code}: {exc.auth_message[:300]}")
+    return CrmAuthFailed(f"Salesforce refused the login ({mode}): {exc.code}: {exc.auth_message[:300]}")
+
+
+def _secret(value: SecretStr | str | None) -> str | None:
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
 
 
 def _reasons(errors: list[dict[str, Any]]) -> str:

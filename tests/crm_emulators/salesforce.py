@@ -1,7 +1,12 @@
 """A Salesforce REST API emulator on loopback (HTTPS, as simple-salesforce only speaks HTTPS).
 
 From Salesforce's REST API reference, what the connector uses: the OAuth 2.0 token endpoint
-(client credentials: ``access_token`` and ``instance_url``), SOQL queries of the shapes the connector
+(client credentials: ``access_token`` and ``instance_url``; the JWT bearer grant, an RS256 assertion
+checked against the connected app's certificate, with ``iss`` the consumer key, ``sub`` a user,
+``aud`` the login host and ``exp`` in the future, refused with ``invalid_grant`` /
+``invalid_client_id`` as Salesforce answers), the SOAP partner API's ``login`` call
+(``/services/Soap/u/{version}``: ``loginResponse`` with ``sessionId`` and ``serverUrl``, or a 500 SOAP
+fault ``sf:INVALID_LOGIN`` for a wrong username, password or security token), SOQL queries of the shapes the connector
 issues (``SELECT fields FROM object WHERE a >= datetime AND b = 'x' AND c IN (...) ORDER BY f, g
 LIMIT n``) answered in batches with ``nextRecordsUrl`` (``Sforce-Query-Options: batchSize``), sObject
 read, create, update and upsert by External ID (201 created / 204 updated), sObject Collections
@@ -28,14 +33,23 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote
+from xml.etree import ElementTree
+from xml.sax.saxutils import escape
 
+import jwt
 import uvicorn
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 COLLECTION_MAX = 200
+PARTNER = "urn:partner.soap.sforce.com"
+JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+JWT_AUDIENCES = ["https://login.salesforce.com", "https://test.salesforce.com"]
+ORG_ID = "00D000000000001EAA"
 PREFIXES = {"Contact": "003", "Opportunity": "006", "Task": "00T", "User": "005"}
 SELECT = re.compile(
     r"^SELECT (?P<fields>.+?) FROM (?P<object>\w+)(?: WHERE (?P<where>.+?))?(?: ORDER BY (?P<order>.+?))?(?: LIMIT (?P<limit>\d+))?$",
@@ -54,8 +68,17 @@ def _stamp(moment: datetime) -> str:
 
 class SalesforceEmulator:
     def __init__(self, client_id: str = "emulator-client-id", client_secret: str = "emulator-client-secret",
-                 version: str = "59.0"):
+                 version: str = "59.0", username: str = "integration@example.com",
+                 password: str = "emulator-password", security_token: str = "emulatorSecurityToken"):
         self.client_id, self.client_secret, self.version = client_id, client_secret, version
+        # The integration user, and the key pair whose certificate is uploaded to the connected app
+        # ("Use digital signatures"): the private half is the connector's, the public half checks the JWT.
+        self.username, self.password, self.security_token = username, password, security_token
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.private_key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                 serialization.NoEncryption()).decode()
+        self.public_key = key.public_key()
+        self.grants: list[str] = []  # the grant (or "soap-login") of each login asked for, refused ones too
         self.records: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in PREFIXES}
         self.sessions: set[str] = set()
         self.logins = 0
@@ -74,6 +97,7 @@ class SalesforceEmulator:
         base = f"/services/data/v{version}"
         self.app = Starlette(routes=[
             Route("/services/oauth2/token", self.token, methods=["POST"]),
+            Route(f"/services/Soap/u/{version}", self.soap_login, methods=["POST"]),
             Route(f"{base}/query/", self.query, methods=["GET"]),
             Route(f"{base}/query/{{cursor}}", self.query_more, methods=["GET"]),
             Route(f"{base}/sobjects/{{object}}/", self.create, methods=["POST"]),
@@ -154,7 +178,7 @@ class SalesforceEmulator:
     def _refusal(self, request: Request) -> Response | None:
         if self.down:
             return _errors(503, "SERVER_UNAVAILABLE", "Service Unavailable")
-        if request.url.path == "/services/oauth2/token":
+        if request.url.path in ("/services/oauth2/token", f"/services/Soap/u/{self.version}"):
             return None
         token = request.headers.get("authorization", "").removeprefix("Bearer ")
         if token not in self.sessions:
@@ -165,16 +189,66 @@ class SalesforceEmulator:
 
     async def token(self, request: Request) -> Response:
         form = {k: v[0] for k, v in parse_qs((await request.body()).decode()).items()}
-        if form.get("grant_type") != "client_credentials":
+        self.grants.append(form.get("grant_type", ""))
+        if form.get("grant_type") == JWT_GRANT:
+            refusal = self._jwt_refusal(form.get("assertion", ""))
+            if refusal is not None:
+                return JSONResponse({"error": refusal[0], "error_description": refusal[1]}, 400)
+        elif form.get("grant_type") != "client_credentials":
             return JSONResponse({"error": "unsupported_grant_type", "error_description": "grant type not supported"}, 400)
-        if (form.get("client_id"), form.get("client_secret")) != (self.client_id, self.client_secret):
+        elif (form.get("client_id"), form.get("client_secret")) != (self.client_id, self.client_secret):
             return JSONResponse({"error": "invalid_client", "error_description": "invalid client credentials"}, 400)
-        session = f"00D{uuid.uuid4().hex}"
-        self.sessions.add(session)
-        self.logins += 1
-        return JSONResponse({"access_token": session, "instance_url": self.base_url, "id": f"{self.base_url}/id/00D/005",
+        session = self._new_session()
+        return JSONResponse({"access_token": session, "scope": "api", "instance_url": self.base_url, "id": f"{self.base_url}/id/00D/005",
                              "token_type": "Bearer", "issued_at": str(int(datetime.now(UTC).timestamp() * 1000)),
                              "signature": "emulated"})
+
+    def _new_session(self) -> str:
+        session = f"{ORG_ID[:15]}!{uuid.uuid4().hex}"
+        self.sessions.add(session)
+        self.logins += 1
+        return session
+
+    def _jwt_refusal(self, assertion: str) -> tuple[str, str] | None:
+        """Salesforce's OAuth error for a JWT bearer assertion, or None when it is good (RFC 7523)."""
+        try:
+            claims = jwt.decode(assertion, self.public_key, algorithms=["RS256"], audience=JWT_AUDIENCES,
+                                options={"require": ["iss", "sub", "aud", "exp"]})
+        except jwt.ExpiredSignatureError:
+            return "invalid_grant", "expired authorization code"
+        except jwt.InvalidAudienceError:
+            return "invalid_grant", "Audience validation failed"
+        except jwt.PyJWTError:
+            return "invalid_grant", "invalid assertion"
+        if claims["iss"] != self.client_id:
+            return "invalid_client_id", "client identifier invalid"
+        if claims["sub"] != self.username:
+            return "invalid_grant", "user hasn't approved this consumer"
+        return None
+
+    async def soap_login(self, request: Request) -> Response:
+        """The partner API's login(username, password + security token)."""
+        self.grants.append("soap-login")
+        try:
+            envelope = ElementTree.fromstring(await request.body())
+        except ElementTree.ParseError:
+            return _soap_fault("soapenv:Client", "INVALID_REQUEST", "Unable to parse the request body", "UnexpectedErrorFault")
+        login = envelope.find(f".//{{{PARTNER}}}login")
+        if login is None or "login" not in request.headers.get("soapaction", ""):
+            return _soap_fault("soapenv:Client", "INVALID_OPERATION", "No operation available for request login",
+                               "UnexpectedErrorFault")
+        username = login.findtext(f"{{{PARTNER}}}username") or ""
+        password = login.findtext(f"{{{PARTNER}}}password") or ""
+        if (username, password) != (self.username, self.password + self.security_token):
+            return _soap_fault("sf:INVALID_LOGIN", "INVALID_LOGIN",
+                               "Invalid username, password, security token; or user locked out.", "LoginFault")
+        session = self._new_session()
+        soap = f"{self.base_url}/services/Soap/u/{self.version}/{ORG_ID[:15]}"
+        return Response(
+            f"""<?xml version="1.0" encoding="UTF-8"?>
+<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns="{PARTNER}" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><loginResponse><result><metadataServerUrl>{self.base_url}/services/Soap/m/{self.version}/{ORG_ID[:15]}</metadataServerUrl><passwordExpired>false</passwordExpired><sandbox>false</sandbox><serverUrl>{soap}</serverUrl><sessionId>{escape(session)}</sessionId><userId>005000000000001AAA</userId><userInfo><organizationId>{ORG_ID}</organizationId><userName>{escape(username)}</userName></userInfo></result></loginResponse></soapenv:Body></soapenv:Envelope>""",
+            media_type="text/xml; charset=utf-8",
+        )
 
     async def query(self, request: Request) -> Response:
         soql = request.query_params.get("q", "")
@@ -349,6 +423,15 @@ class SalesforceEmulator:
             answered.append({"id": result.get("id"), **{k: v for k, v in result.items() if k != "id"}}
                             if result["success"] else result)
         return JSONResponse(answered)
+
+def _soap_fault(code: str, exception_code: str, message: str, fault_type: str) -> Response:
+    """A SOAP 1.1 fault as the partner API sends it: HTTP 500, the code and message in sf: elements."""
+    return Response(
+        f"""<?xml version="1.0" encoding="UTF-8"?>
+<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:sf="urn:fault.partner.soap.sforce.com" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><soapenv:Fault><faultcode>{code}</faultcode><faultstring>{exception_code}: {escape(message)}</faultstring><detail><sf:{fault_type} xsi:type="sf:{fault_type}"><sf:exceptionCode>{exception_code}</sf:exceptionCode><sf:exceptionMessage>{escape(message)}</sf:exceptionMessage></sf:{fault_type}></detail></soapenv:Fault></soapenv:Body></soapenv:Envelope>""",
+        status_code=500, media_type="text/xml; charset=utf-8",
+    )
+
 
 def _record_error(code: str, message: str, fields: list[str] | None = None) -> dict[str, Any]:
     return {"success": False, "errors": [{"statusCode": code, "message": message, "fields": fields or []}]}
