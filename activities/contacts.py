@@ -40,7 +40,8 @@ class ContactActivities:
                 # Written back to the CRM by the CRM sync, once per step (the step's key).
                 changed = [*input.set, *input.clear] + (["lifecycle_stage"] if input.lifecycle_stage is not None else [])
                 await queue_contact_update(
-                    session, self.settings, mapping_for(self.settings), contact, f"crm:{input.idempotency_key}", changed
+                    session, self.settings, mapping_for(self.settings), contact, f"crm:{input.idempotency_key}", changed,
+                    workflow_id=activity.info().workflow_id if activity.in_activity() else None,  # shown in its history
                 )
             await session.commit()
             await session.refresh(contact)

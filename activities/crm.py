@@ -1,13 +1,14 @@
 """The CRM sync's side effects: push queued writes, read changed CRM contacts, log engagement.
 
-Each write goes out once: a contact update first reads the CRM record and writes only what
-differs, a task or note is searched by its key before it is created, and a row is marked done in
-its own commit as soon as the CRM has it. A CRM that is down or rate limited (429, 5xx) fails the
-activity with Temporal retrying after the CRM's ``Retry-After``; the rows wait in ``crm_writes``.
+The push drains the queue in batches (activities/crm_push.py says how each goes out once). A 429
+is waited out inside the push (its ``Retry-After``), so a backlog of thousands drains in one run at
+the CRM's pace; a CRM that is down (5xx) fails the activity, Temporal retrying after the CRM's
+``Retry-After``, and the rows wait in ``crm_writes``.
 """
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func
@@ -16,8 +17,9 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
+from activities.crm_push import WriteBatch, deadline
 from nurture.crm import mapping_for, mapping_with_owners
-from nurture.crm.connector import CrmActivity, CrmAuthFailed, CrmConnector, CrmRejected, CrmUnavailable
+from nurture.crm.connector import CrmConnector, CrmError, CrmUnavailable
 from nurture.crm.contracts import (
     OwnerImportInput,
     OwnerImportResult,
@@ -32,24 +34,18 @@ from nurture.crm.contracts import (
 from nurture.crm.inbound import CrmInbound
 from nurture.crm.owners import import_owners
 from nurture.crm.mapping import parse_crm_time
-from nurture.crm.writes import CONTACT, NOTE, UPSERT, queue_write
+from nurture.crm.writes import NOTE, queue_write
 from nurture.db import Database
 from nurture.enrolling import Enroller
 from nurture.event_types import EMAIL_BOUNCED, EMAIL_CLICKED, EMAIL_COMPLAINED, EMAIL_OPENED, UNSUBSCRIBE_EVENTS
 from nurture.logging import get_logger
 from nurture.metrics import CRM_SYNC_CONTACTS, CRM_WRITES
-from nurture.models import Contact, CrmSyncState, CrmWrite, CrmWriteStatus, Event, utcnow
+from nurture.models import Contact, CrmSyncState, CrmWrite, CrmWriteStatus, Event, Message, MessageStatus, utcnow
 from nurture.settings import Settings
-from nurture.snapshots import contact_snapshot
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Engagement worth a line on the CRM timeline.
 TIMELINE_EVENTS = {EMAIL_OPENED, EMAIL_CLICKED, EMAIL_BOUNCED, EMAIL_COMPLAINED, *UNSUBSCRIBE_EVENTS}
-
-
-def _heartbeat() -> None:
-    if activity.in_activity():
-        activity.heartbeat()
 
 
 class CrmActivities:
@@ -63,152 +59,48 @@ class CrmActivities:
 
     @activity.defn(name="push_crm_writes")
     async def push_crm_writes(self, input: PushWritesInput) -> PushWritesResult:
+        """Every queued write, ``crm_write_batch`` rows at a time, until none is left or the activity's
+        time is nearly up (the next run goes on from there)."""
         result = PushWritesResult()
-        async with self.db.session() as session:
-            rows = (
-                await session.exec(
-                    select(CrmWrite)
-                    .where(CrmWrite.status == CrmWriteStatus.queued, CrmWrite.provider == self.connector.provider)
-                    .order_by(col(CrmWrite.id))  # in the order decided: per contact too
-                    .limit(input.limit)
+        stop_at = deadline()
+        after = 0
+        provider = self.connector.provider
+        while stop_at is None or time.monotonic() < stop_at:
+            async with self.db.session() as session:
+                rows = list(
+                    (
+                        await session.exec(
+                            select(CrmWrite)
+                            .where(CrmWrite.status == CrmWriteStatus.queued, CrmWrite.provider == provider,
+                                   col(CrmWrite.id) > after)
+                            .order_by(col(CrmWrite.id))  # in the order decided: per contact too
+                            .limit(self.settings.crm_write_batch)
+                        )
+                    ).all()
                 )
-            ).all()
-            upserts = [row for row in rows if row.kind == UPSERT]
-            if len(upserts) > 1:
-                result.pushed += await self._upsert_batch(session, upserts)
-            for row in rows:
-                if row.status != CrmWriteStatus.queued:
-                    continue  # pushed in the batch above
-                _heartbeat()
-                log = get_logger(contact_id=row.contact_id, key=row.idempotency_key, kind=row.kind)
+                if not rows:
+                    break
+                after = rows[-1].id or after
                 try:
-                    row.crm_record_id = await self._push(session, row)
-                except CrmUnavailable as exc:
-                    await self._attempt_failed(session, row, str(exc))
-                    CRM_WRITES.labels(self.connector.provider, "retried").inc()
-                    wait = min(exc.retry_after or 0, self.settings.crm_max_retry_after_seconds)
-                    log.warning("crm_write_deferred", error=str(exc), retry_after=exc.retry_after)
-                    raise ApplicationError(
-                        str(exc), type="CrmUnavailable", next_retry_delay=timedelta(seconds=wait) if wait else None
-                    ) from exc
-                except CrmAuthFailed as exc:
-                    await self._attempt_failed(session, row, str(exc))
-                    raise ApplicationError(str(exc), type="CrmAuthFailed", non_retryable=True) from exc
-                except CrmRejected as exc:
-                    row.attempts += 1
-                    row.status, row.last_error = CrmWriteStatus.failed, str(exc)[:1000]
-                    session.add(row)
-                    await session.commit()
-                    CRM_WRITES.labels(self.connector.provider, "failed").inc()
-                    log.warning("crm_write_refused", error=str(exc))
-                    result.failed += 1
-                    continue
-                row.attempts += 1
-                row.status, row.done_at, row.last_error = CrmWriteStatus.done, utcnow(), None
-                session.add(row)
-                await session.commit()  # each write's own commit: a crash after it does not repeat it
-                CRM_WRITES.labels(self.connector.provider, "done").inc()
-                log.info("crm_write_done", record=row.crm_record_id)
-                result.pushed += 1
+                    await WriteBatch(self.connector, self.settings, session, rows, result).push()
+                except CrmError as exc:
+                    if isinstance(exc, CrmUnavailable):
+                        CRM_WRITES.labels(provider, "retried").inc()
+                    get_logger(provider=provider).warning("crm_write_deferred", error=str(exc))
+                    raise self._failure(exc) from exc
+        async with self.db.session() as session:
             result.remaining = (
                 await session.exec(
                     select(func.count()).select_from(CrmWrite).where(
-                        CrmWrite.status == CrmWriteStatus.queued, CrmWrite.provider == self.connector.provider
+                        CrmWrite.status == CrmWriteStatus.queued, CrmWrite.provider == provider
                     )
                 )
             ).one()
         return result
 
-    async def _upsert_batch(self, session, rows: list[CrmWrite]) -> int:
-        """Contacts created here, upserted by email in the CRM's batch calls (HubSpot: 100 a call).
-
-        A CRM that is down leaves the rows queued (the loop after tries each and defers); a batch
-        the CRM refuses is left to that loop too, which finds the one record it refuses.
-        """
-        ids = [row.contact_id for row in rows]
-        contacts = {c.id: c for c in (await session.exec(select(Contact).where(col(Contact.id).in_(ids)))).all()}
-        mapping = mapping_for(self.settings)
-        records = {
-            c.email.lower(): mapping.outbound_properties(contact_snapshot(c).fields()) for c in contacts.values()
-        }
-        _heartbeat()
-        try:
-            answered = await self.connector.upsert_contacts(list(records.items()))
-        except (CrmUnavailable, CrmRejected) as exc:
-            get_logger(provider=self.connector.provider).warning("crm_upsert_batch_failed", rows=len(rows), error=str(exc))
-            return 0
-        done, pushed = utcnow(), 0
-        for row in rows:
-            contact = contacts.get(row.contact_id)
-            crm_id = answered.get(contact.email.lower()) if contact is not None else None
-            if contact is None or crm_id is None:
-                continue  # the loop after says why, row by row
-            contact.crm_id = crm_id
-            session.add(contact)
-            row.attempts += 1
-            row.status, row.done_at, row.last_error, row.crm_record_id = CrmWriteStatus.done, done, None, crm_id
-            session.add(row)
-            CRM_WRITES.labels(self.connector.provider, "done").inc()
-            pushed += 1
-        await session.commit()  # the batch's own commit: a crash after it does not repeat it
-        return pushed
-
-    async def _push(self, session, row: CrmWrite) -> str:
-        contact = await session.get(Contact, row.contact_id)
-        if contact is None:
-            raise CrmRejected(f"contact {row.contact_id} no longer exists")
-        if row.kind == UPSERT:
-            return await self._upserted(session, contact)
-        crm_id = await self._crm_id(session, contact)
-        if row.kind == CONTACT:
-            wanted: dict[str, str] = dict(row.payload.get("properties") or {})
-            current = await self.connector.get_contact(crm_id, sorted(wanted))
-            have = current.properties if current is not None else {}
-            differing = {name: value for name, value in wanted.items() if str(have.get(name) or "") != value}
-            if differing:  # what the CRM already holds is not written again
-                await self.connector.update_contact(crm_id, differing)
-            return crm_id
-        mapping = await mapping_with_owners(self.settings, self.connector, session)
-        due = row.payload.get("due_at")
-        planned = CrmActivity(
-            kind="task" if row.kind == "task" else "note",
-            key=row.idempotency_key,
-            contact_crm_id=crm_id,
-            subject=str(row.payload.get("subject") or ""),
-            body=str(row.payload.get("body") or ""),
-            owner_crm_id=mapping.crm_owner_for(row.payload.get("owner")),
-            due_at=parse_crm_time(due) if due else None,
-        )
-        found = await self.connector.find_activity(planned)
-        return found or await self.connector.create_activity(planned)
-
-    async def _crm_id(self, session, contact: Contact) -> str:
-        """The contact's CRM id; a contact the CRM does not have yet is upserted there by email."""
-        if contact.crm_id:
-            return contact.crm_id
-        return await self._upserted(session, contact)
-
-    async def _upserted(self, session, contact: Contact) -> str:
-        mapping = mapping_for(self.settings)
-        properties = mapping.outbound_properties(contact_snapshot(contact).fields())
-        ids = await self.connector.upsert_contacts([(contact.email.lower(), properties)])
-        crm_id = ids.get(contact.email.lower())
-        if crm_id is None:
-            raise CrmRejected(f"the CRM did not answer an id for {contact.email}")
-        contact.crm_id = crm_id
-        session.add(contact)
-        await session.commit()
-        return crm_id
-
-    async def _attempt_failed(self, session, row: CrmWrite, error: str) -> None:
-        row.attempts += 1
-        row.last_error = error[:1000]
-        session.add(row)
-        await session.commit()
-
     @activity.defn(name="queue_crm_engagement")
     async def queue_crm_engagement(self, input: PushWritesInput) -> PushWritesResult:
-        """Opens, clicks, bounces and unsubscribes since the last run, as one note per contact."""
+        """Sends, opens, clicks, bounces and unsubscribes since the last run, as one note per contact."""
         async with self.db.session() as session:
             state = await _state(session, self.connector.provider)
             rows = (
@@ -220,23 +112,40 @@ class CrmActivities:
                     .limit(input.limit * 10)
                 )
             ).all()
-            per_contact: dict[int, list[Event]] = {}
+            lines: dict[int, list[tuple[datetime, str]]] = {}
             for event, contact in rows:
                 if event.type == EMAIL_OPENED and (event.properties or {}).get("bot"):
                     continue
-                per_contact.setdefault(contact.id, []).append(event)  # type: ignore[arg-type]
-            for contact_id, events in per_contact.items():
-                lines = [f"{e.occurred_at:%Y-%m-%d %H:%M} UTC {e.type}" + _about(e) for e in events]
+                line = f"{event.occurred_at:%Y-%m-%d %H:%M} UTC {event.type}" + _about(event)
+                lines.setdefault(contact.id, []).append((event.occurred_at, line))  # type: ignore[arg-type]
+            sends, send_cursor = await _sends_since(session, state.send_cursor, input.limit * 10)
+            for message in sends:
+                line = f"{message.sent_at:%Y-%m-%d %H:%M} UTC email_sent (template={message.template_key}, subject={message.subject})"
+                lines.setdefault(message.contact_id, []).append((message.sent_at, line))  # type: ignore[arg-type]
+            # The note's key names the range of events and sends it holds: a retried run queues it once.
+            span = f"{state.engagement_cursor + 1}-{rows[-1][0].id if rows else state.engagement_cursor}:s{state.send_cursor + 1}-{send_cursor}"
+            for contact_id, entries in lines.items():
                 await queue_write(
-                    session, self.settings, key=f"crm:engagement:{contact_id}:{events[0].id}-{events[-1].id}",
-                    kind=NOTE, contact_id=contact_id,
-                    payload={"subject": "Email engagement (nurture)", "body": "\n".join(lines)},
+                    session, self.settings, key=f"crm:engagement:{contact_id}:{span}", kind=NOTE, contact_id=contact_id,
+                    payload={"subject": "Email engagement (nurture)",
+                             "body": "\n".join(line for _, line in sorted(entries, key=lambda e: e[0]))},
                 )
             if rows:
                 state.engagement_cursor = rows[-1][0].id or state.engagement_cursor
-                session.add(state)
+            state.send_cursor = send_cursor
+            session.add(state)
             await session.commit()
-            return PushWritesResult(pushed=len(per_contact))
+            return PushWritesResult(pushed=len(lines))
+
+    def _failure(self, exc: CrmError) -> ApplicationError:
+        """The activity's failure for a CRM error: an outage or rate limit is retried (after the CRM's
+        Retry-After, at most ``crm_max_retry_after_seconds``); a refused token or request is not."""
+        if isinstance(exc, CrmUnavailable):
+            wait = min(exc.retry_after or 0, self.settings.crm_max_retry_after_seconds)
+            return ApplicationError(
+                str(exc), type="CrmUnavailable", next_retry_delay=timedelta(seconds=wait) if wait else None
+            )
+        return ApplicationError(str(exc), type=type(exc).__name__, non_retryable=True)
 
     # --- inbound ----------------------------------------------------------------
 
@@ -249,13 +158,8 @@ class CrmActivities:
         """The CRM's owners not imported yet become reps (nurture/crm/owners.py)."""
         try:
             owners = await self.connector.owners()
-        except CrmUnavailable as exc:
-            wait = min(exc.retry_after or 0, self.settings.crm_max_retry_after_seconds)
-            raise ApplicationError(
-                str(exc), type="CrmUnavailable", next_retry_delay=timedelta(seconds=wait) if wait else None
-            ) from exc
-        except (CrmAuthFailed, CrmRejected) as exc:
-            raise ApplicationError(str(exc), type=type(exc).__name__, non_retryable=True) from exc
+        except CrmError as exc:
+            raise self._failure(exc) from exc
         imported = await import_owners(self.db, self.connector.provider, mapping_for(self.settings), owners)
         if imported:
             get_logger(provider=self.connector.provider).info("crm_owners_imported", imported=imported, listed=len(owners))
@@ -282,13 +186,8 @@ class CrmActivities:
             page = await self.connector.changed_contacts(
                 input.since, mapping.crm_properties(), input.after, self.settings.crm_batch_size
             )
-        except CrmUnavailable as exc:
-            wait = min(exc.retry_after or 0, self.settings.crm_max_retry_after_seconds)
-            raise ApplicationError(
-                str(exc), type="CrmUnavailable", next_retry_delay=timedelta(seconds=wait) if wait else None
-            ) from exc
-        except (CrmAuthFailed, CrmRejected) as exc:
-            raise ApplicationError(str(exc), type=type(exc).__name__, non_retryable=True) from exc
+        except CrmError as exc:
+            raise self._failure(exc) from exc
         inbound = CrmInbound(self.connector.provider, mapping, self.client, Enroller(self.client, self.settings))
         result = SyncPageResult(after=page.after, capped=page.capped)
         # One transaction for the page (enrolling commits earlier where a contact starts a flow): a
@@ -316,13 +215,8 @@ class CrmActivities:
         mapping = await self._mapping()
         try:
             deals, after = await self.connector.changed_deals(input.since, input.after, self.settings.crm_batch_size)
-        except CrmUnavailable as exc:
-            wait = min(exc.retry_after or 0, self.settings.crm_max_retry_after_seconds)
-            raise ApplicationError(
-                str(exc), type="CrmUnavailable", next_retry_delay=timedelta(seconds=wait) if wait else None
-            ) from exc
-        except (CrmAuthFailed, CrmRejected) as exc:
-            raise ApplicationError(str(exc), type=type(exc).__name__, non_retryable=True) from exc
+        except CrmError as exc:
+            raise self._failure(exc) from exc
         inbound = CrmInbound(self.connector.provider, mapping, self.client, Enroller(self.client, self.settings))
         result = SyncPageResult(after=after)
         properties = mapping.crm_properties()
@@ -374,6 +268,26 @@ async def _state(session, provider: str) -> CrmSyncState:
         session.add(state)
         await session.flush()
     return state
+
+
+# A message still being sent after this long is taken as never to be sent: it no longer holds the cursor back.
+STUCK_SEND = timedelta(hours=1)
+
+
+async def _sends_since(session, cursor: int, limit: int) -> tuple[list[Message], int]:
+    """Marketing emails sent after message ``cursor``, and where the cursor goes: up to the first
+    message still being sent (its send is logged in a later run), so that none is skipped."""
+    messages = (
+        await session.exec(select(Message).where(Message.id > cursor).order_by(col(Message.id)).limit(limit))
+    ).all()
+    sent: list[Message] = []
+    for message in messages:
+        if message.status in (MessageStatus.reserved, MessageStatus.sending) and message.created_at > utcnow() - STUCK_SEND:
+            break
+        cursor = message.id or cursor
+        if message.status == MessageStatus.sent and message.kind == "marketing" and message.sent_at is not None:
+            sent.append(message)
+    return sent, cursor
 
 
 def _about(event: Event) -> str:

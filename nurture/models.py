@@ -409,6 +409,8 @@ class CrmSyncState(SQLModel, table=True):
     contacts_changed: int = 0
     # The last event (by id) whose engagement was logged on the CRM timeline.
     engagement_cursor: int = 0
+    # The last message (by id) whose send was logged there; one still being sent holds it back.
+    send_cursor: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     # Last webhook received, and the full resync asked for (cleared when it finished).
     last_webhook_at: datetime | None = _when()
     resync_requested_at: datetime | None = _when()

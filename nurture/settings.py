@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import limits
-from pydantic import BaseModel, Field, IPvAnyNetwork, field_validator
+from pydantic import BaseModel, Field, IPvAnyNetwork, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from nurture.flow.durations import MAX_DURATION_DAYS, Duration
@@ -308,10 +308,20 @@ class Settings(BaseSettings):
     crm_hubspot_app_secret: str | None = None
     # The app's id: changes HubSpot reports as made by this app are our own writes (never applied back).
     crm_hubspot_app_id: str | None = None
-    # Salesforce: a connected app with the OAuth 2.0 client credentials flow (docs/crm.md).
+    # Salesforce: a connected app (docs/crm.md). How the connector logs in: the app's OAuth 2.0 client
+    # credentials, the JWT bearer flow (the app's certificate, a pre-authorized user), or a user's
+    # username and password (+ security token) through the SOAP login call.
+    crm_salesforce_auth: Literal["client_credentials", "jwt", "password"] = "client_credentials"
     crm_salesforce_login_url: str = "https://login.salesforce.com"
     crm_salesforce_client_id: str | None = None
     crm_salesforce_client_secret: str | None = None
+    # The Salesforce user the JWT's `sub` names, or who logs in with a password.
+    crm_salesforce_username: str | None = None
+    crm_salesforce_password: SecretStr | None = None
+    crm_salesforce_security_token: SecretStr | None = None
+    # The JWT bearer flow's signing key (PEM), given inline or as a file; the connected app holds its certificate.
+    crm_salesforce_private_key: SecretStr | None = None
+    crm_salesforce_private_key_file: Path | None = None
     crm_salesforce_api_version: str = "59.0"
     # A CA bundle to trust for Salesforce's hosts (a corporate proxy; the tests' local emulator). Unset: the system's.
     crm_salesforce_ca_bundle: Path | None = None
@@ -319,6 +329,11 @@ class Settings(BaseSettings):
     crm_salesforce_contact_external_id: str = "Nurture_Email__c"
     # The Task's External ID field that holds a write's idempotency key.
     crm_salesforce_task_external_id: str = "Nurture_Key__c"
+    # Records per sObject Collections call for Salesforce writes (Salesforce takes at most 200).
+    crm_salesforce_collection_size: int = Field(default=200, ge=1, le=200)
+    # The share of the org's daily API requests (Sforce-Limit-Info) past which the sync stops calling
+    # Salesforce, as if it were down, leaving the rest to the org's other integrations.
+    crm_salesforce_max_api_usage_percent: float = Field(default=90.0, gt=0, le=100)
     # Webhooks older or newer than this (X-HubSpot-Request-Timestamp) are refused; HubSpot's window is 5 minutes.
     crm_webhook_tolerance_seconds: int = Field(default=300, ge=1, le=3600)
     # The YAML mapping of fields, owners and stages; the defaults of nurture/crm/mapping.py when unset.
@@ -330,9 +345,9 @@ class Settings(BaseSettings):
     crm_request_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     # The incremental sync runs this often (a Temporal Schedule), and reads pages of crm_batch_size.
     crm_sync_interval: Duration = Field(default=timedelta(minutes=5), ge=timedelta(seconds=10))
-    # Queued CRM writes pushed per activity run; a CRM that says Retry-After longer than this is asked
-    # again after this many seconds at most.
-    crm_write_batch: int = Field(default=100, ge=1, le=1000)
+    # Queued CRM writes read and pushed together (the push goes on, batch after batch, until none is
+    # left); a CRM that says Retry-After longer than this is asked again after this many seconds at most.
+    crm_write_batch: int = Field(default=200, ge=1, le=1000)
     crm_max_retry_after_seconds: float = Field(default=600.0, ge=1, le=86_400)
 
     # --- durability (docs/running.md) ---

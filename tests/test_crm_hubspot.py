@@ -19,8 +19,9 @@ from nurture.api_keys import Role, create_key
 from nurture.contracts import EnrollmentState
 from nurture.crm.contracts import CRM_SYNC_WORKFLOW, CrmSyncInput, CrmSyncResult
 from nurture.crm.mapping import MappingInvalid, load_mapping
+from nurture.crm.writes import CONTACT, queue_write
 from nurture.db import Database
-from nurture.models import Contact, CrmOwner, CrmWrite, Event, PauseLog, utcnow
+from nurture.models import Contact, CrmOwner, CrmWrite, Enrollment, Event, PauseLog, utcnow
 from tests.conftest import eventually, result_of
 from tests.crm_emulators.hubspot import HubSpotEmulator, serving
 from tests.factories import add_templates
@@ -544,3 +545,100 @@ async def test_the_sync_imports_hubspot_owners_as_reps_once_and_keeps_their_rep_
         contact = (await s.exec(select(Contact).where(Contact.crm_id == record.id))).one()
     assert owners["78"] == "omar@example.com" and owners["80"] == "ida@example.com"
     assert contact.owner == "omar@example.com"
+
+
+# --- a backlog, and contacts first seen in events ----------------------------------------------
+
+
+async def test_a_backlog_of_250_writes_drains_in_one_run_at_the_burst_limit_through_a_429(
+    hubspot, db, client, outbox, crm_settings
+):
+    settings = crm_settings.model_copy(update={"crm_burst_per_10s": 150})
+    async with db.session() as s:
+        people = []
+        for n in range(250):
+            record = hubspot.put("contacts", {"email": f"backlog{n}@example.com", "lifecyclestage": "lead"})
+            person = Contact(email=f"backlog{n}@example.com", crm_id=record.id)
+            s.add(person)
+            people.append(person)
+        await s.flush()
+        for person in people:  # as 250 update_contact steps would have queued them
+            await queue_write(s, settings, key=f"crm:mql:{person.id}", kind=CONTACT, contact_id=person.id,
+                              payload={"properties": {"lifecyclestage": "marketingqualifiedlead"}})
+        await s.commit()
+    hubspot.fail_next(1, 429, retry_after=1, method="PATCH")
+
+    async with build_worker(client, db, outbox, settings):
+        result = await sync(client, settings)
+
+    assert result.pushed == 250 and result.error is None
+    assert [w.status for w in await writes(db)] == ["done"] * 250
+    written = [object_id for object_id, props in hubspot.written("contacts") if props == {"lifecyclestage": "marketingqualifiedlead"}]
+    assert sorted(written) == sorted(p.crm_id for p in people)  # each contact once: none lost, none doubled
+    assert any(status == 429 for _, _, status in hubspot.requests)
+    # Paced to the burst limit: no 10-second window (less the network's jitter) holds more calls.
+    times = hubspot.request_times
+    assert max(sum(1 for u in times[i:] if u - t < 9.5) for i, t in enumerate(times)) <= 150
+
+
+async def test_a_contact_first_seen_in_an_event_is_upserted_to_hubspot_by_email_once(hubspot, crm_api, db, client, crm_settings):
+    hubspot.put("contacts", {"email": "known@example.com", "company": "Known"})
+
+    single = await crm_api.post("/events", json={"email": "Walk.In@Example.com", "type": "page_viewed"})
+    batch = await crm_api.post("/events/batch", json=[
+        {"email": "known@example.com", "type": "page_viewed"},
+        {"email": "batch@example.com", "type": "page_viewed"},
+        {"email": "batch@example.com", "type": "form_submitted"},
+    ])
+    again = await crm_api.post("/events", json={"email": "walk.in@example.com", "type": "page_viewed"})
+
+    assert single.status_code == 202 and single.json()["contact_created"] is True, single.text
+    assert batch.status_code == 200, batch.text
+    assert again.json()["contact_created"] is False
+    assert sorted(w.payload["email"] for w in await writes(db) if w.kind == "upsert") == [
+        "batch@example.com", "known@example.com", "walk.in@example.com"]
+    await sync(client, crm_settings)
+    await sync(client, crm_settings)
+
+    by_email: dict[str, list[str]] = {}
+    for record in hubspot.objects["contacts"].values():
+        by_email.setdefault(record.properties.get("email"), []).append(record.id)
+    assert sorted(by_email) == ["batch@example.com", "known@example.com", "walk.in@example.com"]
+    assert all(len(ids) == 1 for ids in by_email.values())  # the one HubSpot had is found, not doubled
+    assert len([r for r in hubspot.requests if r[1].endswith("/contacts/batch/upsert")]) == 1
+    async with db.session() as s:
+        linked = {c.email: c.crm_id for c in (await s.exec(select(Contact))).all()}
+    assert linked == {email: ids[0] for email, ids in by_email.items()}
+
+
+async def test_the_enrollment_history_shows_its_crm_writes_as_they_stand(hubspot, crm_api, db, client, crm_settings, temporal_env):
+    record, contact = await linked_contact(hubspot, crm_api, db)
+    _, _, handle = await start(db, client, crm_settings, MQL, contact=contact)
+    await result_of(temporal_env, handle)
+    async with db.session() as s:
+        enrollment = (await s.exec(select(Enrollment).where(Enrollment.workflow_id == handle.id))).one()
+
+    async def crm_lines() -> list[str]:
+        answer = await crm_api.get(f"/enrollments/{enrollment.id}/history")
+        assert answer.status_code == 200, answer.text
+        return [e["text"] for e in answer.json()["entries"] if e["kind"] == "crm_write"]
+
+    assert await crm_lines() == ["CRM contact update queued for hubspot", "CRM task queued for hubspot"]
+    await sync(client, crm_settings)
+
+    [task] = hubspot.objects["tasks"].values()
+    assert await crm_lines() == [f"CRM contact update written to hubspot (record {record.id})",
+                                 f"CRM task written to hubspot (record {task.id})"]
+
+
+async def test_a_send_is_logged_on_the_crm_timeline_once(hubspot, crm_api, db, client, crm_settings):
+    record, contact = await linked_contact(hubspot, crm_api, db)
+    _, _, handle = await start(db, client, crm_settings, NURTURE, contact=contact)
+    await eventually(lambda: _at_step(handle, "wait"))  # demo-welcome sent
+
+    assert (await sync(client, crm_settings)).pushed == 1
+    assert (await sync(client, crm_settings)).pushed == 0
+
+    [note] = hubspot.objects["notes"].values()
+    assert note.associations == {"contacts": [record.id]}
+    assert "email_sent (template=demo-welcome" in note.properties["hs_note_body"]

@@ -12,16 +12,20 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from pydantic import SecretStr
 from sqlmodel import select
 
 from api.main import create_app
 
 from nurture.contracts import EnrollmentState
 from nurture.crm.contracts import CRM_SYNC_WORKFLOW, CrmSyncInput, CrmSyncResult
+from nurture.crm.writes import CONTACT, queue_write
 from nurture.db import Database
 from nurture.models import Contact, CrmOwner, CrmWrite, Event, PauseLog, utcnow
 from tests.conftest import eventually, result_of
-from tests.crm_emulators.salesforce import SalesforceEmulator, serving
+from tests.crm_emulators.salesforce import JWT_GRANT, SalesforceEmulator, serving
 from tests.factories import add_templates
 from tests.flow_runner import manual_flow, start
 from worker.main import build_worker
@@ -56,7 +60,13 @@ def sf(salesforce) -> SalesforceEmulator:
 
 
 @pytest.fixture
-def crm_settings(settings, salesforce, tmp_path: Path):
+def login_mode() -> str:
+    """How the connector logs in; tests of the other modes parametrize it."""
+    return "client_credentials"
+
+
+@pytest.fixture
+def crm_settings(settings, salesforce, tmp_path: Path, login_mode: str):
     emulator, certificate = salesforce
     rep = emulator.put("User", {"Email": "jane@example.com", "IsActive": True})
     mapping = tmp_path / "crm-mapping.yaml"
@@ -68,7 +78,30 @@ def crm_settings(settings, salesforce, tmp_path: Path):
         "crm_salesforce_client_secret": emulator.client_secret,
         "crm_salesforce_ca_bundle": certificate,
         "crm_mapping_file": mapping,
+        **_login(emulator, login_mode, tmp_path),
     })
+
+
+def _login(emulator: SalesforceEmulator, mode: str, tmp_path: Path) -> dict:
+    """Settings for a login mode; a "-wrong" mode has one wrong credential (another key; a wrong password)."""
+    if mode.startswith("jwt"):
+        key = emulator.private_key_pem if mode == "jwt" else _another_key()
+        key_file = tmp_path / "salesforce-jwt.key"
+        key_file.write_text(key)
+        return {"crm_salesforce_auth": "jwt", "crm_salesforce_username": emulator.username,
+                "crm_salesforce_client_secret": None, "crm_salesforce_private_key_file": key_file}
+    if mode.startswith("password"):
+        return {"crm_salesforce_auth": "password", "crm_salesforce_client_id": None, "crm_salesforce_client_secret": None,
+                "crm_salesforce_username": emulator.username,
+                "crm_salesforce_password": SecretStr(emulator.password if mode == "password" else "not-the-password"),
+                "crm_salesforce_security_token": SecretStr(emulator.security_token)}
+    return {}
+
+
+def _another_key() -> str:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
 
 
 @pytest.fixture(autouse=True)
@@ -144,7 +177,8 @@ async def test_an_mql_update_and_its_task_are_written_once_when_an_answer_is_los
     record, contact = await synced_contact(sf, client, crm_settings, db)
     _, _, handle = await start(db, client, crm_settings, MQL, contact=contact)
     await result_of(temporal_env, handle)
-    sf.lose_answer_of += [("PATCH", f"/Contact/{record['Id']}"), ("PATCH", "/Task/Nurture_Key__c/")]
+    # Salesforce carries out the update collection and the task upsert, but both answers are lost.
+    sf.lose_answer_of += [("PATCH", "/composite/sobjects/Task/Nurture_Key__c"), ("PATCH", "/composite/sobjects")]
 
     result = await sync(client, crm_settings)
 
@@ -251,3 +285,110 @@ async def test_the_sync_imports_salesforce_users_as_reps(sf, client, crm_setting
         contact = (await s.exec(select(Contact).where(Contact.crm_id == record["Id"]))).one()
     assert owners == {rep_id(sf): "rep-jane", omar["Id"]: "omar@example.com"}  # active users only
     assert contact.owner == "omar@example.com"
+
+
+async def test_a_backlog_goes_out_in_collections_of_200_and_a_refused_record_fails_alone(sf, client, crm_settings, db):
+    async with db.session() as s:
+        people = []
+        for n in range(250):
+            record = sf.put("Contact", {"Email": f"backlog{n}@example.com", "LastName": f"Backlog {n}"})
+            person = Contact(email=f"backlog{n}@example.com", crm_id=record["Id"])
+            s.add(person)
+            people.append(person)
+        await s.flush()
+        for person in people:  # as 250 update_contact steps would have queued them
+            await queue_write(s, crm_settings, key=f"crm:mql:{person.id}", kind=CONTACT, contact_id=person.id,
+                              payload={"properties": {"Nurture_Lifecycle_Stage__c": "marketingqualifiedlead"}})
+        await s.commit()
+    sf.records["Contact"][people[7].crm_id]["IsDeleted"] = True  # deleted in Salesforce meanwhile
+
+    result = await sync(client, crm_settings)
+
+    assert result.pushed == 249 and result.error is None
+    assert sf.collection_sizes == [200, 50]  # two calls for 250 updates (one record was not there to write)
+    statuses = {w.contact_id: (w.status, w.last_error) for w in await _writes(db)}
+    assert statuses.pop(people[7].id)[0] == "failed"
+    assert set(statuses.values()) == {("done", None)}
+    written = [record_id for record_id, fields in sf.written("Contact")]
+    assert sorted(written) == sorted(p.crm_id for i, p in enumerate(people) if i != 7)  # each once
+    status = await _status(crm_settings, db, client)
+    [failed] = status["failed_writes"]
+    assert failed["contact_id"] == people[7].id and "ENTITY_IS_DELETED" in failed["last_error"]
+
+
+async def test_a_contact_first_seen_in_an_event_is_upserted_to_salesforce_by_email_once(sf, client, crm_settings, db):
+    field = crm_settings.crm_salesforce_contact_external_id
+    app = create_app(crm_settings, db=db, client=client)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as api:
+        assert (await api.post("/events", json={"email": "walk.in@example.com", "type": "page_viewed"})).status_code == 202
+        assert (await api.post("/events/batch", json=[{"email": "batch@example.com", "type": "page_viewed"}])).status_code == 200
+
+    await sync(client, crm_settings)
+    await sync(client, crm_settings)
+
+    by_email = [r[field] for r in sf.records["Contact"].values() if r.get(field)]
+    assert sorted(by_email) == ["batch@example.com", "walk.in@example.com"]
+    assert sf.collection_sizes == [2]  # both in one upsert collection, and nothing written again
+    async with db.session() as s:
+        assert all(c.crm_id for c in (await s.exec(select(Contact))).all())
+
+
+async def _status(crm_settings, db, client) -> dict:
+    app = create_app(crm_settings, db=db, client=client)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as api:
+        return (await api.get("/crm/status")).json()
+
+
+async def test_the_sync_stops_calling_salesforce_past_its_share_of_the_daily_api_budget(sf, client, crm_settings, db, temporal_env):
+    record, contact = await synced_contact(sf, client, crm_settings, db)
+    _, _, handle = await start(db, client, crm_settings, MQL, contact=contact)
+    await result_of(temporal_env, handle)
+    sf.api_used = int(sf.api_daily_limit * 0.95)  # the org's other integrations spent it (the share is 90%)
+    before = len(sf.requests)
+
+    result = await sync(client, crm_settings, crm_attempts=1)
+
+    assert "daily API usage is 14251/15000" in result.error
+    assert len(sf.requests) - before == 1  # the one answer that told; nothing more was asked
+    assert [w.status for w in await _writes(db)] == ["queued", "queued"]
+
+
+@pytest.mark.parametrize(("login_mode", "grant"), [("jwt", JWT_GRANT), ("password", "soap-login")])
+async def test_each_login_mode_syncs_and_an_expired_session_logs_in_again_once(sf, client, crm_settings, db, grant):
+    record, contact = await synced_contact(sf, client, crm_settings, db)
+
+    assert contact.owner == "rep-jane" and contact.properties["first_name"] == "Ada"
+    assert sf.grants and set(sf.grants) == {grant}
+    sf.expire_sessions()
+    logins = sf.logins
+    sf.change("Contact", record["Id"], {"FirstName": "Augusta"})
+
+    result = await sync(client, crm_settings)
+
+    assert result.error is None and sf.logins == logins + 1
+    async with db.session() as s:
+        assert (await s.get(Contact, contact.id)).properties["first_name"] == "Augusta"
+    assert (await _status(crm_settings, db, client))["connected"] is True
+
+
+@pytest.mark.parametrize(("login_mode", "refusal"), [
+    ("jwt-wrong-key", "invalid_grant: invalid assertion"),
+    ("password-wrong", "INVALID_LOGIN: Invalid username, password, security token; or user locked out."),
+])
+async def test_a_wrong_credential_fails_the_sync_once_with_salesforces_reason(sf, client, crm_settings, db, refusal):
+    async with db.session() as s:
+        record = sf.put("Contact", {"Email": "ada@example.com", "LastName": "Lovelace"})
+        person = Contact(email="ada@example.com", crm_id=record["Id"])
+        s.add(person)
+        await s.flush()
+        await queue_write(s, crm_settings, key=f"crm:mql:{person.id}", kind=CONTACT, contact_id=person.id,
+                          payload={"properties": {"Nurture_Lifecycle_Stage__c": "marketingqualifiedlead"}})
+        await s.commit()
+
+    result = await sync(client, crm_settings, crm_attempts=3)
+
+    assert "Salesforce refused the login" in result.error and refusal in result.error
+    assert len(sf.grants) == 1  # not retried: a person has to fix the credential
+    assert [w.status for w in await _writes(db)] == ["queued"]
+    status = await _status(crm_settings, db, client)
+    assert status["connected"] is False and refusal in status["error"] and refusal in status["last_error"]

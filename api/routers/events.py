@@ -24,6 +24,7 @@ from nurture.db import Database
 from nurture.event_types import UNSUBSCRIBE_EVENTS
 from nurture.logging import get_logger
 from nurture.models import Contact, Event, SubscriptionStatus, utcnow
+from nurture.settings import Settings
 
 router = APIRouter(prefix="/events", tags=["events"])
 
@@ -134,6 +135,8 @@ async def _accept_with_orm(session, body: EventIn, event_id: str, occurred_at) -
     else:
         assert body.email is not None
         contact, created = await crud.get_or_create_contact(session, body.email)
+        if created:  # upserted to the CRM by email when one is connected (docs/crm.md), in this transaction
+            await crud.queue_crm_upsert(session, settings, contact)
     event = Event(
         event_id=event_id,
         contact_id=contact.id,  # type: ignore[arg-type]
@@ -206,7 +209,7 @@ async def ingest_batch(
             results.append(EventBatchResult(index=index, status="rejected", errors=errors))
     for attempt in range(3):
         try:
-            accepted, contact_ids = await _store_batch(session, valid)
+            accepted, contact_ids = await _store_batch(session, valid, settings)
             break
         except IntegrityError:
             # A concurrent request stored one of these event_ids (or created one of these contacts):
@@ -248,7 +251,9 @@ def _invalid(message: str) -> RequestValidationError:
     return RequestValidationError([{"type": "value_error", "loc": ("body",), "msg": message}])
 
 
-async def _store_batch(session, valid: list[tuple[int, EventIn]]) -> tuple[list[EventBatchResult], list[int]]:
+async def _store_batch(
+    session, valid: list[tuple[int, EventIn]], settings: Settings
+) -> tuple[list[EventBatchResult], list[int]]:
     """Store the batch's valid events in one transaction; answer their results and the contacts to route."""
     results: list[EventBatchResult] = []
     by_id = await _contacts_by_id(session, {e.contact_id for _, e in valid if e.contact_id is not None})
@@ -277,6 +282,7 @@ async def _store_batch(session, valid: list[tuple[int, EventIn]]) -> tuple[list[
                 by_email[email] = contact
                 if made:
                     created.add(id(contact))
+                    await crud.queue_crm_upsert(session, settings, contact)  # to the CRM, when one is connected
         if event_id in known:
             results.append(EventBatchResult(index=index, status="duplicate", event_id=event_id, contact_id=contact.id))
             continue

@@ -8,6 +8,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from api import crud
 from api.deps import EnrollmentId, SessionDep, SettingsDep, TemporalDep
 from api.schemas.observability import EnrollmentHistoryOut
+from nurture.crm.writes import history_entries, writes_of
 from nurture.enrolling import TemporalUnavailable
 from nurture.history import format_entry, read_history
 from nurture.temporal import temporal_ui_url
@@ -27,10 +28,13 @@ async def enrollment_history(
     with their planned and actual end, signals (events, pauses by whom and why, resumes), sends
     with message id and outcome, retries and failures with their reason, and the exit with its cause.
 
-    It is read from the workflow history itself, so it can be trusted when the database disagrees.
+    It is read from the workflow history itself, so it can be trusted when the database disagrees;
+    with a CRM connected, the CRM writes its steps queued are added from the write queue, each as it
+    stands (written with the CRM record id, queued with the last error, or refused and why).
     """
     row = await crud.enrollment_or_404(session, enrollment_id)
     workflow_id, run_id = row.workflow_id, row.run_id
+    crm_writes = await writes_of(session, workflow_id) if settings.crm_provider != "none" else []
     await session.commit()  # release the database before waiting on Temporal
     client = await temporal.get()
     try:
@@ -43,12 +47,14 @@ async def enrollment_history(
                 "(past the namespace's retention?)",
             ) from exc
         raise TemporalUnavailable(str(exc)) from exc
+    # The CRM writes its steps queued, where each stands (pushed by the CRM sync, outside the workflow).
+    entries = sorted([*history.entries, *history_entries(crm_writes)], key=lambda e: e.at)
     return EnrollmentHistoryOut(
         enrollment_id=enrollment_id,
         workflow_id=history.workflow_id,
         runs=history.runs,
         status=history.status,
         temporal_ui_url=temporal_ui_url(settings, workflow_id),
-        entries=history.entries,
-        lines=[format_entry(e) for e in history.entries],
+        entries=entries,
+        lines=[format_entry(e) for e in entries],
     )

@@ -21,9 +21,11 @@ class CrmError(Exception):
 class CrmUnavailable(CrmError):
     """Down, overloaded or rate limited: try again, after ``retry_after`` seconds when given."""
 
-    def __init__(self, message: str, retry_after: float | None = None):
+    def __init__(self, message: str, retry_after: float | None = None, rate_limited: bool = False):
         super().__init__(message)
         self.retry_after = retry_after
+        # A 429: the CRM is up and asks us to slow down, so waiting Retry-After and going on is right.
+        self.rate_limited = rate_limited
 
 
 class CrmAuthFailed(CrmError):
@@ -84,6 +86,10 @@ class CrmActivity:
 
 class CrmConnector(Protocol):
     provider: str
+    # Records per write call: the push (activities/crm_push.py) commits after each call.
+    upsert_batch: int
+    update_batch: int
+    activity_batch: int
 
     async def get_contact(self, crm_id: str, properties: list[str]) -> CrmContact | None: ...
 
@@ -99,15 +105,20 @@ class CrmConnector(Protocol):
         """Deals modified since ``since`` and where the next page starts, for CRMs that do not push them."""
         ...
 
-    async def upsert_contacts(self, records: list[tuple[str, dict[str, str]]]) -> dict[str, str]:
-        """Create or update by email; answer email -> CRM id."""
+    # The batch writes below answer per record: the CRM id, or the CRM's refusal of that record
+    # (``CrmRejected``). A CRM that cannot be used raises for the whole call instead.
+
+    async def upsert_contacts(self, records: list[tuple[str, dict[str, str]]]) -> dict[str, str | CrmRejected]:
+        """Create or update by email (email -> CRM id, or why that record was refused)."""
         ...
 
-    async def update_contact(self, crm_id: str, properties: dict[str, str]) -> None: ...
+    async def update_contacts(self, updates: list[tuple[str, dict[str, str]]]) -> dict[str, CrmRejected | None]:
+        """Write these properties on these CRM contacts (CRM id -> None when written, or the refusal)."""
+        ...
 
-    async def find_activity(self, activity: CrmActivity) -> str | None: ...
-
-    async def create_activity(self, activity: CrmActivity) -> str: ...
+    async def create_activities(self, activities: list[CrmActivity]) -> dict[str, str | CrmRejected]:
+        """Tasks and notes, each created once however often asked (key -> CRM id, or the refusal)."""
+        ...
 
     async def owners(self) -> dict[str, str]:
         """CRM owner id -> the owner's email."""

@@ -49,6 +49,8 @@ class CrmSyncResult(BaseModel):
 
 
 class PushWritesInput(BaseModel):
+    # The engagement run reads up to ten times this many events and sends; the push drains the whole
+    # queue, crm_write_batch rows at a time.
     limit: int = 100
 
 

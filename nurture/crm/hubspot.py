@@ -96,6 +96,9 @@ class HubSpotConnector:
         )
         self.timeout = settings.crm_request_timeout_seconds
         self.batch_size = settings.crm_batch_size
+        # Upserts go in HubSpot's batches; an update, a task or a note is one call each (a batch update
+        # is refused whole for one bad record, and a task is searched for by its key before it is made).
+        self.upsert_batch, self.update_batch, self.activity_batch = self.batch_size, 1, 1
         self.search_cap = settings.crm_hubspot_search_cap
         self.limit = BurstLimit(settings.crm_burst_per_10s)
         self.owner_cache: tuple[float, dict[str, str]] | None = None  # nurture.crm.mapping_with_owners
@@ -141,25 +144,52 @@ class HubSpotConnector:
             paging = None  # past the cap HubSpot answers 400: the caller restarts from the newest seen
         return ContactPage([_contact(r) for r in answer.results], paging, capped)
 
-    async def upsert_contacts(self, records: list[tuple[str, dict[str, str]]]) -> dict[str, str]:
-        ids: dict[str, str] = {}
+    async def upsert_contacts(self, records: list[tuple[str, dict[str, str]]]) -> dict[str, str | CrmRejected]:
+        """Batch upserts by ``email`` of at most ``crm_batch_size``. HubSpot refuses a whole batch (400)
+        for one bad record: that batch is asked again record by record, to know which one it is."""
+        answered: dict[str, str | CrmRejected] = {}
         for start in range(0, len(records), self.batch_size):
             chunk = records[start : start + self.batch_size]
-            batch = BatchInputSimplePublicObjectBatchInputUpsert(
-                inputs=[
-                    SimplePublicObjectBatchInputUpsert(id_property="email", id=email, properties={**props, "email": email})
-                    for email, props in chunk
-                ]
-            )
-            answer = await self._call(self.client.crm.contacts.batch_api.upsert, batch)
-            for result in answer.results:
-                email = str((result.properties or {}).get("email") or "").lower()
-                if email:
-                    ids[email] = str(result.id)
+            try:
+                answered.update(await self._upsert_batch(chunk))
+            except CrmRejected as refused:
+                if len(chunk) == 1:
+                    answered[chunk[0][0]] = refused
+                    continue
+                for record in chunk:
+                    try:
+                        answered.update(await self._upsert_batch([record]))
+                    except CrmRejected as exc:
+                        answered[record[0]] = exc
+        for email, _ in records:
+            answered.setdefault(email, CrmRejected(f"HubSpot answered no id for {email}"))
+        return answered
+
+    async def _upsert_batch(self, chunk: list[tuple[str, dict[str, str]]]) -> dict[str, str]:
+        batch = BatchInputSimplePublicObjectBatchInputUpsert(
+            inputs=[
+                SimplePublicObjectBatchInputUpsert(id_property="email", id=email, properties={**props, "email": email})
+                for email, props in chunk
+            ]
+        )
+        answer = await self._call(self.client.crm.contacts.batch_api.upsert, batch)
+        ids: dict[str, str] = {}
+        for result in answer.results:
+            email = str((result.properties or {}).get("email") or "").lower()
+            if email:
+                ids[email] = str(result.id)
         return ids
 
-    async def update_contact(self, crm_id: str, properties: dict[str, str]) -> None:
-        await self._call(self.client.crm.contacts.basic_api.update, crm_id, SimplePublicObjectInput(properties=properties))
+    async def update_contacts(self, updates: list[tuple[str, dict[str, str]]]) -> dict[str, CrmRejected | None]:
+        """One PATCH per contact: HubSpot's batch update refuses the whole batch for one bad record."""
+        answered: dict[str, CrmRejected | None] = {}
+        for crm_id, properties in updates:
+            try:
+                await self._call(self.client.crm.contacts.basic_api.update, crm_id, SimplePublicObjectInput(properties=properties))
+                answered[crm_id] = None
+            except CrmRejected as exc:
+                answered[crm_id] = exc
+        return answered
 
     # --- deals ---------------------------------------------------------------
 
@@ -243,6 +273,16 @@ class HubSpotConnector:
             )
         return str(created.id)
 
+    async def create_activities(self, activities: list[CrmActivity]) -> dict[str, str | CrmRejected]:
+        """Each searched by its key's token first: one whose answer was lost is found, not made again."""
+        answered: dict[str, str | CrmRejected] = {}
+        for planned in activities:
+            try:
+                answered[planned.key] = await self.find_activity(planned) or await self.create_activity(planned)
+            except CrmRejected as exc:
+                answered[planned.key] = exc
+        return answered
+
     # --- owners and health ---------------------------------------------------
 
     async def owners(self) -> dict[str, str]:
@@ -282,7 +322,9 @@ def _translated(exc: Exception, status: int | None) -> CrmError:
     if status in (401, 403):
         return CrmAuthFailed(f"HubSpot refused the token ({status}): {message}")
     if status == 429 or status >= 500:
-        return CrmUnavailable(f"HubSpot answered {status}: {message}", _retry_after(getattr(exc, "headers", None)))
+        return CrmUnavailable(
+            f"HubSpot answered {status}: {message}", _retry_after(getattr(exc, "headers", None)), rate_limited=status == 429
+        )
     return CrmRejected(f"HubSpot answered {status}: {message}")
 
 

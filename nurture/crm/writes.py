@@ -2,8 +2,8 @@
 
 A flow step that changes a contact, creates a task or hands off to sales adds a row to
 ``crm_writes`` in its own transaction, keyed by the step's idempotency key: a retried activity
-finds the row and adds nothing. The CRM sync (activities/crm.py) pushes queued rows in order and
-marks each done once the CRM has it; while the CRM is down the rows wait, and nothing a flow sends
+finds the row and adds nothing. The CRM sync (activities/crm.py, activities/crm_push.py) pushes
+queued rows in order, in the CRM's batch calls, and marks each done once the CRM has it; while the CRM is down the rows wait, and nothing a flow sends
 waits for them.
 """
 
@@ -17,6 +17,7 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from nurture.crm.mapping import CrmMapping
+from nurture.history import HistoryEntry
 from nurture.models import Contact, CrmWrite, CrmWriteStatus, utcnow
 from nurture.settings import Settings
 from nurture.snapshots import contact_snapshot
@@ -73,7 +74,8 @@ async def queue_contact_update(
 
 
 async def queue_upsert(session: AsyncSession, settings: Settings, contact: Contact) -> CrmWrite | None:
-    """A contact created here (POST /contacts), to be upserted to the CRM by its email."""
+    """A contact created here (POST /contacts, or first seen in POST /events), to be upserted to the CRM
+    by its email."""
     if contact.id is None:
         return None
     return await queue_write(
@@ -98,3 +100,32 @@ async def queue_upserts(session: AsyncSession, settings: Settings, dialect: str,
         index_elements=[table.c.idempotency_key]
     )
     await session.exec(insert, params=rows)  # type: ignore[call-overload]
+
+
+# How a write reads in the enrollment's history.
+WHAT = {CONTACT: "contact update", TASK: "task", NOTE: "timeline note", UPSERT: "contact"}
+
+
+async def writes_of(session: AsyncSession, workflow_id: str) -> list[CrmWrite]:
+    return list((await session.exec(select(CrmWrite).where(CrmWrite.workflow_id == workflow_id).order_by(CrmWrite.id))).all())
+
+
+def history_entries(rows: list[CrmWrite]) -> list[HistoryEntry]:
+    """The enrollment's CRM writes as history entries (GET /enrollments/{id}/history): where each
+    stands now, at the time it got there. They are read from ``crm_writes``, as the CRM sync pushes
+    them after the step, outside the enrollment's own workflow history."""
+    entries = []
+    for row in rows:
+        what = f"CRM {WHAT.get(row.kind, row.kind)}"
+        details = {"provider": row.provider, "status": str(row.status), "key": row.idempotency_key}
+        if row.status == CrmWriteStatus.done:
+            text = f"{what} written to {row.provider}" + (f" (record {row.crm_record_id})" if row.crm_record_id else "")
+            details["crm_record_id"] = row.crm_record_id
+        elif row.status == CrmWriteStatus.failed:
+            text = f"{what} refused by {row.provider}: {row.last_error}"
+        else:
+            tried = f", {row.attempts} tries so far: {row.last_error}" if row.attempts and row.last_error else ""
+            text = f"{what} queued for {row.provider}{tried}"
+        at = row.done_at if row.status == CrmWriteStatus.done and row.done_at is not None else row.created_at
+        entries.append(HistoryEntry(at=at, kind="crm_write", text=text, details=details))
+    return entries
