@@ -94,7 +94,7 @@ async def ingest_event(
     else:
         # No request-wide session (an async dependency per request): only this path needs one.
         async with db.session() as session:
-            stored = await _accept_with_orm(session, body, event_id, occurred_at)
+            stored = await _accept_with_orm(session, settings, body, event_id, occurred_at)
         if isinstance(stored, JSONResponse):
             return stored
         contact_id, event_row, created = stored
@@ -127,7 +127,9 @@ async def _duplicate_of(db: Database, event_id: str) -> JSONResponse:
     return _duplicate(stored)
 
 
-async def _accept_with_orm(session, body: EventIn, event_id: str, occurred_at) -> tuple[int, int, bool] | JSONResponse:
+async def _accept_with_orm(
+    session, settings: Settings, body: EventIn, event_id: str, occurred_at
+) -> tuple[int, int, bool] | JSONResponse:
     """The general accept path: a contact to create (or found by email in another case), or an
     unsubscribe event, which changes the contact's subscription too."""
     if body.contact_id is not None:
