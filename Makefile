@@ -28,4 +28,4 @@ browser:
 		(apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver)
 
 test: install browser
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --durations=25
