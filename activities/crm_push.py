@@ -6,7 +6,9 @@ here, or written to before it had a CRM id: batch upserts by email), then its fi
 in the order queued, read in batch and written where they differ), then its tasks and notes. Each
 CRM call's rows are marked done or failed in their own commit as soon as it answers, so a retry
 repeats at most the call that was cut off, and that call finds what it had written: upserts are by
-email, updates write only what differs, tasks and notes are found by their key.
+email, updates write only what differs, and tasks and notes are marked sent (their ``attempts``
+counted) in a commit before their call goes, so that a task or note whose answer was lost is looked
+for by its key before it is made again.
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ class WriteBatch:
     ):
         self.connector, self.settings, self.session, self.rows, self.result = connector, settings, session, rows, result
         self.contacts: dict[int, Contact] = {}
+        # Rows whose attempt in this push is already counted (tasks and notes, before their call).
+        self.counted: set[int] = set()
         self.log = get_logger(provider=connector.provider)
 
     async def push(self) -> None:
@@ -154,33 +158,47 @@ class WriteBatch:
         await self.session.commit()
 
     async def _activities(self) -> None:
+        """Tasks and notes, in the CRM's batch calls. A call's rows are marked sent (``attempts``
+        counted) in a commit before it goes: a row sent before whose answer never came (a timeout, a
+        5xx, a crash) is looked for by its key before it is made (``maybe_created``)."""
         rows = [row for row in self._queued() if row.kind in (TASK, NOTE)]
         if not rows:
             return
         mapping = await mapping_with_owners(self.settings, self.connector, self.session)
-        planned = []
-        for row in rows:
-            due = row.payload.get("due_at")
-            planned.append(CrmActivity(
-                kind="task" if row.kind == TASK else "note",
-                key=row.idempotency_key,
-                contact_crm_id=self.contacts[row.contact_id].crm_id or "",
-                subject=str(row.payload.get("subject") or ""),
-                body=str(row.payload.get("body") or ""),
-                owner_crm_id=mapping.crm_owner_for(row.payload.get("owner")),
-                due_at=parse_crm_time(due) if due else None,
-            ))
         size = self.connector.activity_batch
-        for start in range(0, len(planned), size):
-            chunk = planned[start : start + size]
-            answered = await self._call(self.connector.create_activities, chunk)
-            keys = {a.key for a in chunk}
-            self._settle([r for r in rows if r.idempotency_key in keys], lambda row: row.idempotency_key, answered, keys)
+        for start in range(0, len(rows), size):
+            chunk = rows[start : start + size]
+            planned = []
+            for row in chunk:
+                due = row.payload.get("due_at")
+                planned.append(CrmActivity(
+                    kind="task" if row.kind == TASK else "note",
+                    key=row.idempotency_key,
+                    contact_crm_id=self.contacts[row.contact_id].crm_id or "",
+                    subject=str(row.payload.get("subject") or ""),
+                    body=str(row.payload.get("body") or ""),
+                    owner_crm_id=mapping.crm_owner_for(row.payload.get("owner")),
+                    due_at=parse_crm_time(due) if due else None,
+                    maybe_created=row.attempts > 0,
+                ))
+                self._count(row)
+                self.session.add(row)
+            await self.session.commit()
+
+            def sent_again() -> None:  # a 429 midway: what went before it may be there now
+                for one in planned:
+                    one.maybe_created = True
+
+            answered = await self._call(self.connector.create_activities, planned, before_retry=sent_again)
+            # A row the CRM's answer does not name stays queued (and is looked for next time).
+            self._settle(chunk, lambda row: row.idempotency_key, answered, set(answered))
             await self.session.commit()
 
     # --- bookkeeping --------------------------------------------------------------
 
-    async def _call(self, call: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    async def _call(
+        self, call: Callable[..., Awaitable[Any]], *args: Any, before_retry: Callable[[], None] | None = None
+    ) -> Any:
         """``call``, waiting out the CRM's 429s (its Retry-After, heartbeating) so that a long drain is
         not ended by Temporal's attempt count; an outage (5xx) ends the push at once."""
         waits = 0
@@ -192,6 +210,8 @@ class WriteBatch:
                 if not exc.rate_limited or waits >= RATE_LIMIT_WAITS:
                     raise
                 waits += 1
+                if before_retry is not None:
+                    before_retry()
                 CRM_WRITES.labels(self.connector.provider, "retried").inc()
                 wait = min(exc.retry_after or 1.0, self.settings.crm_max_retry_after_seconds)
                 self.log.info("crm_rate_limited", retry_after=wait, waits=waits)
@@ -212,15 +232,22 @@ class WriteBatch:
             else:
                 self._done(row, got if isinstance(got, str) else self.contacts[row.contact_id].crm_id)
 
+    def _count(self, row: CrmWrite) -> None:
+        """One more attempt for ``row``, once per push."""
+        if row.id not in self.counted:
+            row.attempts += 1
+            if row.id is not None:
+                self.counted.add(row.id)
+
     def _done(self, row: CrmWrite, record: str | None) -> None:
-        row.attempts += 1
+        self._count(row)
         row.status, row.done_at, row.last_error, row.crm_record_id = CrmWriteStatus.done, utcnow(), None, record
         self.session.add(row)
         CRM_WRITES.labels(self.connector.provider, "done").inc()
         self.result.pushed += 1
 
     def _failed(self, row: CrmWrite, reason: str) -> None:
-        row.attempts += 1
+        self._count(row)
         row.status, row.last_error = CrmWriteStatus.failed, reason[:1000]
         self.session.add(row)
         CRM_WRITES.labels(self.connector.provider, "failed").inc()
@@ -228,9 +255,11 @@ class WriteBatch:
         self.result.failed += 1
 
     async def _attempt_failed(self, error: str) -> None:
-        """The CRM could not be used: the rows still queued wait for the next try, saying why."""
+        """The CRM could not be used: the rows still queued wait for the next try, saying why. A task or
+        note counts an attempt only when a call carried it (then it may be in the CRM: see _activities)."""
         for row in self._queued():
-            row.attempts += 1
+            if row.kind not in (TASK, NOTE):
+                self._count(row)
             row.last_error = error[:1000]
             self.session.add(row)
         await self.session.commit()

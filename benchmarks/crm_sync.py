@@ -176,7 +176,7 @@ async def outage(client, settings, db, crm, writes: int, down_seconds: float, sa
         runs += 1
         await asyncio.sleep(2)
     crm.down = False
-    recovered = time.monotonic()
+    recovered, cpu_at_recovery, calls_at_recovery = time.monotonic(), time.process_time(), len(crm.requests)
     while True:
         await sync(client, settings)
         runs += 1
@@ -185,15 +185,28 @@ async def outage(client, settings, db, crm, writes: int, down_seconds: float, sa
         if queued == 0:
             break
         await asyncio.sleep(1)
+    drained, cpu = time.monotonic() - recovered, time.process_time() - cpu_at_recovery
     kind, field = ("Contact", "Nurture_Lifecycle_Stage__c") if salesforce else ("contacts", "lifecyclestage")
     updates = [u for u in crm.writes[before:] if u[0] == kind and u[2].get(field) == "marketingqualifiedlead"]
     written = {u[1] for u in updates}
     return {
         "writes": writes, "down_seconds": down_seconds, "sync_runs": runs,
-        "seconds_to_drain_after_recovery": round(time.monotonic() - recovered, 2),
+        "seconds_to_drain_after_recovery": round(drained, 2),
+        # CPU of this process (worker, API and the emulator answering it) from recovery to drained.
+        "cpu_ms_per_write_after_recovery": round(cpu * 1000 / max(writes, 1), 2),
+        "calls_after_recovery": calls_by_kind(crm.requests[calls_at_recovery:]),
         "written": len(written & ids), "lost": len(ids - written), "written_twice": len(updates) - len(written),
         "error_while_down": down_error,
     }
+
+
+def calls_by_kind(requests: list[tuple]) -> dict[str, int]:
+    """The CRM calls seen, by method and path with record ids left out (``PATCH /crm/v3/objects/contacts/{id}``)."""
+    counted: dict[str, int] = {}
+    for method, path, *_ in requests:
+        shape = "/".join("{id}" if part.isdigit() or part.startswith("003") else part for part in path.split("/"))
+        counted[f"{method} {shape}"] = counted.get(f"{method} {shape}", 0) + 1
+    return dict(sorted(counted.items(), key=lambda item: -item[1]))
 
 
 def main() -> None:

@@ -304,6 +304,9 @@ class Settings(BaseSettings):
     # HubSpot's search answers at most this many results per query; the sync searches again from the
     # newest change it saw (HubSpot's documented cap; tests lower it on the emulator).
     crm_hubspot_search_cap: int = Field(default=10_000, ge=200, le=10_000)
+    # Idempotency keys looked up in one search for tasks and notes that may already exist (a filter
+    # group each: HubSpot's search takes at most 5 filter groups).
+    crm_hubspot_search_keys: int = Field(default=5, ge=1, le=5)
     # The app's client secret: HubSpot signs webhooks with it (X-HubSpot-Signature-v3).
     crm_hubspot_app_secret: str | None = None
     # The app's id: changes HubSpot reports as made by this app are our own writes (never applied back).

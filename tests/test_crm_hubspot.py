@@ -6,6 +6,7 @@ enrollments; the flows' writes go back to the CRM once each, through outages and
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -19,7 +20,7 @@ from nurture.api_keys import Role, create_key
 from nurture.contracts import EnrollmentState
 from nurture.crm.contracts import CRM_SYNC_WORKFLOW, CrmSyncInput, CrmSyncResult
 from nurture.crm.mapping import MappingInvalid, load_mapping
-from nurture.crm.writes import CONTACT, queue_write
+from nurture.crm.writes import CONTACT, NOTE, TASK, queue_write
 from nurture.db import Database
 from nurture.models import Contact, CrmOwner, CrmWrite, Enrollment, Event, PauseLog, utcnow
 from tests.conftest import eventually, result_of
@@ -280,7 +281,7 @@ async def test_an_mql_update_is_written_once_even_when_the_write_is_retried(hubs
     _, _, handle = await start(db, client, crm_settings, MQL, contact=contact)
     await result_of(temporal_env, handle)
     # HubSpot applies the update but the answer is lost (a 503 from its edge): the activity is retried.
-    hubspot.fail_next(1, 503, method="PATCH", path_contains=f"/contacts/{record.id}", after_applying=True)
+    hubspot.fail_next(1, 503, path_contains="/contacts/batch/update", after_applying=True)
 
     result = await sync(client, crm_settings)
 
@@ -566,7 +567,7 @@ async def test_a_backlog_of_250_writes_drains_in_one_run_at_the_burst_limit_thro
             await queue_write(s, settings, key=f"crm:mql:{person.id}", kind=CONTACT, contact_id=person.id,
                               payload={"properties": {"lifecyclestage": "marketingqualifiedlead"}})
         await s.commit()
-    hubspot.fail_next(1, 429, retry_after=1, method="PATCH")
+    hubspot.fail_next(1, 429, retry_after=1, path_contains="/contacts/batch/update")
 
     async with build_worker(client, db, outbox, settings):
         result = await sync(client, settings)
@@ -642,3 +643,167 @@ async def test_a_send_is_logged_on_the_crm_timeline_once(hubspot, crm_api, db, c
     [note] = hubspot.objects["notes"].values()
     assert note.associations == {"contacts": [record.id]}
     assert "email_sent (template=demo-welcome" in note.properties["hs_note_body"]
+
+
+# --- batched writes ----------------------------------------------------------------------------------
+
+
+async def linked_people(hubspot: HubSpotEmulator, db: Database, n: int, stem: str = "batch") -> list[Contact]:
+    """``n`` contacts in HubSpot and here, linked by their CRM id."""
+    async with db.session() as s:
+        people = []
+        for i in range(n):
+            record = hubspot.put("contacts", {"email": f"{stem}{i}@example.com", "lifecyclestage": "lead"})
+            person = Contact(email=f"{stem}{i}@example.com", crm_id=record.id)
+            s.add(person)
+            people.append(person)
+        await s.commit()
+        for person in people:
+            await s.refresh(person)
+    return people
+
+
+async def queue(db: Database, settings, *writes: tuple[str, str, Contact, dict]) -> None:
+    """Writes as flow steps would have queued them: (key, kind, contact, payload) each, in this order."""
+    async with db.session() as s:
+        for key, kind, person, payload in writes:
+            await queue_write(s, settings, key=key, kind=kind, contact_id=person.id, payload=payload)
+        await s.commit()
+
+
+def calls(hubspot: HubSpotEmulator, method: str, path_end: str) -> list[int]:
+    """The statuses HubSpot answered to these calls, in order."""
+    return [status for m, path, status in hubspot.requests if m == method and path.endswith(path_end)]
+
+
+async def test_field_updates_go_in_batches_of_100_with_one_contacts_updates_merged(hubspot, db, client, outbox, crm_settings):
+    settings = crm_settings.model_copy(update={"crm_write_batch": 1000})
+    people = await linked_people(hubspot, db, 250)
+    first, *others = people
+    # The first contact's two updates, queued one after the other: the later value wins.
+    await queue(db, settings,
+                ("crm:a", CONTACT, first, {"properties": {"lifecyclestage": "marketingqualifiedlead", "company": "Ada Co"}}),
+                ("crm:b", CONTACT, first, {"properties": {"lifecyclestage": "salesqualifiedlead"}}),
+                *[(f"crm:mql:{p.id}", CONTACT, p, {"properties": {"lifecyclestage": "marketingqualifiedlead"}}) for p in others])
+
+    async with build_worker(client, db, outbox, settings):
+        result = await sync(client, settings)
+
+    assert result.pushed == 251 and result.error is None
+    assert calls(hubspot, "POST", "/contacts/batch/update") == [200, 200, 200]  # 250 contacts: ceil(250 / 100)
+    assert not calls(hubspot, "PATCH", "")  # no call per record
+    assert hubspot.written("contacts").count((first.crm_id, {"lifecyclestage": "salesqualifiedlead", "company": "Ada Co"})) == 1
+    assert hubspot.objects["contacts"][first.crm_id].properties["lifecyclestage"] == "salesqualifiedlead"
+    written = [object_id for object_id, props in hubspot.written("contacts") if props == {"lifecyclestage": "marketingqualifiedlead"}]
+    assert sorted(written) == sorted(p.crm_id for p in others)  # each once
+    assert {w.status for w in await writes(db)} == {"done"}
+
+
+async def test_a_value_hubspot_refuses_fails_that_update_alone_with_hubspots_reason(hubspot, db, client, outbox, crm_settings):
+    ada, bad, cy = await linked_people(hubspot, db, 3)
+    await queue(db, crm_settings, *[(f"crm:{p.id}", CONTACT, p, {"properties": {"lifecyclestage": stage}})
+                                    for p, stage in ((ada, "customer"), (bad, "not-a-stage"), (cy, "customer"))])
+
+    async with build_worker(client, db, outbox, crm_settings):
+        result = await sync(client, crm_settings)
+
+    # HubSpot refuses the whole batch for the one bad value; each is then written on its own.
+    assert calls(hubspot, "POST", "/contacts/batch/update") == [400]
+    assert calls(hubspot, "PATCH", "") == [200, 400, 200]
+    assert result.pushed == 2 and result.error is None
+    stages = {p.crm_id: hubspot.objects["contacts"][p.crm_id].properties["lifecyclestage"] for p in (ada, bad, cy)}
+    assert stages == {ada.crm_id: "customer", bad.crm_id: "lead", cy.crm_id: "customer"}
+    rows = {w.contact_id: w for w in await writes(db)}
+    assert (rows[ada.id].status, rows[cy.id].status, rows[bad.id].status) == ("done", "done", "failed")
+    assert "INVALID_OPTION" in rows[bad.id].last_error and "not-a-stage" in rows[bad.id].last_error
+    # Refused for good: the next run does not ask again.
+    assert (await sync_with(client, db, outbox, crm_settings)).pushed == 0
+    assert calls(hubspot, "PATCH", "") == [200, 400, 200]
+
+
+async def test_a_multi_status_answer_fails_only_the_records_it_names(hubspot, db, client, outbox, crm_settings):
+    ada, gone, cy = await linked_people(hubspot, db, 3)
+    hubspot.objects["contacts"][gone.crm_id].archived = True  # deleted in HubSpot since
+    await queue(db, crm_settings, *[(f"crm:{p.id}", CONTACT, p, {"properties": {"lifecyclestage": "customer"}})
+                                    for p in (ada, gone, cy)])
+
+    result = await sync_with(client, db, outbox, crm_settings)
+
+    assert calls(hubspot, "POST", "/contacts/batch/update") == [207]
+    assert not calls(hubspot, "PATCH", "")
+    assert result.pushed == 2 and result.error is None
+    rows = {w.contact_id: w for w in await writes(db)}
+    assert (rows[ada.id].status, rows[cy.id].status, rows[gone.id].status) == ("done", "done", "failed")
+    assert "OBJECT_NOT_FOUND" in rows[gone.id].last_error
+    assert hubspot.objects["contacts"][cy.crm_id].properties["lifecyclestage"] == "customer"
+
+
+async def test_tasks_and_notes_go_in_batch_creates_and_those_whose_answer_was_lost_are_found_not_made_again(
+    hubspot, db, client, outbox, crm_settings
+):
+    people = await linked_people(hubspot, db, 7)
+    await queue(db, crm_settings,
+                *[(f"crm:task:{p.id}", TASK, p, {"subject": f"Call {p.email}", "body": "Became an MQL", "owner": "rep-jane"})
+                  for p in people],
+                *[(f"crm:note:{p.id}", NOTE, p, {"subject": "Email engagement", "body": "email_opened"}) for p in people[:3]])
+    # HubSpot makes the 7 tasks, but its answer is lost (a 503 from its edge): the push is tried again.
+    hubspot.fail_next(1, 503, path_contains="/tasks/batch/create", after_applying=True)
+
+    result = await sync_with(client, db, outbox, crm_settings)
+
+    assert result.pushed == 10 and result.error is None
+    assert calls(hubspot, "POST", "/tasks/batch/create") == [503]  # made once, never again
+    assert calls(hubspot, "POST", "/tasks/search") == [200, 200]  # the 7 maybe-made tasks: 5 keys, then 2
+    assert calls(hubspot, "POST", "/notes/batch/create") == [201]
+    tasks, notes = hubspot.objects["tasks"], hubspot.objects["notes"]
+    assert sorted(t.associations["contacts"][0] for t in tasks.values()) == sorted(p.crm_id for p in people)
+    assert sorted(n.associations["contacts"][0] for n in notes.values()) == sorted(p.crm_id for p in people[:3])
+    assert {t.properties["hubspot_owner_id"] for t in tasks.values()} == {"77"}
+    rows = await writes(db)
+    assert {w.status for w in rows} == {"done"}
+    assert sorted(w.crm_record_id for w in rows) == sorted([*tasks, *notes])  # each row its own record
+
+    # New rows, never sent before, are made without a search.
+    await queue(db, crm_settings, *[(f"crm:note2:{p.id}", NOTE, p, {"subject": "Later", "body": "clicked"}) for p in people])
+    searches = len(calls(hubspot, "POST", "/notes/search")) + len(calls(hubspot, "POST", "/tasks/search"))
+    assert (await sync_with(client, db, outbox, crm_settings)).pushed == 7
+    assert len(calls(hubspot, "POST", "/notes/search")) + len(calls(hubspot, "POST", "/tasks/search")) == searches
+    assert calls(hubspot, "POST", "/notes/batch/create") == [201, 201] and len(notes) == 10
+
+
+async def test_a_task_hubspot_refuses_fails_alone_named_in_a_multi_status_answer(hubspot, db, client, outbox, crm_settings):
+    ada, gone = await linked_people(hubspot, db, 2)
+    del hubspot.objects["contacts"][gone.crm_id]  # deleted for good: a task cannot be associated with it
+    await queue(db, crm_settings, *[(f"crm:task:{p.id}", TASK, p, {"subject": "Call", "body": "now"}) for p in (ada, gone)])
+
+    result = await sync_with(client, db, outbox, crm_settings)
+
+    assert calls(hubspot, "POST", "/tasks/batch/create") == [207]
+    assert result.pushed == 1 and result.error is None
+    [task] = hubspot.objects["tasks"].values()
+    rows = {w.contact_id: w for w in await writes(db)}
+    assert (rows[ada.id].status, rows[ada.id].crm_record_id) == ("done", task.id)
+    assert rows[gone.id].status == "failed" and f"contact {gone.crm_id} does not exist" in rows[gone.id].last_error
+
+
+async def test_the_emulator_refuses_a_search_of_more_than_5_filter_groups_as_hubspot_does(hubspot):
+    import hubspot as hubspot_client
+    from hubspot.crm.objects.tasks import Filter, FilterGroup, PublicObjectSearchRequest
+    from hubspot.crm.objects.tasks.exceptions import ApiException
+
+    api = hubspot_client.Client.create(access_token=hubspot.token, host=hubspot.base_url).crm.objects.tasks.search_api
+
+    def groups(n: int) -> PublicObjectSearchRequest:
+        return PublicObjectSearchRequest(filter_groups=[
+            FilterGroup(filters=[Filter(property_name="hs_task_body", operator="CONTAINS_TOKEN", value=f"t{i}")]) for i in range(n)
+        ])
+
+    assert (await asyncio.to_thread(api.do_search, groups(5))).total == 0
+    with pytest.raises(ApiException) as refused:
+        await asyncio.to_thread(api.do_search, groups(6))
+    assert refused.value.status == 400 and "at most 5 filterGroups" in refused.value.body
+
+
+async def sync_with(client, db, outbox, settings) -> CrmSyncResult:
+    async with build_worker(client, db, outbox, settings):
+        return await sync(client, settings)

@@ -82,6 +82,8 @@ class CrmActivity:
     body: str
     owner_crm_id: str | None = None
     due_at: datetime | None = None
+    # An earlier call carrying it may have made it, its answer lost: look for it before making it.
+    maybe_created: bool = False
 
 
 class CrmConnector(Protocol):

@@ -4,6 +4,12 @@ The client is synchronous (urllib3): each call runs in a thread. Calls are paced
 app's burst limit (``crm_burst_per_10s`` per 10 seconds, per process) and batch calls carry at most
 ``crm_batch_size`` (HubSpot's 100) records. A 429 or 5xx becomes ``CrmUnavailable`` with HubSpot's
 ``Retry-After``; the caller (an activity) retries, so the client's own status retries stay off.
+
+Every write goes in HubSpot's batch calls: contacts upserted by email (``batch/upsert``), field
+updates by id (``batch/update``), tasks and notes created (``batch/create``) with our idempotency key
+as each input's ``objectWriteTraceId``. A batch answers 200/201 when all went, or 207 naming the
+records refused; HubSpot refuses a whole batch (400) for one bad property or id, and then the batch
+is asked again record by record, so that only the bad record fails.
 """
 
 from __future__ import annotations
@@ -20,11 +26,13 @@ from typing import Any
 import hubspot
 from urllib3.util.retry import Retry
 from hubspot.crm.contacts import (
+    BatchInputSimplePublicObjectBatchInput,
     BatchInputSimplePublicObjectBatchInputUpsert,
     BatchReadInputSimplePublicObjectId,
     Filter,
     FilterGroup,
     PublicObjectSearchRequest,
+    SimplePublicObjectBatchInput,
     SimplePublicObjectBatchInputUpsert,
     SimplePublicObjectId,
     SimplePublicObjectInput,
@@ -34,11 +42,17 @@ from hubspot.crm.deals import (
     FilterGroup as DealFilterGroup,
     PublicObjectSearchRequest as DealSearchRequest,
 )
-from hubspot.crm.objects.notes import SimplePublicObjectInputForCreate as NoteInput
+from hubspot.crm.objects.notes import (
+    BatchInputSimplePublicObjectBatchInputForCreate as NoteBatch,
+    SimplePublicObjectBatchInputForCreate as NoteBatchInput,
+    SimplePublicObjectInputForCreate as NoteInput,
+)
 from hubspot.crm.objects.tasks import (
     AssociationSpec,
+    BatchInputSimplePublicObjectBatchInputForCreate as TaskBatch,
     PublicAssociationsForObject,
     PublicObjectId,
+    SimplePublicObjectBatchInputForCreate as TaskBatchInput,
     SimplePublicObjectInputForCreate as TaskInput,
 )
 
@@ -96,9 +110,10 @@ class HubSpotConnector:
         )
         self.timeout = settings.crm_request_timeout_seconds
         self.batch_size = settings.crm_batch_size
-        # Upserts go in HubSpot's batches; an update, a task or a note is one call each (a batch update
-        # is refused whole for one bad record, and a task is searched for by its key before it is made).
-        self.upsert_batch, self.update_batch, self.activity_batch = self.batch_size, 1, 1
+        # Every write goes in HubSpot's batches of at most crm_batch_size; a search for tasks and notes
+        # that may already be there asks for up to crm_hubspot_search_keys keys (one filter group each).
+        self.upsert_batch = self.update_batch = self.activity_batch = self.batch_size
+        self.search_keys = settings.crm_hubspot_search_keys
         self.search_cap = settings.crm_hubspot_search_cap
         self.limit = BurstLimit(settings.crm_burst_per_10s)
         self.owner_cache: tuple[float, dict[str, str]] | None = None  # nurture.crm.mapping_with_owners
@@ -181,15 +196,44 @@ class HubSpotConnector:
         return ids
 
     async def update_contacts(self, updates: list[tuple[str, dict[str, str]]]) -> dict[str, CrmRejected | None]:
-        """One PATCH per contact: HubSpot's batch update refuses the whole batch for one bad record."""
-        answered: dict[str, CrmRejected | None] = {}
+        """Batch updates by id of at most ``crm_batch_size``. One id given twice is one input (the later
+        value of a property wins: HubSpot refuses a batch naming an id twice). A 207 names the records
+        refused; a 400 refuses the whole batch for one bad record, and that batch is written record by
+        record, so that the bad one fails alone and the others are written."""
+        merged: dict[str, dict[str, str]] = {}
         for crm_id, properties in updates:
+            merged.setdefault(crm_id, {}).update(properties)
+        items = list(merged.items())
+        answered: dict[str, CrmRejected | None] = {}
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start : start + self.batch_size]
             try:
-                await self._call(self.client.crm.contacts.basic_api.update, crm_id, SimplePublicObjectInput(properties=properties))
-                answered[crm_id] = None
-            except CrmRejected as exc:
-                answered[crm_id] = exc
+                answered.update(await self._update_batch(chunk))
+            except CrmRejected as refused:
+                if len(chunk) == 1:
+                    answered[chunk[0][0]] = refused
+                    continue
+                for crm_id, properties in chunk:
+                    try:
+                        await self._call(self.client.crm.contacts.basic_api.update, crm_id, SimplePublicObjectInput(properties=properties))
+                        answered[crm_id] = None
+                    except CrmRejected as exc:
+                        answered[crm_id] = exc
         return answered
+
+    async def _update_batch(self, chunk: list[tuple[str, dict[str, str]]]) -> dict[str, CrmRejected | None]:
+        batch = BatchInputSimplePublicObjectBatchInput(
+            inputs=[SimplePublicObjectBatchInput(id=crm_id, properties=properties, object_write_trace_id=crm_id)
+                    for crm_id, properties in chunk]
+        )
+        answer = await self._call(self.client.crm.contacts.batch_api.update, batch)
+        if not getattr(answer, "errors", None):
+            return {crm_id: None for crm_id, _ in chunk}
+        refused = _refused(answer)
+        # A 207: those named are refused; of the others, those answered were written.
+        written = {str(r.id) for r in answer.results or []}
+        unnamed = CrmRejected(f"HubSpot refused part of the batch: {_first_error(answer)}")
+        return {crm_id: refused.get(crm_id) or (None if crm_id in written else unnamed) for crm_id, _ in chunk}
 
     # --- deals ---------------------------------------------------------------
 
@@ -237,51 +281,92 @@ class HubSpotConnector:
 
     # --- tasks and notes -----------------------------------------------------
 
-    async def find_activity(self, activity: CrmActivity) -> str | None:
-        api = self.client.crm.objects.tasks if activity.kind == "task" else self.client.crm.objects.notes
-        body = "hs_task_body" if activity.kind == "task" else "hs_note_body"
+    async def create_activities(self, activities: list[CrmActivity]) -> dict[str, str | CrmRejected]:
+        """Batch creates of at most ``crm_batch_size`` tasks, then notes, each input's
+        ``objectWriteTraceId`` the row's key, so each result and each refusal (207) names its row.
+
+        One that an earlier call may have made (``maybe_created``: that call's answer was lost) is
+        searched for first by its key's token, up to ``crm_hubspot_search_keys`` keys a search, and
+        created only if not found. A key HubSpot's answer does not name is left out of the answer: it
+        stays queued, and is searched for next time."""
+        answered: dict[str, str | CrmRejected] = {}
+        for kind in ("task", "note"):
+            planned = [a for a in activities if a.kind == kind]
+            maybe = [a for a in planned if a.maybe_created]
+            for start in range(0, len(maybe), self.search_keys):
+                answered.update(await self._find_activities(kind, maybe[start : start + self.search_keys]))
+            new = [a for a in planned if a.key not in answered]
+            for start in range(0, len(new), self.batch_size):
+                chunk = new[start : start + self.batch_size]
+                try:
+                    answered.update(await self._create_batch(kind, chunk))
+                except CrmRejected as refused:
+                    if len(chunk) == 1:
+                        answered[chunk[0].key] = refused
+                        continue
+                    for planned_one in chunk:  # refused whole: one by one, so that only the bad one fails
+                        try:
+                            answered[planned_one.key] = await self._create_one(planned_one)
+                        except CrmRejected as exc:
+                            answered[planned_one.key] = exc
+        return answered
+
+    async def _find_activities(self, kind: str, chunk: list[CrmActivity]) -> dict[str, str]:
+        """Those of ``chunk`` HubSpot has (key -> id): one search, a filter group per key (HubSpot ORs them)."""
+        api, body = self._activity_api(kind)
+        tokens = {_token(a.key): a.key for a in chunk}
         request = PublicObjectSearchRequest(
-            filter_groups=[FilterGroup(filters=[Filter(property_name=body, operator="CONTAINS_TOKEN", value=_token(activity.key))])],
+            filter_groups=[FilterGroup(filters=[Filter(property_name=body, operator="CONTAINS_TOKEN", value=token)])
+                           for token in tokens],
             properties=[body],
-            limit=1,
+            sorts=["hs_createdate"],
+            limit=100,
         )
         answer = await self._call(api.search_api.do_search, request)
-        return str(answer.results[0].id) if answer.results else None
+        found: dict[str, str] = {}
+        for result in answer.results or []:
+            words = set(str((result.properties or {}).get(body) or "").lower().split())
+            for token, key in tokens.items():
+                if token in words:
+                    found.setdefault(key, str(result.id))
+        return found
 
-    async def create_activity(self, activity: CrmActivity) -> str:
-        now = datetime.now(UTC)
-        marked = f"{activity.body}\n\n{_token(activity.key)}"
-        if activity.kind == "task":
-            properties = {
-                "hs_task_subject": activity.subject[:500],
-                "hs_task_body": marked,
-                "hs_task_status": "NOT_STARTED",
-                "hs_task_priority": "HIGH",
-                "hs_timestamp": (activity.due_at or now).isoformat(),
-            }
-            if activity.owner_crm_id:
-                properties["hubspot_owner_id"] = activity.owner_crm_id
-            created = await self._call(
-                self.client.crm.objects.tasks.basic_api.create,
-                TaskInput(properties=properties, associations=[_association(activity.contact_crm_id, TASK_TO_CONTACT)]),
-            )
+    async def _create_batch(self, kind: str, chunk: list[CrmActivity]) -> dict[str, str | CrmRejected]:
+        api, body = self._activity_api(kind)
+        make, batch = (TaskBatchInput, TaskBatch) if kind == "task" else (NoteBatchInput, NoteBatch)
+        inputs = []
+        for planned in chunk:
+            properties, association = _activity_input(planned)
+            inputs.append(make(properties=properties, associations=[association], object_write_trace_id=planned.key))
+        answer = await self._call(api.batch_api.create, batch(inputs=inputs))
+        tokens = {_token(a.key): a.key for a in chunk}
+        answered: dict[str, str | CrmRejected] = {}
+        for result in answer.results or []:
+            key = result.object_write_trace_id
+            if key not in tokens.values():  # not echoed: the key's token in the body names it
+                words = set(str((result.properties or {}).get(body) or "").lower().split())
+                key = next((k for token, k in tokens.items() if token in words), None)
+            if key is not None:
+                answered[key] = str(result.id)
+        for key, refusal in _refused(answer).items():
+            if key in tokens.values() and key not in answered:
+                answered[key] = refusal
+        return answered
+
+    async def _create_one(self, planned: CrmActivity) -> str:
+        properties, association = _activity_input(planned)
+        if planned.kind == "task":
+            created = await self._call(self.client.crm.objects.tasks.basic_api.create,
+                                       TaskInput(properties=properties, associations=[association]))
         else:
-            properties = {"hs_note_body": f"{activity.subject}\n{marked}", "hs_timestamp": now.isoformat()}
-            created = await self._call(
-                self.client.crm.objects.notes.basic_api.create,
-                NoteInput(properties=properties, associations=[_association(activity.contact_crm_id, NOTE_TO_CONTACT)]),
-            )
+            created = await self._call(self.client.crm.objects.notes.basic_api.create,
+                                       NoteInput(properties=properties, associations=[association]))
         return str(created.id)
 
-    async def create_activities(self, activities: list[CrmActivity]) -> dict[str, str | CrmRejected]:
-        """Each searched by its key's token first: one whose answer was lost is found, not made again."""
-        answered: dict[str, str | CrmRejected] = {}
-        for planned in activities:
-            try:
-                answered[planned.key] = await self.find_activity(planned) or await self.create_activity(planned)
-            except CrmRejected as exc:
-                answered[planned.key] = exc
-        return answered
+    def _activity_api(self, kind: str) -> tuple[Any, str]:
+        if kind == "task":
+            return self.client.crm.objects.tasks, "hs_task_body"
+        return self.client.crm.objects.notes, "hs_note_body"
 
     # --- owners and health ---------------------------------------------------
 
@@ -358,6 +443,41 @@ def _contact(found: Any) -> CrmContact:
     return CrmContact(
         id=str(found.id), properties=dict(found.properties or {}), updated_at=_updated(found), archived=bool(found.archived)
     )
+
+
+def _activity_input(activity: CrmActivity) -> tuple[dict[str, str], PublicAssociationsForObject]:
+    """A task's or note's properties, its body marked with its key's token, and its contact."""
+    marked = f"{activity.body}\n\n{_token(activity.key)}"
+    if activity.kind == "task":
+        properties = {
+            "hs_task_subject": activity.subject[:500],
+            "hs_task_body": marked,
+            "hs_task_status": "NOT_STARTED",
+            "hs_task_priority": "HIGH",
+            "hs_timestamp": (activity.due_at or datetime.now(UTC)).isoformat(),
+        }
+        if activity.owner_crm_id:
+            properties["hubspot_owner_id"] = activity.owner_crm_id
+        return properties, _association(activity.contact_crm_id, TASK_TO_CONTACT)
+    properties = {"hs_note_body": f"{activity.subject}\n{marked}", "hs_timestamp": datetime.now(UTC).isoformat()}
+    return properties, _association(activity.contact_crm_id, NOTE_TO_CONTACT)
+
+
+def _refused(answer: Any) -> dict[str, CrmRejected]:
+    """The records a 207 names as refused (by ``objectWriteTraceId`` or id), each with HubSpot's reason."""
+    refused: dict[str, CrmRejected] = {}
+    for error in getattr(answer, "errors", None) or []:
+        context = getattr(error, "context", None) or {}
+        reason = CrmRejected(f"HubSpot refused it ({getattr(error, 'category', None) or 'error'}): "
+                             f"{getattr(error, 'message', None) or ''}"[:1000])
+        for name in [*(context.get("objectWriteTraceId") or []), *(context.get("ids") or [])]:
+            refused.setdefault(str(name), reason)
+    return refused
+
+
+def _first_error(answer: Any) -> str:
+    errors = getattr(answer, "errors", None) or []
+    return str(getattr(errors[0], "message", "") or "")[:500] if errors else ""
 
 
 def _association(contact_id: str, type_id: int) -> PublicAssociationsForObject:

@@ -1,10 +1,19 @@
 """A HubSpot CRM v3 emulator on loopback, speaking HubSpot's wire format (developers.hubspot.com reference).
 
 What the connector uses, as HubSpot documents it: contact objects (read, create, update, search with
-``after`` paging and its 10,000-result cap, batch read and upsert by ``email`` of at most 100 inputs),
-deals with their contact associations, tasks and notes created with associations and found again by
-search, owners, 401 with HubSpot's error body for a wrong token, 429 with ``Retry-After`` and HubSpot's
-rate-limit body, 503 while "down", and webhook deliveries signed with the v3 signature. Tests drive our
+``after`` paging and its 10,000-result cap and at most 5 filter groups, batch read, upsert by
+``email`` and update by id of at most 100 inputs), deals with their contact associations, tasks and
+notes created with associations (one by one or in batches, ``objectWriteTraceId`` echoed) and found
+again by search, owners, 401 with HubSpot's error body for a wrong token, 429 with ``Retry-After``
+and HubSpot's rate-limit body, 503 while "down", and webhook deliveries signed with the v3 signature.
+
+Writes are checked as HubSpot checks them: a read-only property, or a value that is not one of an
+enumeration's options (``lifecyclestage``), is refused. A batch update or create that has such a
+property refuses the whole batch (400 ``VALIDATION_ERROR``), as does a batch update naming an id
+twice or an id that is not a number; a batch update naming a record HubSpot does not have (deleted)
+answers 207 with an ``OBJECT_NOT_FOUND`` error naming it and writes the others. A batch create whose
+inputs all carry an ``objectWriteTraceId`` answers 207 instead, naming each refused input by it
+(HubSpot's "multi-status errors"). Tests drive our
 code through HubSpot's own Python client pointed here (``crm_hubspot_base_url``), and act as a rep in
 the CRM through the methods of ``HubSpotEmulator``.
 """
@@ -34,6 +43,16 @@ from starlette.routing import Route
 
 SEARCH_CAP = 10_000
 BATCH_MAX = 100
+# HubSpot's search: at most 5 filter groups, 10 filters in a group and 25 in all.
+SEARCH_GROUPS_MAX, SEARCH_GROUP_FILTERS_MAX, SEARCH_FILTERS_MAX = 5, 10, 25
+READ_ONLY = frozenset({"hs_object_id", "createdate", "lastmodifieddate", "hs_lastmodifieddate", "hs_createdate"})
+# Enumeration properties and their options (HubSpot's default lifecycle stages).
+OPTIONS = {
+    "contacts": {"lifecyclestage": ["subscriber", "lead", "marketingqualifiedlead", "salesqualifiedlead",
+                                    "opportunity", "customer", "evangelist", "other"]},
+    "tasks": {"hs_task_status": ["NOT_STARTED", "IN_PROGRESS", "WAITING", "COMPLETED", "DEFERRED"],
+              "hs_task_priority": ["LOW", "MEDIUM", "HIGH"]},
+}
 DEFAULT_PROPERTIES = {"contacts": ["createdate", "email", "firstname", "hs_object_id", "lastmodifieddate", "lastname"]}
 TYPE_NAMES = {("deals", "contacts"): "deal_to_contact", ("tasks", "contacts"): "task_to_contact",
               ("notes", "contacts"): "note_to_contact"}
@@ -46,6 +65,33 @@ def _iso(moment: datetime) -> str:
 def _error(status: int, message: str, category: str) -> JSONResponse:
     body = {"status": "error", "message": message, "correlationId": str(uuid.uuid4()), "category": category}
     return JSONResponse(body, status_code=status)
+
+
+def _invalid(kind: str, properties: dict[str, Any]) -> str | None:
+    """HubSpot's refusal of these property values ("Property values were not valid: [...]"), or None."""
+    problems = []
+    for name, value in properties.items():
+        options = OPTIONS.get(kind, {}).get(name)
+        if name in READ_ONLY:
+            problems.append({"isValid": False, "message": f"{name} is a read only property; its value cannot be set.",
+                             "error": "READ_ONLY_VALUE", "name": name})
+        elif options is not None and value not in (None, "") and str(value) not in options:
+            problems.append({"isValid": False, "error": "INVALID_OPTION", "name": name,
+                             "message": f"{value} was not one of the allowed options: [{', '.join(options)}]"})
+    return f"Property values were not valid: {json.dumps(problems)}" if problems else None
+
+
+def _batch_error(category: str, message: str, **context: list[str]) -> dict[str, Any]:
+    """One record's error in a 207 answer, as HubSpot's StandardError."""
+    return {"status": "error", "category": category, "message": message, "context": context, "errors": [], "links": {}}
+
+
+def _batch_answer(results: list[dict[str, Any]], errors: list[dict[str, Any]], status: int) -> JSONResponse:
+    now = _iso(datetime.now(UTC))
+    body: dict[str, Any] = {"status": "COMPLETE", "results": results, "startedAt": now, "completedAt": now}
+    if errors:
+        body.update(numErrors=len(errors), errors=errors)
+    return JSONResponse(body, status_code=207 if errors else status)
 
 
 @dataclass
@@ -107,6 +153,8 @@ class HubSpotEmulator:
             Route("/crm/v3/objects/{kind}/search", self.search, methods=["POST"]),
             Route("/crm/v3/objects/{kind}/batch/read", self.batch_read, methods=["POST"]),
             Route("/crm/v3/objects/{kind}/batch/upsert", self.batch_upsert, methods=["POST"]),
+            Route("/crm/v3/objects/{kind}/batch/update", self.batch_update, methods=["POST"]),
+            Route("/crm/v3/objects/{kind}/batch/create", self.batch_create, methods=["POST"]),
             Route("/crm/v3/objects/{kind}/{object_id}", self.one, methods=["GET", "PATCH", "DELETE"]),
             Route("/crm/v3/objects/{kind}", self.create, methods=["POST"]),
         ])
@@ -255,6 +303,8 @@ class HubSpotEmulator:
             return Response(status_code=204)
         body = await request.json()
         properties = body.get("properties") or {}
+        if (refusal := _invalid(kind, properties)) is not None:
+            return _error(400, refusal, "VALIDATION_ERROR")
         self._set(kind, found, properties)
         self.writes.append((kind, found.id, dict(properties)))
         return JSONResponse(found.answer(list(properties), kind))
@@ -264,9 +314,19 @@ class HubSpotEmulator:
         if kind not in self.objects:
             return _error(404, f"unknown object type {kind}", "OBJECT_NOT_FOUND")
         body = await request.json()
-        properties = dict(body.get("properties") or {})
-        if kind == "contacts" and any(o.properties.get("email") == properties.get("email") for o in self.objects[kind].values()):
+        if kind == "contacts" and any(o.properties.get("email") == (body.get("properties") or {}).get("email")
+                                      for o in self.objects[kind].values()):
             return _error(409, "Contact already exists", "CONFLICT")
+        made = self._create_record(kind, body)
+        if isinstance(made, str):
+            return _error(400, made, "VALIDATION_ERROR")
+        return JSONResponse(made.answer(list(made.properties), kind), status_code=201)
+
+    def _checked_create(self, kind: str, body: dict[str, Any]) -> tuple[dict[str, str], dict[str, list[str]]] | str:
+        """The properties and associations of one create, or why HubSpot refuses it."""
+        properties = dict(body.get("properties") or {})
+        if (refusal := _invalid(kind, properties)) is not None:
+            return refusal
         associations: dict[str, list[str]] = {}
         for association in body.get("associations") or []:
             target = str(association["to"]["id"])
@@ -274,10 +334,17 @@ class HubSpotEmulator:
             other = "contacts" if set(type_ids) & {202, 204, 3, 280} or target in self.objects["contacts"] else "unknown"
             associations.setdefault(other, []).append(target)
             if other == "contacts" and target not in self.objects["contacts"]:
-                return _error(400, f"contact {target} does not exist", "VALIDATION_ERROR")
+                return f"contact {target} does not exist"
+        return properties, associations
+
+    def _create_record(self, kind: str, body: dict[str, Any]) -> CrmObject | str:
+        checked = self._checked_create(kind, body)
+        if isinstance(checked, str):
+            return checked
+        properties, associations = checked
         record = self.put(kind, properties, associations)
         self.writes.append((kind, record.id, properties))
-        return JSONResponse(record.answer(list(record.properties), kind), status_code=201)
+        return record
 
     async def search(self, request: Request) -> Response:
         kind = request.path_params["kind"]
@@ -288,6 +355,11 @@ class HubSpotEmulator:
             return _error(400, f"The maximum number of results available through search is {self.search_cap}.",
                           "VALIDATION_ERROR")
         groups = body.get("filterGroups") or []
+        counts = [len(g.get("filters") or []) for g in groups]
+        if len(groups) > SEARCH_GROUPS_MAX or any(c > SEARCH_GROUP_FILTERS_MAX for c in counts) or sum(counts) > SEARCH_FILTERS_MAX:
+            return _error(400, f"Too many filters: at most {SEARCH_GROUPS_MAX} filterGroups, {SEARCH_GROUP_FILTERS_MAX} "
+                          f"filters in a group and {SEARCH_FILTERS_MAX} in all are allowed (got {len(groups)} groups, "
+                          f"{sum(counts)} filters).", "VALIDATION_ERROR")
         found = [o for o in self.objects.get(kind, {}).values() if not o.archived and
                  (not groups or any(all(_matches(o, f) for f in g.get("filters") or []) for g in groups))]
         for sort in reversed(body.get("sorts") or []):
@@ -340,6 +412,67 @@ class HubSpotEmulator:
             results.append({**record.answer(list(record.properties), kind), "new": new})
         now = _iso(self.now())
         return JSONResponse({"status": "COMPLETE", "results": results, "startedAt": now, "completedAt": now})
+
+    async def batch_update(self, request: Request) -> Response:
+        """Update by id. Checked whole first (HubSpot refuses the batch for one bad property or id: 400),
+        then each record written; those HubSpot does not have are named in a 207."""
+        kind = request.path_params["kind"]
+        if kind not in self.objects:
+            return _error(404, f"unknown object type {kind}", "OBJECT_NOT_FOUND")
+        inputs = (await request.json()).get("inputs") or []
+        if len(inputs) > BATCH_MAX:
+            return _error(400, f"Batch size limit is {BATCH_MAX}", "VALIDATION_ERROR")
+        ids = [str(item.get("id")) for item in inputs]
+        if doubled := sorted({i for i in ids if ids.count(i) > 1}):
+            return _error(400, f"Duplicate IDs found in batch input: {doubled}. IDs must be unique", "VALIDATION_ERROR")
+        if malformed := [i for i in ids if not i.isdigit()]:
+            return _error(400, f"Invalid object ids: {malformed}", "VALIDATION_ERROR")
+        for item in inputs:
+            if (refusal := _invalid(kind, item.get("properties") or {})) is not None:
+                return _error(400, refusal, "VALIDATION_ERROR")
+        results, missing = [], []
+        for item in inputs:
+            found = self.objects[kind].get(str(item["id"]))
+            if found is None or found.archived:
+                missing.append(str(item["id"]))
+                continue
+            properties = dict(item.get("properties") or {})
+            self._set(kind, found, properties)
+            self.writes.append((kind, found.id, properties))
+            answer = found.answer(list(properties), kind)
+            if item.get("objectWriteTraceId") is not None:
+                answer["objectWriteTraceId"] = item["objectWriteTraceId"]
+            results.append(answer)
+        errors = [_batch_error("OBJECT_NOT_FOUND", f"Could not get some {kind.upper().removesuffix('S')} objects, "
+                               "they may be deleted or not exist.", ids=missing)] if missing else []
+        return _batch_answer(results, errors, 200)
+
+    async def batch_create(self, request: Request) -> Response:
+        """Create; with an ``objectWriteTraceId`` on every input, a refused input is named by it in a 207
+        and the others are made; without, one refused input refuses the whole batch (400)."""
+        kind = request.path_params["kind"]
+        if kind not in self.objects:
+            return _error(404, f"unknown object type {kind}", "OBJECT_NOT_FOUND")
+        inputs = (await request.json()).get("inputs") or []
+        if len(inputs) > BATCH_MAX:
+            return _error(400, f"Batch size limit is {BATCH_MAX}", "VALIDATION_ERROR")
+        multi_status = bool(inputs) and all(item.get("objectWriteTraceId") for item in inputs)
+        if not multi_status:
+            for item in inputs:
+                if isinstance(refusal := self._checked_create(kind, item), str):
+                    return _error(400, refusal, "VALIDATION_ERROR")
+        results, errors = [], []
+        for item in inputs:
+            made = self._create_record(kind, item)
+            trace = item.get("objectWriteTraceId")
+            if isinstance(made, str):
+                errors.append(_batch_error("VALIDATION_ERROR", made, objectWriteTraceId=[trace]))
+                continue
+            answer = made.answer(list(made.properties), kind)
+            if trace is not None:
+                answer["objectWriteTraceId"] = trace
+            results.append(answer)
+        return _batch_answer(results, errors, 201)
 
     async def list_owners(self, request: Request) -> Response:
         limit = int(request.query_params.get("limit") or 100)
