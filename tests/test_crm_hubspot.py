@@ -638,11 +638,13 @@ async def test_a_send_is_logged_on_the_crm_timeline_once(hubspot, crm_api, db, c
     await eventually(lambda: _at_step(handle, "wait"))  # demo-welcome sent
 
     assert (await sync(client, crm_settings)).pushed == 1
-    assert (await sync(client, crm_settings)).pushed == 0
+    await sync(client, crm_settings)
 
-    [note] = hubspot.objects["notes"].values()
+    # Waiting on a sync lets the time-skipping test server fire the flow's delay, so a later email may be sent and
+    # logged too; what must hold is that the welcome email is on the timeline exactly once.
+    [note] = [n for n in hubspot.objects["notes"].values()
+              if "email_sent (template=demo-welcome" in n.properties["hs_note_body"]]
     assert note.associations == {"contacts": [record.id]}
-    assert "email_sent (template=demo-welcome" in note.properties["hs_note_body"]
 
 
 # --- batched writes ----------------------------------------------------------------------------------
