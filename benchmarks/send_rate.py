@@ -75,6 +75,11 @@ from nurture.settings import SendgridSettings
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results" / "send_rate_vs_raw.json"
 CREDENTIAL = "bench-key"
+ONE_SEND_FLOW = {  # benchmarks/send_cost.py's flow: one email at once
+    "name": "Benchmark: one email",
+    "trigger": {"type": "manual"},
+    "steps": [{"id": "hello", "type": "send_email", "template": "bench-hello"}],
+}
 
 
 def free_port() -> int:
@@ -186,7 +191,7 @@ def _spawn(args: list[str], workdir: Path, log_name: str, env: dict[str, str] | 
     return subprocess.Popen([sys.executable, *args], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
 
 
-def start_emulator(port: int, provider_limit: float, workdir: Path, log_name: str) -> subprocess.Popen:
+def start_emulator(port: int, provider_limit: float, workdir: Path, log_name: str = "emulator") -> subprocess.Popen:
     return _spawn(["-m", "tests.email_emulators.serve", "sendgrid", "--port", str(port),
                    "--rate-limit", str(provider_limit), "--credential", CREDENTIAL], workdir, log_name)
 
