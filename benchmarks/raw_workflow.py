@@ -3,17 +3,19 @@
 ``RawWorkflow``: start → one activity that does nothing → a timer → one activity → complete, with a
 signal the query reflects (for the round trip) and a signal that ends the wait early (the analogue
 of a goal event). ``RawBranchWorkflow``: an activity → wait for a signal (or a timeout) → branch →
-an activity, the shape of send_email → wait_for_event → branch → send_email. Kept in their own module
+an activity, the shape of send_email → wait_for_event → branch → send_email. ``RawSendWorkflow``:
+asleep until a given instant, then one send on a task queue of its own (benchmarks/send_rate.py). Kept in their own module
 so the workflow sandbox imports only temporalio and pydantic.
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from pydantic import BaseModel
 from temporalio import activity, workflow
+from temporalio.common import RetryPolicy
 
 RAW_WORKFLOW = "BenchmarkRawWorkflow"
 RAW_BRANCH_WORKFLOW = "BenchmarkRawBranchWorkflow"
@@ -130,3 +132,36 @@ class RawBranchWorkflow:
     @workflow.query
     def pings(self, query: PingsQuery) -> Pings:
         return Pings(last=-1, waiting=self._waiting)
+
+
+RAW_SEND_WORKFLOW = "BenchmarkRawSendWorkflow"
+RAW_SEND_ACTIVITY = "benchmark_raw_send"
+
+
+class RawSendInput(BaseModel):
+    """benchmarks/send_rate.py's bare shape: asleep until ``due``, then one send on ``send_queue``."""
+
+    due: datetime
+    send_queue: str
+    to: str
+
+
+class RawSendRequest(BaseModel):
+    message_id: str
+    to: str
+
+
+@workflow.defn(name=RAW_SEND_WORKFLOW)
+class RawSendWorkflow:
+    @workflow.run
+    async def run(self, input: RawSendInput) -> None:
+        wait = (input.due - workflow.now()).total_seconds()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        await workflow.execute_activity(
+            RAW_SEND_ACTIVITY,
+            RawSendRequest(message_id=workflow.info().workflow_id, to=input.to),
+            task_queue=input.send_queue,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)),
+        )

@@ -372,6 +372,10 @@ class Settings(BaseSettings):
     worker_max_concurrent_workflow_tasks: int = Field(default=20, ge=2, le=1000)
     worker_max_concurrent_activities: int = Field(default=50, ge=1, le=1000)
     worker_max_concurrent_local_activities: int = Field(default=20, ge=1, le=1000)
+    # Workflows one worker keeps in memory between their tasks (the SDK's default is 1,000 too,
+    # named here so it can be raised): a sleeping enrollment pushed out of the cache replays its
+    # whole history when it wakes, so keep it above the enrollments due at about the same time.
+    worker_max_cached_workflows: int = Field(default=1000, ge=0, le=1_000_000)
     worker_database_pool_size: int | None = Field(default=None, ge=1, le=1000)
 
     log_level: str = "INFO"

@@ -37,6 +37,7 @@ def build_worker(client: Client, db: Database, provider: EmailProvider, settings
         options.setdefault("max_concurrent_workflow_tasks", settings.worker_max_concurrent_workflow_tasks)
         options.setdefault("max_concurrent_activities", settings.worker_max_concurrent_activities)
         options.setdefault("max_concurrent_local_activities", settings.worker_max_concurrent_local_activities)
+    options.setdefault("max_cached_workflows", settings.worker_max_cached_workflows)
     # The sandbox imports the workflow modules for every new run: compile them once, not each time.
     compile_workflows_once({workflow.__module__.partition(".")[0] for workflow in WORKFLOWS})
     return Worker(

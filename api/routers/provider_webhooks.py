@@ -12,6 +12,8 @@ answers 404, naming the setting.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -61,8 +63,16 @@ async def _record(provider: str, mapped: Mapped, session, settings, temporal) ->
     return WebhookOut(recorded=len(done.recorded), duplicates=done.duplicates, ignored=ignored)
 
 
-def _refused(exc: Exception, status_code: int = 401) -> HTTPException:
-    return HTTPException(status_code=status_code, detail=str(exc))
+@contextmanager
+def _vendor_checks(refused_headers: dict[str, str] | None = None) -> Iterator[None]:
+    """Around a vendor's verify-and-parse: a signature or credential that does not check out
+    answers 401 (with ``refused_headers``), a body that is not the vendor's shape 400."""
+    try:
+        yield
+    except WebhookRefused as exc:
+        raise HTTPException(status_code=401, detail=str(exc), headers=refused_headers) from exc
+    except WebhookMalformed as exc:
+        raise HTTPException(status_code=400, detail=str(exc)) from exc
 
 
 @router.post(
@@ -78,7 +88,7 @@ async def ses_webhook(request: Request, session: SessionDep, settings: SettingsD
     # Without the allow-list, any AWS account's topic could subscribe here and post real, signed lies.
     if not settings.ses.sns_topic_arns:
         raise _not_configured("NURTURE_SES__SNS_TOPIC_ARNS")
-    try:
+    with _vendor_checks():
         message = ses.parse(await request.body())
         verifier = ses.SnsVerifier(settings.ses)
         await verifier.verify(message)
@@ -86,10 +96,6 @@ async def ses_webhook(request: Request, session: SessionDep, settings: SettingsD
             await verifier.confirm(message)
             get_logger(provider="ses", topic=message["TopicArn"]).info("sns_subscription_confirmed")
             return WebhookOut(recorded=0, duplicates=0, ignored=[])
-    except WebhookRefused as exc:
-        raise _refused(exc) from exc
-    except WebhookMalformed as exc:
-        raise _refused(exc, 400) from exc
     if message["Type"] == "UnsubscribeConfirmation":
         get_logger(provider="ses", topic=message["TopicArn"]).warning("sns_unsubscribed")
         return WebhookOut(recorded=0, duplicates=0, ignored=["UnsubscribeConfirmation: the topic no longer posts here"])
@@ -119,13 +125,9 @@ async def sendgrid_webhook(
         key = sendgrid.public_key(settings.sendgrid.webhook_public_key)
     except ValueError as exc:
         raise _not_configured(f"NURTURE_SENDGRID__WEBHOOK_PUBLIC_KEY correctly ({exc})") from exc
-    try:
+    with _vendor_checks():
         sendgrid.verify(key, signature, timestamp, body, time.time(), settings.email_webhook_tolerance_seconds)
         events = sendgrid.parse(body)
-    except WebhookRefused as exc:
-        raise _refused(exc) from exc
-    except WebhookMalformed as exc:
-        raise _refused(exc, 400) from exc
     return await _record("sendgrid", sendgrid.reports(events), session, settings, temporal)
 
 
@@ -147,13 +149,9 @@ async def postmark_webhook(
     s = settings.postmark
     if not (s.webhook_username and s.webhook_password):
         raise _not_configured("NURTURE_POSTMARK__WEBHOOK_USERNAME and NURTURE_POSTMARK__WEBHOOK_PASSWORD")
-    try:
+    with _vendor_checks(refused_headers={"WWW-Authenticate": "Basic"}):
         postmark.verify(s.webhook_username, s.webhook_password, authorization)
         record = postmark.parse(await request.body())
-    except WebhookRefused as exc:
-        raise HTTPException(status_code=401, detail=str(exc), headers={"WWW-Authenticate": "Basic"}) from exc
-    except WebhookMalformed as exc:
-        raise _refused(exc, 400) from exc
     return await _record("postmark", postmark.reports(record), session, settings, temporal)
 
 
@@ -171,13 +169,9 @@ async def mailgun_webhook(request: Request, session: SessionDep, settings: Setti
     (`NURTURE_MAILGUN__WEBHOOK_SIGNING_KEY`); a token is taken once, a replay is refused with 406."""
     if not settings.mailgun.webhook_signing_key:
         raise _not_configured("NURTURE_MAILGUN__WEBHOOK_SIGNING_KEY")
-    try:
+    with _vendor_checks():
         signature, event = mailgun.parse(await request.body())
         mailgun.verify(settings.mailgun.webhook_signing_key, signature, time.time(), settings.email_webhook_tolerance_seconds)
-    except WebhookRefused as exc:
-        raise _refused(exc) from exc
-    except WebhookMalformed as exc:
-        raise _refused(exc, 400) from exc
     token = signature["token"]
     seen = await session.exec(select(WebhookToken).where(WebhookToken.provider == "mailgun", WebhookToken.token == token))
     if seen.first() is not None:
