@@ -7,7 +7,11 @@ module's bytecode from ``__pycache__``, or compiles the source when there is non
 enrollment package for each new enrollment took about a tenth of the worker's CPU in a batch of new
 enrollments. The finder here keeps the code object of each module of the workflow packages once it
 is compiled; every later import executes that code object in the fresh module, exactly as a
-``.pyc`` would, so isolation is unchanged.
+``.pyc`` would, so isolation is unchanged. The finder also keeps where each of those modules was
+found, so a new run does not look for them on disk again.
+
+``SandboxRunner`` (the worker's ``workflow_runner``) is the SDK's sandboxed runner, entered less
+often: see "the sandbox's own calls" below.
 """
 
 from __future__ import annotations
