@@ -16,6 +16,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from worker.sandbox import SandboxRunner
 from workflows import WORKFLOWS
 from workflows.enrollment import patches
 
@@ -39,9 +40,10 @@ async def test_saved_history_replays(path: Path):
     history = WorkflowHistory.from_json("replayed", json.loads(path.read_text()))
     assert len(history.events) > 15  # a real run, not an empty stub
 
-    result = await Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter).replay_workflow(
-        history, raise_on_replay_failure=False
-    )
+    # In the sandbox the worker runs workflows in (worker/sandbox.py).
+    result = await Replayer(
+        workflows=WORKFLOWS, data_converter=pydantic_data_converter, workflow_runner=SandboxRunner()
+    ).replay_workflow(history, raise_on_replay_failure=False)
 
     assert result.replay_failure is None, result.replay_failure
 

