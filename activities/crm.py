@@ -26,6 +26,7 @@ from nurture.crm.contracts import (
     PushWritesInput,
     PushWritesResult,
     SyncFinishInput,
+    SyncFinishResult,
     SyncPageInput,
     SyncPageResult,
     SyncStart,
@@ -39,7 +40,7 @@ from nurture.db import Database
 from nurture.enrolling import Enroller
 from nurture.event_types import EMAIL_BOUNCED, EMAIL_CLICKED, EMAIL_COMPLAINED, EMAIL_OPENED, UNSUBSCRIBE_EVENTS
 from nurture.logging import get_logger
-from nurture.metrics import CRM_SYNC_CONTACTS, CRM_WRITES
+from nurture.metrics import CRM_SYNC_CONTACTS, CRM_WRITES, record_last_sync
 from nurture.models import Contact, CrmSyncState, CrmWrite, CrmWriteStatus, Event, Message, MessageStatus, utcnow
 from nurture.settings import Settings
 
@@ -242,9 +243,14 @@ class CrmActivities:
         return result
 
     @activity.defn(name="finish_crm_sync")
-    async def finish_crm_sync(self, input: SyncFinishInput) -> None:
+    async def finish_crm_sync(self, input: SyncFinishInput) -> SyncFinishResult | None:
+        """Move the cursors, and record what the run read and how fast (from ``start_crm_sync`` to now)."""
         async with self.db.session() as session:
             state = await _state(session, self.connector.provider)
+            seconds = max((utcnow() - state.last_run_at).total_seconds(), 0.001) if state.last_run_at else 0.001
+            finished = SyncFinishResult(contacts=input.read, seconds=round(seconds, 3),
+                                        contacts_per_second=round(input.read / seconds, 1))
+            state.last_sync_contacts, state.last_sync_seconds = finished.contacts, finished.seconds
             if input.cursor is not None and (state.cursor is None or input.cursor > state.cursor):
                 state.cursor = input.cursor
             if input.deal_cursor is not None and (state.deal_cursor is None or input.deal_cursor > state.deal_cursor):
@@ -259,6 +265,12 @@ class CrmActivities:
             state.contacts_changed += input.changed
             session.add(state)
             await session.commit()
+        record_last_sync(self.connector.provider, finished.contacts, finished.seconds)
+        get_logger(provider=self.connector.provider).info(
+            "crm_sync_finished", full=input.full, contacts=finished.contacts, changed=input.changed,
+            seconds=finished.seconds, contacts_per_second=finished.contacts_per_second, error=input.error,
+        )
+        return finished
 
 
 async def _state(session, provider: str) -> CrmSyncState:

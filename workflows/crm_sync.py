@@ -123,14 +123,17 @@ class CrmSyncWorkflow:
                     progress = progress.model_copy(update={"phase": "deals" if contacts else "done", "after": None})
             self._progress = progress
 
-        await workflow.execute_activity_method(
+        # Older runs' histories answered None here; the rate is then left unreported.
+        finished = await workflow.execute_activity_method(
             CrmActivities.finish_crm_sync,
             SyncFinishInput(cursor=progress.newest, deal_cursor=progress.deal_newest, read=progress.read,
                             changed=progress.changed, full=progress.full, error=progress.error),
             start_to_close_timeout=timedelta(minutes=1), retry_policy=DB_RETRY,
         )
         return CrmSyncResult(pushed=progress.pushed, read=progress.read, changed=progress.changed,
-                             cursor=progress.newest, error=progress.error)
+                             cursor=progress.newest, error=progress.error,
+                             seconds=finished.seconds if finished else None,
+                             contacts_per_second=finished.contacts_per_second if finished else None)
 
 
 def _cause(err: ActivityError) -> str:

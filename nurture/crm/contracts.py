@@ -46,6 +46,9 @@ class CrmSyncResult(BaseModel):
     changed: int = 0
     cursor: datetime | None = None
     error: str | None = None
+    # How long reading the CRM took (from the first page asked to the cursor moved), and its rate.
+    seconds: float | None = None
+    contacts_per_second: float | None = None
 
 
 class PushWritesInput(BaseModel):
@@ -99,3 +102,11 @@ class SyncFinishInput(BaseModel):
     changed: int = 0
     full: bool = False
     error: str | None = None
+
+
+class SyncFinishResult(BaseModel):
+    """What the run measured, as recorded on crm_sync_state (GET /crm/status, /metrics)."""
+
+    contacts: int = 0
+    seconds: float = 0.0
+    contacts_per_second: float = 0.0
