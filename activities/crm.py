@@ -170,12 +170,12 @@ class CrmActivities:
     async def start_crm_sync(self, input: SyncStartInput) -> SyncStart:
         async with self.db.session() as session:
             state = await _state(session, self.connector.provider)
-            state.last_run_at = utcnow()
+            state.last_run_at = started_at = utcnow()
             session.add(state)
             await session.commit()
             since = EPOCH if input.full or state.cursor is None else state.cursor
             deal_since = EPOCH if input.full or state.deal_cursor is None else state.deal_cursor
-            return SyncStart(since=since, deal_since=deal_since)
+            return SyncStart(since=since, deal_since=deal_since, started_at=started_at)
 
     @activity.defn(name="sync_crm_page")
     async def sync_crm_page(self, input: SyncPageInput) -> SyncPageResult:
@@ -244,10 +244,12 @@ class CrmActivities:
 
     @activity.defn(name="finish_crm_sync")
     async def finish_crm_sync(self, input: SyncFinishInput) -> SyncFinishResult | None:
-        """Move the cursors, and record what the run read and how fast (from ``start_crm_sync`` to now)."""
+        """Move the cursors, and record what the run read and how fast (from the run's start to now)."""
         async with self.db.session() as session:
             state = await _state(session, self.connector.provider)
-            seconds = max((utcnow() - state.last_run_at).total_seconds(), 0.001) if state.last_run_at else 0.001
+            # From the run's own start: another run (a resync beside the schedule's) may have moved last_run_at.
+            began = input.started_at or state.last_run_at
+            seconds = max((utcnow() - began).total_seconds(), 0.001) if began else 0.001
             finished = SyncFinishResult(contacts=input.read, seconds=round(seconds, 3),
                                         contacts_per_second=round(input.read / seconds, 1))
             state.last_sync_contacts, state.last_sync_seconds = finished.contacts, finished.seconds

@@ -83,7 +83,7 @@ class CrmSyncWorkflow:
                 start_to_close_timeout=timedelta(minutes=1), retry_policy=DB_RETRY,
             )
             progress = input.model_copy(update={"since": start.since, "deal_since": start.deal_since, "started": True,
-                                                "error": error, "pushed": pushed})
+                                                "error": error, "pushed": pushed, "started_at": start.started_at})
             self._progress = progress
 
         pages = 0
@@ -127,7 +127,8 @@ class CrmSyncWorkflow:
         finished = await workflow.execute_activity_method(
             CrmActivities.finish_crm_sync,
             SyncFinishInput(cursor=progress.newest, deal_cursor=progress.deal_newest, read=progress.read,
-                            changed=progress.changed, full=progress.full, error=progress.error),
+                            changed=progress.changed, full=progress.full, error=progress.error,
+                            started_at=progress.started_at),
             start_to_close_timeout=timedelta(minutes=1), retry_policy=DB_RETRY,
         )
         return CrmSyncResult(pushed=progress.pushed, read=progress.read, changed=progress.changed,
