@@ -194,6 +194,7 @@ class CrmActivities:
         # One transaction for the page (enrolling commits earlier where a contact starts a flow): a
         # page that fails is read and applied again, which changes nothing twice.
         async with self.db.session() as session:
+            await inbound.prefetch(session, [r for r in page.contacts if not r.archived])
             for record in page.contacts:
                 applied = await inbound.contact_record(session, record)
                 result.read += 1
