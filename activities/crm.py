@@ -26,6 +26,7 @@ from nurture.crm.contracts import (
     PushWritesInput,
     PushWritesResult,
     SyncFinishInput,
+    SyncFinishResult,
     SyncPageInput,
     SyncPageResult,
     SyncStart,
@@ -39,7 +40,7 @@ from nurture.db import Database
 from nurture.enrolling import Enroller
 from nurture.event_types import EMAIL_BOUNCED, EMAIL_CLICKED, EMAIL_COMPLAINED, EMAIL_OPENED, UNSUBSCRIBE_EVENTS
 from nurture.logging import get_logger
-from nurture.metrics import CRM_SYNC_CONTACTS, CRM_WRITES
+from nurture.metrics import CRM_SYNC_CONTACTS, CRM_WRITES, record_last_sync
 from nurture.models import Contact, CrmSyncState, CrmWrite, CrmWriteStatus, Event, Message, MessageStatus, utcnow
 from nurture.settings import Settings
 
@@ -169,12 +170,12 @@ class CrmActivities:
     async def start_crm_sync(self, input: SyncStartInput) -> SyncStart:
         async with self.db.session() as session:
             state = await _state(session, self.connector.provider)
-            state.last_run_at = utcnow()
+            state.last_run_at = started_at = utcnow()
             session.add(state)
             await session.commit()
             since = EPOCH if input.full or state.cursor is None else state.cursor
             deal_since = EPOCH if input.full or state.deal_cursor is None else state.deal_cursor
-            return SyncStart(since=since, deal_since=deal_since)
+            return SyncStart(since=since, deal_since=deal_since, started_at=started_at)
 
     @activity.defn(name="sync_crm_page")
     async def sync_crm_page(self, input: SyncPageInput) -> SyncPageResult:
@@ -193,6 +194,7 @@ class CrmActivities:
         # One transaction for the page (enrolling commits earlier where a contact starts a flow): a
         # page that fails is read and applied again, which changes nothing twice.
         async with self.db.session() as session:
+            await inbound.prefetch(session, [r for r in page.contacts if not r.archived])
             for record in page.contacts:
                 applied = await inbound.contact_record(session, record)
                 result.read += 1
@@ -242,9 +244,16 @@ class CrmActivities:
         return result
 
     @activity.defn(name="finish_crm_sync")
-    async def finish_crm_sync(self, input: SyncFinishInput) -> None:
+    async def finish_crm_sync(self, input: SyncFinishInput) -> SyncFinishResult | None:
+        """Move the cursors, and record what the run read and how fast (from the run's start to now)."""
         async with self.db.session() as session:
             state = await _state(session, self.connector.provider)
+            # From the run's own start: another run (a resync beside the schedule's) may have moved last_run_at.
+            began = input.started_at or state.last_run_at
+            seconds = max((utcnow() - began).total_seconds(), 0.001) if began else 0.001
+            finished = SyncFinishResult(contacts=input.read, seconds=round(seconds, 3),
+                                        contacts_per_second=round(input.read / seconds, 1))
+            state.last_sync_contacts, state.last_sync_seconds = finished.contacts, finished.seconds
             if input.cursor is not None and (state.cursor is None or input.cursor > state.cursor):
                 state.cursor = input.cursor
             if input.deal_cursor is not None and (state.deal_cursor is None or input.deal_cursor > state.deal_cursor):
@@ -259,6 +268,12 @@ class CrmActivities:
             state.contacts_changed += input.changed
             session.add(state)
             await session.commit()
+        record_last_sync(self.connector.provider, finished.contacts, finished.seconds)
+        get_logger(provider=self.connector.provider).info(
+            "crm_sync_finished", full=input.full, contacts=finished.contacts, changed=input.changed,
+            seconds=finished.seconds, contacts_per_second=finished.contacts_per_second, error=input.error,
+        )
+        return finished
 
 
 async def _state(session, provider: str) -> CrmSyncState:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from temporalio import activity
 from temporalio.client import (
     Client,
@@ -77,7 +77,26 @@ CRM_WEBHOOK_EVENTS = Counter(
 CRM_INBOUND_SECONDS = Histogram(
     "nurture_crm_inbound_seconds", "From a CRM webhook received to its enrollments told (seconds).", ["provider"],
 )
+CRM_LAST_SYNC_CONTACTS = Gauge(
+    "nurture_crm_last_sync_contacts", "CRM contacts read by the last finished reconciliation run.", ["provider"],
+)
+CRM_LAST_SYNC_SECONDS = Gauge(
+    "nurture_crm_last_sync_seconds", "How long the last finished reconciliation run read the CRM (seconds).", ["provider"],
+)
+CRM_LAST_SYNC_RATE = Gauge(
+    "nurture_crm_last_sync_contacts_per_second", "Contacts read per second by the last finished reconciliation run.",
+    ["provider"],
+)
 FLOW_ANOMALIES = Counter("nurture_flow_anomalies", "Anomalies found when a flow's stats were computed.", ["kind"])
+
+
+def record_last_sync(provider: str, contacts: int | None, seconds: float | None) -> None:
+    """The last finished sync's gauges, from what it recorded (crm_sync_state.last_sync_*)."""
+    if contacts is None or not seconds:
+        return
+    CRM_LAST_SYNC_CONTACTS.labels(provider).set(contacts)
+    CRM_LAST_SYNC_SECONDS.labels(provider).set(seconds)
+    CRM_LAST_SYNC_RATE.labels(provider).set(round(contacts / seconds, 1))
 
 
 def serve_worker_metrics(port: int, host: str = "0.0.0.0"):

@@ -414,6 +414,9 @@ class CrmSyncState(SQLModel, table=True):
     # Last webhook received, and the full resync asked for (cleared when it finished).
     last_webhook_at: datetime | None = _when()
     resync_requested_at: datetime | None = _when()
+    # The last finished run: contacts read, and seconds from its first page asked to its end.
+    last_sync_contacts: int | None = None
+    last_sync_seconds: float | None = None
 
 
 class User(SQLModel, table=True):

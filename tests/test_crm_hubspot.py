@@ -22,9 +22,10 @@ from nurture.crm.contracts import CRM_SYNC_WORKFLOW, CrmSyncInput, CrmSyncResult
 from nurture.crm.mapping import MappingInvalid, load_mapping
 from nurture.crm.writes import CONTACT, NOTE, TASK, queue_write
 from nurture.db import Database
-from nurture.models import Contact, CrmOwner, CrmWrite, Enrollment, Event, PauseLog, utcnow
+from nurture.models import Contact, CrmOwner, Enrollment, Event, PauseLog, utcnow
 from tests.conftest import eventually, result_of
 from tests.crm_emulators.hubspot import HubSpotEmulator, serving
+from tests.crm_support import at_step, crm_writes, paused_by, queued_backlog
 from tests.factories import add_templates
 from tests.flow_runner import manual_flow, start
 from worker.main import build_worker
@@ -118,11 +119,6 @@ async def sync(client, crm_settings, **options) -> CrmSyncResult:
     )
 
 
-async def writes(db: Database) -> list[CrmWrite]:
-    async with db.session() as s:
-        return list((await s.exec(select(CrmWrite).order_by(CrmWrite.id))).all())
-
-
 # --- inbound -------------------------------------------------------------------------------------
 
 
@@ -166,7 +162,7 @@ async def test_an_owner_the_mapping_does_not_name_is_the_rep_with_their_email_bo
 async def test_a_deal_moved_to_closed_won_ends_the_handoff_on_its_won_path(hubspot, crm_api, db, client, crm_settings, temporal_env):
     record, contact = await linked_contact(hubspot, crm_api, db)
     _, _, handle = await start(db, client, crm_settings, HANDOFF, contact=contact)
-    await eventually(lambda: _paused_by(db, contact.id, f"handoff:{handle.id}"))
+    await eventually(lambda: paused_by(db, contact.id, f"handoff:{handle.id}"))
     deal = hubspot.put("deals", {"dealstage": "appointmentscheduled", "dealname": "Ada's engines"}, {"contacts": [record.id]})
 
     events = hubspot.change("deals", deal.id, {"dealstage": "closedwon"})
@@ -208,7 +204,7 @@ async def test_the_rep_sets_the_pause_property_and_the_contacts_flows_pause_unde
 ):
     record, contact = await linked_contact(hubspot, crm_api, db)
     _, _, handle = await start(db, client, crm_settings, NURTURE, contact=contact)
-    await eventually(lambda: _at_step(handle, "wait"))
+    await eventually(lambda: at_step(handle, "wait"))
     until = (utcnow() + timedelta(days=3)).replace(microsecond=0)
 
     events = hubspot.change("contacts", record.id, {"nurture_pause_until": until.isoformat().replace("+00:00", "Z"),
@@ -247,7 +243,7 @@ async def test_the_rep_sets_the_pause_property_and_the_contacts_flows_pause_unde
 async def test_a_crm_unsubscribe_suppresses_the_contact_and_ends_its_flows(hubspot, crm_api, db, client, crm_settings, temporal_env):
     record, contact = await linked_contact(hubspot, crm_api, db)
     _, _, handle = await start(db, client, crm_settings, NURTURE, contact=contact)
-    await eventually(lambda: _at_step(handle, "wait"))
+    await eventually(lambda: at_step(handle, "wait"))
 
     answer = await hubspot.deliver(crm_api, WEBHOOK, hubspot.change("contacts", record.id, {"hs_email_optout": "true"}))
 
@@ -291,7 +287,7 @@ async def test_an_mql_update_is_written_once_even_when_the_write_is_retried(hubs
     [task] = hubspot.objects["tasks"].values()
     assert task.properties["hs_task_subject"] == "Call Ada" and task.properties["hubspot_owner_id"] == "77"
     assert "Became an MQL" in task.properties["hs_task_body"] and task.associations == {"contacts": [record.id]}
-    assert [w.status for w in await writes(db)] == ["done", "done"]
+    assert [w.status for w in await crm_writes(db)] == ["done", "done"]
     # Our own write comes back as a webhook: applied to nothing, told to nobody.
     echo = await hubspot.deliver(crm_api, WEBHOOK, [
         {**e, "changeSource": "INTEGRATION", "sourceId": "4242"} for e in
@@ -327,7 +323,7 @@ async def test_the_crm_down_then_rate_limited_loses_and_doubles_no_write(hubspot
     recovered = await sync(client, crm_settings)
 
     assert recovered.pushed == 5 and recovered.error is None
-    assert [w.status for w in await writes(db)] == ["done"] * 5
+    assert [w.status for w in await crm_writes(db)] == ["done"] * 5
     assert len(hubspot.objects["tasks"]) == 2
     new_id = next(o.id for o in hubspot.objects["contacts"].values() if o.properties["email"] == "new@example.com")
     assert hubspot.objects["contacts"][new_id].properties["lifecyclestage"] == "marketingqualifiedlead"
@@ -421,16 +417,6 @@ def test_a_mapping_file_with_an_unknown_target_is_refused_naming_it(tmp_path):
         load_mapping(path)
 
 
-async def _paused_by(db: Database, contact_id: int, who: str) -> bool:
-    async with db.session() as s:
-        return (await s.get(Contact, contact_id)).paused_by == who
-
-
-async def _at_step(handle, step: str) -> bool:
-    state = await handle.query("state", result_type=EnrollmentState)
-    return state.current_step == step and state.waiting_until is not None
-
-
 async def test_the_worker_schedules_the_reconciliation_that_imports_crm_contacts(dev_env, hubspot, db, crm_settings):
     """On the dev server (the test server has no Schedules): the schedule runs the sync on the worker's queue."""
     from activities.email.providers import OutboxProvider
@@ -473,10 +459,10 @@ async def test_contacts_created_here_are_upserted_to_hubspot_by_email_in_batches
         "/contacts/import", content=f"email,company\nknown@example.com,New\n{rows}\n", headers={"content-type": "text/csv"}
     )
     assert imported.status_code == 200, imported.text
-    queued = [w for w in await writes(db) if w.kind == "upsert"]
+    queued = [w for w in await crm_writes(db) if w.kind == "upsert"]
     assert len(queued) == 152  # one per contact created here, in the transaction that created it
     assert (await crm_api.post("/contacts", json={"email": "lin@example.com", "company": "Lin & Co"})).status_code == 200
-    assert len([w for w in await writes(db) if w.kind == "upsert"]) == 152  # an update is no new contact
+    assert len([w for w in await crm_writes(db) if w.kind == "upsert"]) == 152  # an update is no new contact
 
     await sync(client, crm_settings)
     await sync(client, crm_settings)
@@ -492,7 +478,7 @@ async def test_contacts_created_here_are_upserted_to_hubspot_by_email_in_batches
         contacts = {c.email: c for c in (await s.exec(select(Contact))).all()}
     assert contacts["known@example.com"].crm_id == by_email["known@example.com"].id
     assert contacts["lead7@example.com"].crm_id == by_email["lead7@example.com"].id
-    assert {w.status for w in await writes(db) if w.kind == "upsert"} == {"done"}
+    assert {w.status for w in await crm_writes(db) if w.kind == "upsert"} == {"done"}
 
 
 async def test_a_deal_webhook_that_never_came_is_caught_by_the_next_sync_once(hubspot, crm_api, db, client, crm_settings):
@@ -555,25 +541,17 @@ async def test_a_backlog_of_250_writes_drains_in_one_run_at_the_burst_limit_thro
     hubspot, db, client, outbox, crm_settings
 ):
     settings = crm_settings.model_copy(update={"crm_burst_per_10s": 150})
-    async with db.session() as s:
-        people = []
-        for n in range(250):
-            record = hubspot.put("contacts", {"email": f"backlog{n}@example.com", "lifecyclestage": "lead"})
-            person = Contact(email=f"backlog{n}@example.com", crm_id=record.id)
-            s.add(person)
-            people.append(person)
-        await s.flush()
-        for person in people:  # as 250 update_contact steps would have queued them
-            await queue_write(s, settings, key=f"crm:mql:{person.id}", kind=CONTACT, contact_id=person.id,
-                              payload={"properties": {"lifecyclestage": "marketingqualifiedlead"}})
-        await s.commit()
+    people = await queued_backlog(  # as 250 update_contact steps would have queued them
+        db, settings, 250, lambda email: hubspot.put("contacts", {"email": email, "lifecyclestage": "lead"}).id,
+        {"lifecyclestage": "marketingqualifiedlead"},
+    )
     hubspot.fail_next(1, 429, retry_after=1, path_contains="/contacts/batch/update")
 
     async with build_worker(client, db, outbox, settings):
         result = await sync(client, settings)
 
     assert result.pushed == 250 and result.error is None
-    assert [w.status for w in await writes(db)] == ["done"] * 250
+    assert [w.status for w in await crm_writes(db)] == ["done"] * 250
     written = [object_id for object_id, props in hubspot.written("contacts") if props == {"lifecyclestage": "marketingqualifiedlead"}]
     assert sorted(written) == sorted(p.crm_id for p in people)  # each contact once: none lost, none doubled
     assert any(status == 429 for _, _, status in hubspot.requests)
@@ -596,7 +574,7 @@ async def test_a_contact_first_seen_in_an_event_is_upserted_to_hubspot_by_email_
     assert single.status_code == 202 and single.json()["contact_created"] is True, single.text
     assert batch.status_code == 200, batch.text
     assert again.json()["contact_created"] is False
-    assert sorted(w.payload["email"] for w in await writes(db) if w.kind == "upsert") == [
+    assert sorted(w.payload["email"] for w in await crm_writes(db) if w.kind == "upsert") == [
         "batch@example.com", "known@example.com", "walk.in@example.com"]
     await sync(client, crm_settings)
     await sync(client, crm_settings)
@@ -635,7 +613,7 @@ async def test_the_enrollment_history_shows_its_crm_writes_as_they_stand(hubspot
 async def test_a_send_is_logged_on_the_crm_timeline_once(hubspot, crm_api, db, client, crm_settings):
     record, contact = await linked_contact(hubspot, crm_api, db)
     _, _, handle = await start(db, client, crm_settings, NURTURE, contact=contact)
-    await eventually(lambda: _at_step(handle, "wait"))  # demo-welcome sent
+    await eventually(lambda: at_step(handle, "wait"))  # demo-welcome sent
 
     assert (await sync(client, crm_settings)).pushed == 1
     await sync(client, crm_settings)
@@ -698,7 +676,7 @@ async def test_field_updates_go_in_batches_of_100_with_one_contacts_updates_merg
     assert hubspot.objects["contacts"][first.crm_id].properties["lifecyclestage"] == "salesqualifiedlead"
     written = [object_id for object_id, props in hubspot.written("contacts") if props == {"lifecyclestage": "marketingqualifiedlead"}]
     assert sorted(written) == sorted(p.crm_id for p in others)  # each once
-    assert {w.status for w in await writes(db)} == {"done"}
+    assert {w.status for w in await crm_writes(db)} == {"done"}
 
 
 async def test_a_value_hubspot_refuses_fails_that_update_alone_with_hubspots_reason(hubspot, db, client, outbox, crm_settings):
@@ -715,7 +693,7 @@ async def test_a_value_hubspot_refuses_fails_that_update_alone_with_hubspots_rea
     assert result.pushed == 2 and result.error is None
     stages = {p.crm_id: hubspot.objects["contacts"][p.crm_id].properties["lifecyclestage"] for p in (ada, bad, cy)}
     assert stages == {ada.crm_id: "customer", bad.crm_id: "lead", cy.crm_id: "customer"}
-    rows = {w.contact_id: w for w in await writes(db)}
+    rows = {w.contact_id: w for w in await crm_writes(db)}
     assert (rows[ada.id].status, rows[cy.id].status, rows[bad.id].status) == ("done", "done", "failed")
     assert "INVALID_OPTION" in rows[bad.id].last_error and "not-a-stage" in rows[bad.id].last_error
     # Refused for good: the next run does not ask again.
@@ -734,7 +712,7 @@ async def test_a_multi_status_answer_fails_only_the_records_it_names(hubspot, db
     assert calls(hubspot, "POST", "/contacts/batch/update") == [207]
     assert not calls(hubspot, "PATCH", "")
     assert result.pushed == 2 and result.error is None
-    rows = {w.contact_id: w for w in await writes(db)}
+    rows = {w.contact_id: w for w in await crm_writes(db)}
     assert (rows[ada.id].status, rows[cy.id].status, rows[gone.id].status) == ("done", "done", "failed")
     assert "OBJECT_NOT_FOUND" in rows[gone.id].last_error
     assert hubspot.objects["contacts"][cy.crm_id].properties["lifecyclestage"] == "customer"
@@ -761,7 +739,7 @@ async def test_tasks_and_notes_go_in_batch_creates_and_those_whose_answer_was_lo
     assert sorted(t.associations["contacts"][0] for t in tasks.values()) == sorted(p.crm_id for p in people)
     assert sorted(n.associations["contacts"][0] for n in notes.values()) == sorted(p.crm_id for p in people[:3])
     assert {t.properties["hubspot_owner_id"] for t in tasks.values()} == {"77"}
-    rows = await writes(db)
+    rows = await crm_writes(db)
     assert {w.status for w in rows} == {"done"}
     assert sorted(w.crm_record_id for w in rows) == sorted([*tasks, *notes])  # each row its own record
 
@@ -783,7 +761,7 @@ async def test_a_task_hubspot_refuses_fails_alone_named_in_a_multi_status_answer
     assert calls(hubspot, "POST", "/tasks/batch/create") == [207]
     assert result.pushed == 1 and result.error is None
     [task] = hubspot.objects["tasks"].values()
-    rows = {w.contact_id: w for w in await writes(db)}
+    rows = {w.contact_id: w for w in await crm_writes(db)}
     assert (rows[ada.id].status, rows[ada.id].crm_record_id) == ("done", task.id)
     assert rows[gone.id].status == "failed" and f"contact {gone.crm_id} does not exist" in rows[gone.id].last_error
 

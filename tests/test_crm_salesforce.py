@@ -26,6 +26,7 @@ from nurture.db import Database
 from nurture.models import Contact, CrmOwner, CrmWrite, Event, PauseLog, utcnow
 from tests.conftest import eventually, result_of
 from tests.crm_emulators.salesforce import JWT_GRANT, SalesforceEmulator, serving
+from tests.crm_support import at_step, crm_writes, paused_by, queued_backlog
 from tests.factories import add_templates
 from tests.flow_runner import manual_flow, start
 from worker.main import build_worker
@@ -137,7 +138,7 @@ async def test_an_opportunity_moved_to_closed_won_ends_the_handoff_on_its_won_pa
     record, contact = await synced_contact(sf, client, crm_settings, db)
     assert contact.owner == "rep-jane" and contact.properties["first_name"] == "Ada"
     _, _, handle = await start(db, client, crm_settings, HANDOFF, contact=contact)
-    await eventually(lambda: _paused_by(db, contact.id, f"handoff:{handle.id}"))
+    await eventually(lambda: paused_by(db, contact.id, f"handoff:{handle.id}"))
     deal = sf.put("Opportunity", {"Name": "Engines", "StageName": "Prospecting", "ContactId": record["Id"]})
     await sync(client, crm_settings)
     sf.change("Opportunity", deal["Id"], {"StageName": "Closed Won"})
@@ -159,7 +160,7 @@ async def test_an_opportunity_moved_to_closed_won_ends_the_handoff_on_its_won_pa
 async def test_the_rep_sets_the_pause_fields_and_the_flows_pause_under_the_owners_name(sf, client, crm_settings, db):
     record, contact = await synced_contact(sf, client, crm_settings, db)
     _, _, handle = await start(db, client, crm_settings, NURTURE, contact=contact)
-    await eventually(lambda: _at_step(handle, "wait"))
+    await eventually(lambda: at_step(handle, "wait"))
     until = (utcnow() + timedelta(days=5)).replace(microsecond=0)
     sf.change("Contact", record["Id"], {"Nurture_Pause_Until__c": until.strftime("%Y-%m-%dT%H:%M:%S.000+0000"),
                                         "Nurture_Pause_Reason__c": "Negotiating"})
@@ -188,7 +189,7 @@ async def test_an_mql_update_and_its_task_are_written_once_when_an_answer_is_los
     [task] = sf.records["Task"].values()
     assert task["WhoId"] == record["Id"] and task["OwnerId"] == rep_id(sf) and task["Subject"] == "Call ada@example.com"
     assert len(sf.written("Task")) == 1  # the lost answer's retry found the task by its key
-    assert [w.status for w in await _writes(db)] == ["done", "done"]
+    assert [w.status for w in await crm_writes(db)] == ["done", "done"]
 
 
 async def test_salesforce_down_then_an_expired_session_loses_and_doubles_no_write(sf, client, crm_settings, db, temporal_env):
@@ -205,7 +206,7 @@ async def test_salesforce_down_then_an_expired_session_loses_and_doubles_no_writ
     failed = await sync(client, crm_settings, crm_attempts=2)
 
     assert failed.pushed == 0 and "503" in failed.error
-    assert [w.status for w in await _writes(db)] == ["queued", "queued"]
+    assert [w.status for w in await crm_writes(db)] == ["queued", "queued"]
     sf.down = False
     sf.expire_sessions()  # the session the connector holds is gone: it logs in again once
     logins = sf.logins
@@ -215,7 +216,7 @@ async def test_salesforce_down_then_an_expired_session_loses_and_doubles_no_writ
     assert recovered.pushed == 2 and recovered.error is None and sf.logins == logins + 1
     [created] = [r for r in sf.records["Contact"].values() if r.get("Nurture_Email__c") == "new@example.com"]
     assert created["Nurture_Lifecycle_Stage__c"] == "marketingqualifiedlead" and created["LastName"] == "new"
-    assert len(sf.records["Task"]) == 1 and [w.status for w in await _writes(db)] == ["done", "done"]
+    assert len(sf.records["Task"]) == 1 and [w.status for w in await crm_writes(db)] == ["done", "done"]
     async with db.session() as s:
         assert (await s.get(Contact, newcomer.id)).crm_id == created["Id"]
 
@@ -229,24 +230,9 @@ async def test_the_daily_api_budget_spent_is_an_outage_not_a_failure(sf, client,
     spent = await sync(client, crm_settings, crm_attempts=1)
 
     assert "REQUEST_LIMIT_EXCEEDED" in spent.error or "request limit" in spent.error
-    assert [w.status for w in await _writes(db)] == ["queued", "queued"]
+    assert [w.status for w in await crm_writes(db)] == ["queued", "queued"]
     sf.limit_exceeded = False
     assert (await sync(client, crm_settings)).pushed == 2
-
-
-async def _writes(db: Database) -> list[CrmWrite]:
-    async with db.session() as s:
-        return list((await s.exec(select(CrmWrite).order_by(CrmWrite.id))).all())
-
-
-async def _paused_by(db: Database, contact_id: int, who: str) -> bool:
-    async with db.session() as s:
-        return (await s.get(Contact, contact_id)).paused_by == who
-
-
-async def _at_step(handle, step: str) -> bool:
-    state = await handle.query("state", result_type=EnrollmentState)
-    return state.current_step == step and state.waiting_until is not None
 
 
 async def test_contacts_created_here_are_upserted_to_salesforce_by_the_email_external_id(sf, client, crm_settings, db):
@@ -288,25 +274,17 @@ async def test_the_sync_imports_salesforce_users_as_reps(sf, client, crm_setting
 
 
 async def test_a_backlog_goes_out_in_collections_of_200_and_a_refused_record_fails_alone(sf, client, crm_settings, db):
-    async with db.session() as s:
-        people = []
-        for n in range(250):
-            record = sf.put("Contact", {"Email": f"backlog{n}@example.com", "LastName": f"Backlog {n}"})
-            person = Contact(email=f"backlog{n}@example.com", crm_id=record["Id"])
-            s.add(person)
-            people.append(person)
-        await s.flush()
-        for person in people:  # as 250 update_contact steps would have queued them
-            await queue_write(s, crm_settings, key=f"crm:mql:{person.id}", kind=CONTACT, contact_id=person.id,
-                              payload={"properties": {"Nurture_Lifecycle_Stage__c": "marketingqualifiedlead"}})
-        await s.commit()
+    people = await queued_backlog(  # as 250 update_contact steps would have queued them
+        db, crm_settings, 250, lambda email: sf.put("Contact", {"Email": email, "LastName": email.split("@")[0]})["Id"],
+        {"Nurture_Lifecycle_Stage__c": "marketingqualifiedlead"},
+    )
     sf.records["Contact"][people[7].crm_id]["IsDeleted"] = True  # deleted in Salesforce meanwhile
 
     result = await sync(client, crm_settings)
 
     assert result.pushed == 249 and result.error is None
     assert sf.collection_sizes == [200, 50]  # two calls for 250 updates (one record was not there to write)
-    statuses = {w.contact_id: (w.status, w.last_error) for w in await _writes(db)}
+    statuses = {w.contact_id: (w.status, w.last_error) for w in await crm_writes(db)}
     assert statuses.pop(people[7].id)[0] == "failed"
     assert set(statuses.values()) == {("done", None)}
     written = [record_id for record_id, fields in sf.written("Contact")]
@@ -350,7 +328,7 @@ async def test_the_sync_stops_calling_salesforce_past_its_share_of_the_daily_api
 
     assert "daily API usage is 14251/15000" in result.error
     assert len(sf.requests) - before == 1  # the one answer that told; nothing more was asked
-    assert [w.status for w in await _writes(db)] == ["queued", "queued"]
+    assert [w.status for w in await crm_writes(db)] == ["queued", "queued"]
 
 
 @pytest.mark.parametrize(("login_mode", "grant"), [("jwt", JWT_GRANT), ("password", "soap-login")])
@@ -389,6 +367,6 @@ async def test_a_wrong_credential_fails_the_sync_once_with_salesforces_reason(sf
 
     assert "Salesforce refused the login" in result.error and refusal in result.error
     assert len(sf.grants) == 1  # not retried: a person has to fix the credential
-    assert [w.status for w in await _writes(db)] == ["queued"]
+    assert [w.status for w in await crm_writes(db)] == ["queued"]
     status = await _status(crm_settings, db, client)
     assert status["connected"] is False and refusal in status["error"] and refusal in status["last_error"]

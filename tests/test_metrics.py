@@ -78,3 +78,36 @@ async def test_the_worker_serves_its_own_metrics_on_a_port():
         assert answer.status_code == 200 and "nurture_activity_seconds" in answer.text
     finally:
         server.shutdown()
+
+
+async def test_the_last_crm_sync_is_on_the_apis_metrics_per_connector(db, client, outbox, settings):
+    """The sync runs in the worker; the API's /metrics shows what its last run recorded."""
+    from api.main import create_app
+    from nurture.crm.contracts import CRM_SYNC_WORKFLOW, CrmSyncInput, CrmSyncResult
+    from nurture.metrics import CRM_LAST_SYNC_CONTACTS, CRM_LAST_SYNC_RATE, CRM_LAST_SYNC_SECONDS
+    from tests.crm_emulators.hubspot import HubSpotEmulator, serving
+    from worker.main import build_worker
+
+    async with serving(HubSpotEmulator()) as hubspot:
+        for n in range(120):
+            hubspot.put("contacts", {"email": f"gauge{n}@example.com", "firstname": f"Gauge {n}"})
+        crm_settings = settings.model_copy(update={
+            "crm_provider": "hubspot", "crm_hubspot_token": hubspot.token, "crm_hubspot_base_url": hubspot.base_url,
+            "crm_hubspot_app_secret": hubspot.app_secret,
+        })
+        async with build_worker(client, db, outbox, crm_settings):
+            result = await client.execute_workflow(
+                CRM_SYNC_WORKFLOW, CrmSyncInput(full=True), id="crm-sync-metrics",
+                task_queue=crm_settings.temporal_task_queue, result_type=CrmSyncResult,
+            )
+    assert result.read == 120 and result.seconds
+    for gauge in (CRM_LAST_SYNC_CONTACTS, CRM_LAST_SYNC_SECONDS, CRM_LAST_SYNC_RATE):
+        gauge.clear()  # as in an API process, which ran no sync itself
+    app = create_app(crm_settings, db=db, client=client)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+        shown = await scrape(http)
+
+    hubspot_label = (("provider", "hubspot"),)
+    assert shown[("nurture_crm_last_sync_contacts", hubspot_label)] == 120
+    assert shown[("nurture_crm_last_sync_seconds", hubspot_label)] == result.seconds
+    assert shown[("nurture_crm_last_sync_contacts_per_second", hubspot_label)] == round(120 / result.seconds, 1)

@@ -83,7 +83,7 @@ class CrmSyncWorkflow:
                 start_to_close_timeout=timedelta(minutes=1), retry_policy=DB_RETRY,
             )
             progress = input.model_copy(update={"since": start.since, "deal_since": start.deal_since, "started": True,
-                                                "error": error, "pushed": pushed})
+                                                "error": error, "pushed": pushed, "started_at": start.started_at})
             self._progress = progress
 
         pages = 0
@@ -123,14 +123,18 @@ class CrmSyncWorkflow:
                     progress = progress.model_copy(update={"phase": "deals" if contacts else "done", "after": None})
             self._progress = progress
 
-        await workflow.execute_activity_method(
+        # Older runs' histories answered None here; the rate is then left unreported.
+        finished = await workflow.execute_activity_method(
             CrmActivities.finish_crm_sync,
             SyncFinishInput(cursor=progress.newest, deal_cursor=progress.deal_newest, read=progress.read,
-                            changed=progress.changed, full=progress.full, error=progress.error),
+                            changed=progress.changed, full=progress.full, error=progress.error,
+                            started_at=progress.started_at),
             start_to_close_timeout=timedelta(minutes=1), retry_policy=DB_RETRY,
         )
         return CrmSyncResult(pushed=progress.pushed, read=progress.read, changed=progress.changed,
-                             cursor=progress.newest, error=progress.error)
+                             cursor=progress.newest, error=progress.error,
+                             seconds=finished.seconds if finished else None,
+                             contacts_per_second=finished.contacts_per_second if finished else None)
 
 
 def _cause(err: ActivityError) -> str:

@@ -12,7 +12,7 @@ from sqlalchemy import func
 from sqlmodel import col, select
 
 from api.deps import ClientDep, CrmDep, OptionalCrmDep, SessionDep, SettingsDep, TemporalDep
-from api.schemas.crm import CrmFailedWrite, CrmResyncOut, CrmStatusOut, CrmWebhookOut, CrmWriteCounts
+from api.schemas.crm import CrmFailedWrite, CrmLastSync, CrmResyncOut, CrmStatusOut, CrmWebhookOut, CrmWriteCounts
 from nurture.crm import mapping_with_owners
 from nurture.crm.connector import CrmAuthFailed, CrmError, CrmUnavailable
 from nurture.crm.hubspot_webhooks import (
@@ -132,6 +132,9 @@ async def crm_status(session: SessionDep, settings: SettingsDep, connector: Opti
         out.contacts_read, out.contacts_changed = state.contacts_read, state.contacts_changed
         if state.cursor is not None:
             out.lag_seconds = round((utcnow() - state.cursor).total_seconds(), 3)
+        if state.last_sync_contacts is not None and state.last_sync_seconds:
+            out.last_sync = CrmLastSync(contacts=state.last_sync_contacts, seconds=state.last_sync_seconds,
+                                        contacts_per_second=round(state.last_sync_contacts / state.last_sync_seconds, 1))
     counts = dict(
         (await session.exec(
             select(CrmWrite.status, func.count()).where(CrmWrite.provider == provider).group_by(CrmWrite.status)

@@ -27,6 +27,12 @@ class CrmFailedWrite(BaseModel):
     created_at: datetime
 
 
+class CrmLastSync(BaseModel):
+    contacts: int = Field(description="CRM contacts the last finished sync run read (all of them for an import).")
+    seconds: float = Field(description="How long it read the CRM: from its first page asked to its end.")
+    contacts_per_second: float = Field(description="The import rate: contacts / seconds.")
+
+
 class CrmStatusOut(BaseModel):
     provider: str = Field(description="The connected CRM, or none.")
     connected: bool | None = Field(description="Whether the CRM answered an authenticated call just now (None: no CRM).")
@@ -40,6 +46,7 @@ class CrmStatusOut(BaseModel):
     resync_requested_at: datetime | None = None
     contacts_read: int = 0
     contacts_changed: int = 0
+    last_sync: CrmLastSync | None = Field(default=None, description="What the last finished run read, and how fast.")
     writes: CrmWriteCounts = CrmWriteCounts()
     oldest_queued_write_at: datetime | None = None
     failed_writes: list[CrmFailedWrite] = Field(default_factory=list, description="The latest refused writes and why.")

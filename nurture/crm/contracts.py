@@ -35,6 +35,8 @@ class CrmSyncInput(BaseModel):
     pushed: int = 0
     error: str | None = None
     started: bool = False
+    # When the run began reading the CRM (start_crm_sync's clock): its seconds and rate count from here.
+    started_at: datetime | None = None
     pages_per_run: int = 50
     # Tries of each CRM call before the run records the error and leaves the rest to the next run.
     crm_attempts: int = 5
@@ -46,6 +48,9 @@ class CrmSyncResult(BaseModel):
     changed: int = 0
     cursor: datetime | None = None
     error: str | None = None
+    # How long reading the CRM took (from the first page asked to the cursor moved), and its rate.
+    seconds: float | None = None
+    contacts_per_second: float | None = None
 
 
 class PushWritesInput(BaseModel):
@@ -67,6 +72,7 @@ class SyncStartInput(BaseModel):
 class SyncStart(BaseModel):
     since: datetime
     deal_since: datetime
+    started_at: datetime | None = None
 
 
 class OwnerImportInput(BaseModel):
@@ -99,3 +105,13 @@ class SyncFinishInput(BaseModel):
     changed: int = 0
     full: bool = False
     error: str | None = None
+    # The run's start (runs started before this field: crm_sync_state.last_run_at stands in).
+    started_at: datetime | None = None
+
+
+class SyncFinishResult(BaseModel):
+    """What the run measured, as recorded on crm_sync_state (GET /crm/status, /metrics)."""
+
+    contacts: int = 0
+    seconds: float = 0.0
+    contacts_per_second: float = 0.0

@@ -14,12 +14,8 @@ is asked again record by record, so that only the bad record fails.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-import threading
-import time
-from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
@@ -66,6 +62,7 @@ from nurture.crm.connector import (
     CrmRejected,
     CrmUnavailable,
 )
+from nurture.crm.pacing import BurstLimit, paced
 from nurture.settings import Settings
 
 # HubSpot-defined association type ids (v4 "associationTypeId"): task -> contact, note -> contact.
@@ -74,27 +71,6 @@ NOTE_TO_CONTACT = 202
 DEAL_PROPERTIES = ["dealstage", "pipeline", "dealname", "amount", "hs_lastmodifieddate"]
 # Our idempotency key is written into the body of each task and note, and searched before a create.
 KEY_MARK = "nurturekey"
-
-
-class BurstLimit:
-    """At most ``calls`` per ``seconds``, across the threads of this process (a sliding window)."""
-
-    def __init__(self, calls: int, seconds: float = 10.0):
-        self.calls, self.seconds = calls, seconds
-        self.sent: deque[float] = deque()
-        self.lock = threading.Lock()
-
-    def wait(self) -> None:
-        while True:
-            with self.lock:
-                now = time.monotonic()
-                while self.sent and now - self.sent[0] >= self.seconds:
-                    self.sent.popleft()
-                if len(self.sent) < self.calls:
-                    self.sent.append(now)
-                    return
-                pause = self.seconds - (now - self.sent[0])
-            time.sleep(max(pause, 0.01))
 
 
 class HubSpotConnector:
@@ -115,7 +91,7 @@ class HubSpotConnector:
         self.upsert_batch = self.update_batch = self.activity_batch = self.batch_size
         self.search_keys = settings.crm_hubspot_search_keys
         self.search_cap = settings.crm_hubspot_search_cap
-        self.limit = BurstLimit(settings.crm_burst_per_10s)
+        self.limit = BurstLimit.from_settings(settings)
         self.owner_cache: tuple[float, dict[str, str]] | None = None  # nurture.crm.mapping_with_owners
 
     # --- contacts ------------------------------------------------------------
@@ -387,12 +363,8 @@ class HubSpotConnector:
     # --- calling -------------------------------------------------------------
 
     async def _call(self, method, *args, missing_ok: bool = False, **kwargs) -> Any:
-        def run():
-            self.limit.wait()
-            return method(*args, _request_timeout=self.timeout, **kwargs)
-
         try:
-            return await asyncio.to_thread(run)
+            return await paced(self.limit, lambda: method(*args, _request_timeout=self.timeout, **kwargs))
         except Exception as exc:  # the client raises one ApiException class per API package
             status = getattr(exc, "status", None)
             if status == 404 and missing_ok:

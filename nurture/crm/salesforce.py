@@ -38,8 +38,8 @@ from nurture.crm.connector import (
     CrmRejected,
     CrmUnavailable,
 )
-from nurture.crm.hubspot import BurstLimit
 from nurture.crm.mapping import parse_crm_time
+from nurture.crm.pacing import BurstLimit
 from nurture.settings import Settings
 
 # Per-record errors of a collection that mean "try again later", not "this record is wrong".
@@ -88,7 +88,7 @@ class SalesforceConnector:
         self.batch_size = max(settings.crm_batch_size, 1)
         self.collection_size = settings.crm_salesforce_collection_size
         self.upsert_batch = self.update_batch = self.activity_batch = self.collection_size
-        self.limit = BurstLimit(settings.crm_burst_per_10s)
+        self.limit = BurstLimit.from_settings(settings)
         self.owner_cache: tuple[float, dict[str, str]] | None = None  # nurture.crm.mapping_with_owners
         self.sf: Salesforce | None = None
         # The org's daily API usage from the last answer (used, total, when read), None before the first.

@@ -102,6 +102,8 @@ class Fault:
     path_contains: str | None = None
     # The request is carried out, then the answer lost: what a gateway timeout after the write looks like.
     after_applying: bool = False
+    # From this answer on, HubSpot is down (503) until ``down`` is cleared: an outage's first moment.
+    then_down: bool = False
 
 
 @dataclass
@@ -133,8 +135,11 @@ class CrmObject:
 
 class HubSpotEmulator:
     def __init__(self, token: str = "pat-na1-test-token", app_secret: str = "emulator-app-secret",
-                 search_cap: int = SEARCH_CAP):
+                 search_cap: int = SEARCH_CAP, burst_limit: int | None = None):
         self.search_cap = search_cap
+        # A private app's burst limit: past this many calls in any 10 seconds HubSpot answers 429
+        # (TEN_SECONDLY_ROLLING); None leaves it unenforced.
+        self.burst_limit = burst_limit
         self.token = token
         self.app_secret = app_secret
         self.objects: dict[str, dict[str, CrmObject]] = {"contacts": {}, "deals": {}, "tasks": {}, "notes": {}}
@@ -217,8 +222,9 @@ class HubSpotEmulator:
         return await http.post(url, content=body, headers=headers)
 
     def fail_next(self, count: int, status: int, retry_after: int | None = None, method: str | None = None,
-                  path_contains: str | None = None, after_applying: bool = False) -> None:
-        self.faults.extend(Fault(status, retry_after, method, path_contains, after_applying) for _ in range(count))
+                  path_contains: str | None = None, after_applying: bool = False, then_down: bool = False) -> None:
+        self.faults.extend(Fault(status, retry_after, method, path_contains, after_applying, then_down)
+                           for _ in range(count))
 
     def written(self, kind: str) -> list[tuple[str, dict[str, str]]]:
         return [(object_id, props) for k, object_id, props in self.writes if k == kind]
@@ -266,11 +272,16 @@ class HubSpotEmulator:
         if self.down:
             return JSONResponse({"status": "error", "message": "Service Unavailable", "category": "SERVICE_UNAVAILABLE"},
                                 status_code=503), None
+        if self.burst_limit is not None:
+            now = time.monotonic()
+            if sum(1 for t in reversed(self.request_times) if now - t < 10.0) >= self.burst_limit:
+                return self._rate_limited(Fault(429, retry_after=1)), None
         for fault in self.faults:
             if (fault.method is None or fault.method == request.method) and (
                 fault.path_contains is None or fault.path_contains in request.url.path
             ):
                 self.faults.remove(fault)
+                self.down = self.down or fault.then_down
                 if fault.status == 429:
                     return self._rate_limited(fault), fault
                 return JSONResponse({"status": "error", "message": "internal error", "category": "INTERNAL_ERROR"},

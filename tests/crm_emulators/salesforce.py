@@ -26,6 +26,7 @@ import asyncio
 import itertools
 import re
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -88,7 +89,9 @@ class SalesforceEmulator:
         self.api_used = 0
         self.api_daily_limit = 15_000
         self.lose_answer_of: list[tuple[str, str]] = []  # (method, path part): carried out, answered 503
+        self.down_after_lost_answer = False  # an outage that starts with the answer lost: down from then on
         self.requests: list[tuple[str, str, int]] = []
+        self.request_times: list[float] = []  # time.monotonic() of each request, in order
         self.writes: list[tuple[str, str, dict[str, Any]]] = []  # (object, id, fields)
         self.cursors: dict[str, list[dict[str, Any]]] = {}
         self.numbers = itertools.count(1)
@@ -165,6 +168,7 @@ class SalesforceEmulator:
             await refusal(scope, receive, recording)
         elif lost is not None:
             self.lose_answer_of.remove(lost)
+            self.down = self.down or self.down_after_lost_answer
 
             async def discard(message):
                 pass
@@ -174,6 +178,7 @@ class SalesforceEmulator:
         else:
             await self.app(scope, receive, recording)
         self.requests.append((request.method, request.url.path, status["code"]))
+        self.request_times.append(time.monotonic())
 
     def _refusal(self, request: Request) -> Response | None:
         if self.down:
