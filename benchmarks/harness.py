@@ -417,11 +417,13 @@ def machine() -> dict[str, Any]:
     }
 
 
-async def dev_server() -> WorkflowEnvironment:
-    """The benchmarks' own Temporal dev server, with the project's search attributes."""
+async def dev_server(namespaces: Iterable[str] = ()) -> WorkflowEnvironment:
+    """The benchmarks' own Temporal dev server, with the project's search attributes (registered in
+    ``namespaces`` too: extra namespaces, for cases that must not share one)."""
     return await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_binary(),
         data_converter=pydantic_data_converter,
         search_attributes=SEARCH_ATTRIBUTE_KEYS,
         dev_server_log_level="error",
+        dev_server_extra_args=[arg for namespace in namespaces for arg in ("--namespace", namespace)],
     )
