@@ -381,23 +381,28 @@ async def run_bulk_only(options: Options, workdir: Path) -> dict[str, Any]:
             measured: dict[str, Any] = {}
             for side in (("engine", "raw") if k % 2 == 0 else ("raw", "engine")):
                 namespace = f"bench-{side}-{k}"
-                measured[side] = await (
+                # A round that fails is reported as such; the other rounds' numbers stand.
+                measured[side] = await guarded(
                     bulk_round_engine(address, namespace, options.backend, workdir, options) if side == "engine"
                     else bulk_round_raw(address, namespace, options)
                 )
-            measured["ratio"] = ratio(measured["engine"]["enrollments_per_s"], measured["raw"]["starts_per_s"])
+            measured["ratio"] = ratio(measured["engine"].get("enrollments_per_s"), measured["raw"].get("starts_per_s"))
             rounds.append(measured)
     finally:
         await env.shutdown()
-    engine_rate = statistics.median(r["engine"]["enrollments_per_s"] for r in rounds)
-    raw_rate = statistics.median(r["raw"]["starts_per_s"] for r in rounds)
+    done = [r for r in rounds if r["ratio"] is not None]
+    if not done:
+        raise RuntimeError(f"no round completed: {rounds}")
+    engine_rate = statistics.median(r["engine"]["enrollments_per_s"] for r in done)
+    raw_rate = statistics.median(r["raw"]["starts_per_s"] for r in done)
     summary = {
+        "rounds_completed": len(done),
         "engine_enrollments_per_s": engine_rate,
         "raw_starts_per_s": raw_rate,
         "ratio_of_medians": ratio(engine_rate, raw_rate),
-        "median_ratio": round(statistics.median(r["ratio"] for r in rounds), 2),
-        "rows_s": round(statistics.median(r["engine"]["rows_s"] for r in rounds), 3),
-        "workflows_s": round(statistics.median(r["engine"]["workflows_s"] for r in rounds), 3),
+        "median_ratio": round(statistics.median(r["ratio"] for r in done), 2),
+        "rows_s": round(statistics.median(r["engine"]["rows_s"] for r in done), 3),
+        "workflows_s": round(statistics.median(r["engine"]["workflows_s"] for r in done), 3),
     }
     target = [row for row in evaluate(options.backend, {"bulk_enrollments_per_s": summary["median_ratio"]})
               if row["ratio"] is not None]
@@ -414,6 +419,9 @@ def bulk_only_table(report: dict[str, Any]) -> str:
     ]
     for k, r in enumerate(report["rounds"]):
         engine, raw = r["engine"], r["raw"]
+        if r["ratio"] is None:
+            lines.append(f"{k + 1:>5} failed: {engine.get('error') or raw.get('error')}")
+            continue
         lines.append(
             f"{k + 1:>5} {('engine' if k % 2 == 0 else 'raw'):>6} {raw['starts_per_s']:>13} {engine['enrollments_per_s']:>13} "
             f"{_cell(r['ratio'], 6)} {engine['rows_s']:>7} {engine['workflows_s']:>12} "

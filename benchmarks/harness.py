@@ -172,12 +172,19 @@ async def poll(check: Callable[[], Awaitable[bool]], timeout: float = 30.0, inte
 
 
 async def all_hold(checks: Iterable[Callable[[], Awaitable[bool]]], concurrency: int = 20, timeout: float = 300.0) -> None:
-    """Poll each check (``concurrency`` at a time) until it holds."""
+    """Poll each check (``concurrency`` at a time) until it holds. A check whose call to the server
+    timed out (a query while the worker or the machine is busy) is asked again, until ``timeout``."""
     gate = asyncio.Semaphore(concurrency)
 
     async def one(check: Callable[[], Awaitable[bool]]) -> None:
+        async def patient() -> bool:
+            try:
+                return await check()
+            except RPCError:
+                return False
+
         async with gate:
-            await poll(check, timeout=timeout, interval=0.05)
+            await poll(patient, timeout=timeout, interval=0.05)
 
     await asyncio.gather(*(one(c) for c in checks))
 
