@@ -104,7 +104,8 @@ async def raw_worker(client: Client, task_queue: str) -> AsyncIterator[CpuMeter]
     """The bare worker (benchmarks/raw_worker.py) polling ``task_queue``, in its own process."""
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.raw_worker", client.service_client.config.target_host, task_queue],
+            [sys.executable, "-m", "benchmarks.raw_worker", client.service_client.config.target_host, task_queue,
+             client.namespace],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
         )
 

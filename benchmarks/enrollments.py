@@ -27,6 +27,10 @@ enrollment that each process spent, read from /proc: steadier than wall-clock on
 - contact import (benchmarks/import_case.py), when benchmarks/imports.py exists;
 - with ``--scale N`` (off by default; ``--scale-only`` skips the rest): N enrollments asleep in a
   one-day delay, worker and server memory on the way, goal-exit latency at N (benchmarks/scale.py).
+- with ``--bulk-only`` nothing but the bulk case, on one ``--backend``, ``--bulk-rounds`` times with
+  engine and raw alternating, each side of each round on a fresh database and in a namespace of its
+  own; ``--other-contacts M`` contacts outside the audience are created first, as the earlier cases
+  of a full run leave theirs. The medians go to benchmarks/results/bulk_only-BACKEND.json.
 
 The tables and benchmarks/results/latest.json give absolute numbers, ratios engine / raw and the
 targets with whether each is met. Timing claims live here, never in the test suite
@@ -38,6 +42,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import statistics
 import tempfile
 import time
 import uuid
@@ -47,6 +53,7 @@ from typing import Any
 
 from sqlmodel import col, select
 from temporalio.client import Client, WorkflowHandle
+from temporalio.contrib.pydantic import pydantic_data_converter
 
 from benchmarks.bulk import engine_bulk, raw_starts
 from benchmarks.deployed import CpuMeter, cpu_note, deployed_engine, raw_worker
@@ -65,6 +72,7 @@ from benchmarks.harness import (
     backend,
     engine_settings,
     guarded,
+    insert_contacts,
     latency_ms,
     measure_batch,
     poll,
@@ -110,6 +118,10 @@ class Options:
     scale: int = 0
     scale_goal_samples: int = 20
     scale_only: bool = False
+    bulk_only: bool = False
+    backend: str = "postgresql"
+    bulk_rounds: int = 3
+    other_contacts: int = 0
 
 
 # --- raw Temporal --------------------------------------------------------------------
@@ -308,6 +320,121 @@ async def measure_engine(client: Client, b: Backend, data_dir: Path, options: Op
 async def on_backend(name: str, client: Client, workdir: Path, options: Options) -> dict[str, Any]:
     async with backend(name, workdir) as b:
         return await measure_engine(client, b, workdir / name, options)
+
+
+# --- bulk enrollment only ---------------------------------------------------------------
+
+
+async def _client(address: str, namespace: str) -> Client:
+    return await Client.connect(address, namespace=namespace, data_converter=pydantic_data_converter)
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+async def bulk_round_engine(address: str, namespace: str, backend_name: str, workdir: Path, options: Options) -> dict[str, Any]:
+    """One bulk enrollment on a fresh database, the engine deployed in ``namespace``: the
+    ``other_contacts`` first (not in the audience), then the audience, then the request."""
+    client = await _client(address, namespace)
+    tag = f"bench-{uuid.uuid4().hex[:8]}"
+    async with backend(backend_name, workdir) as b:
+        settings = engine_settings(b.url, workdir / tag, tag, temporal_namespace=namespace)
+        await add_templates(b.db)
+        flows = {"short": await add_flow(b.db, SHORT_FLOW), "bulk": await add_flow(b.db, BULK_FLOW)}
+        await insert_contacts(b.db, f"{tag}-other", 0, options.other_contacts, company="other")
+        async with deployed_engine(client, settings, workdir / tag, tag) as stack:
+            engine = Engine(client, b.db, settings, Enroller(client, settings), stack.api, flows, tag)
+            # As in the full run, the worker has run an enrollment before the bulk request.
+            warm_up = (await engine.contacts(1))[0]
+            await engine.handle(await engine.enroll(flows["short"], warm_up, "enroller")).result()
+            load, before = _load(), stack.meter.read()
+            measured = await engine_bulk(engine, flows["bulk"], options.bulk_n, options.bulk_rate)
+            measured["cpu_ms_per_enrollment"] = CpuMeter.per_item_ms(before, stack.meter.read(), options.bulk_n)
+    return measured | {"load_before": load, "load_after": _load()}
+
+
+async def bulk_round_raw(address: str, namespace: str, options: Options) -> dict[str, Any]:
+    """As many bare workflows started (the engine's starts in flight) in ``namespace``, its worker warm."""
+    client = await _client(address, namespace)
+    queue = f"bench-raw-{uuid.uuid4().hex[:8]}"
+    async with raw_worker(client, queue) as meter:
+        warm_up = await client.start_workflow(
+            RAW_WORKFLOW, RawInput(timer_seconds=0.01), id=f"{queue}-warm-up", task_queue=queue, result_type=RawResult
+        )
+        await warm_up.result()
+        load, before = _load(), meter.read()
+        starts = await raw_starts(client, queue, options.bulk_n, bulk_concurrency(options))
+        starts["cpu_ms_per_start"] = CpuMeter.per_item_ms(before, meter.read(), options.bulk_n)
+    return starts | {"load_before": load, "load_after": _load()}
+
+
+async def run_bulk_only(options: Options, workdir: Path) -> dict[str, Any]:
+    """``bulk_rounds`` rounds of engine bulk enrollment and raw starts, the order alternating, each
+    side in a namespace of its own (and the engine on a fresh database); medians over the rounds."""
+    namespaces = [f"bench-{side}-{k}" for k in range(options.bulk_rounds) for side in ("engine", "raw")]
+    env = await dev_server(namespaces)
+    address = env.client.service_client.config.target_host
+    rounds: list[dict[str, Any]] = []
+    try:
+        for k in range(options.bulk_rounds):
+            measured: dict[str, Any] = {}
+            for side in (("engine", "raw") if k % 2 == 0 else ("raw", "engine")):
+                namespace = f"bench-{side}-{k}"
+                # A round that fails is reported as such; the other rounds' numbers stand.
+                measured[side] = await guarded(
+                    bulk_round_engine(address, namespace, options.backend, workdir, options) if side == "engine"
+                    else bulk_round_raw(address, namespace, options)
+                )
+            measured["ratio"] = ratio(measured["engine"].get("enrollments_per_s"), measured["raw"].get("starts_per_s"))
+            rounds.append(measured)
+    finally:
+        await env.shutdown()
+    done = [r for r in rounds if r["ratio"] is not None]
+    if not done:
+        raise RuntimeError(f"no round completed: {rounds}")
+    engine_rate = statistics.median(r["engine"]["enrollments_per_s"] for r in done)
+    raw_rate = statistics.median(r["raw"]["starts_per_s"] for r in done)
+    summary = {
+        "rounds_completed": len(done),
+        "engine_enrollments_per_s": engine_rate,
+        "raw_starts_per_s": raw_rate,
+        "ratio_of_medians": ratio(engine_rate, raw_rate),
+        "median_ratio": round(statistics.median(r["ratio"] for r in done), 2),
+        "rows_s": round(statistics.median(r["engine"]["rows_s"] for r in done), 3),
+        "workflows_s": round(statistics.median(r["engine"]["workflows_s"] for r in done), 3),
+    }
+    target = [row for row in evaluate(options.backend, {"bulk_enrollments_per_s": summary["median_ratio"]})
+              if row["ratio"] is not None]
+    return {"machine": machine(), "options": asdict(options), "rounds": rounds, "median": summary, "targets": target}
+
+
+def bulk_only_table(report: dict[str, Any]) -> str:
+    options, median = report["options"], report["median"]
+    lines = [
+        f"bulk enrollment only, {options['backend']}: N={options['bulk_n']} at {options['bulk_rate']}/s, "
+        f"{options['other_contacts']} other contacts first, {len(report['rounds'])} rounds (engine and raw alternating)",
+        f"{'round':>5} {'first':>6} {'raw starts/s':>13} {'engine enr/s':>13} {'ratio':>6} {'rows s':>7} "
+        f"{'workflows s':>12} {'load (1 min) engine / raw':>27}",
+    ]
+    for k, r in enumerate(report["rounds"]):
+        engine, raw = r["engine"], r["raw"]
+        if r["ratio"] is None:
+            lines.append(f"{k + 1:>5} failed: {engine.get('error') or raw.get('error')}")
+            continue
+        lines.append(
+            f"{k + 1:>5} {('engine' if k % 2 == 0 else 'raw'):>6} {raw['starts_per_s']:>13} {engine['enrollments_per_s']:>13} "
+            f"{_cell(r['ratio'], 6)} {engine['rows_s']:>7} {engine['workflows_s']:>12} "
+            f"{str(engine['load_before'][0]) + ' / ' + str(raw['load_before'][0]):>27}"
+        )
+    lines.append(
+        f"{'median':>5} {'':>6} {median['raw_starts_per_s']:>13} {median['engine_enrollments_per_s']:>13} "
+        f"{_cell(median['median_ratio'], 6)} {median['rows_s']:>7} {median['workflows_s']:>12}"
+    )
+    for row in report["targets"]:
+        verdict = {True: "met", False: "MISSED", None: "n/a"}[row["met"]]
+        lines.append(f"target: {row['target']} {row['limit']}: median ratio {row['ratio']} {verdict}")
+    return "\n".join(lines)
 
 
 # --- the report -------------------------------------------------------------------------
@@ -512,17 +639,34 @@ def parse(argv: list[str] | None = None) -> tuple[Options, Path]:
     parser.add_argument("--scale-only", action="store_true",
                         help="only the scale run; its section replaces the one in --output, the rest is kept "
                              "(a run without --scale keeps the scale section it finds there)")
-    parser.add_argument("--output", type=Path, default=RESULTS, help="where the JSON goes (default %(default)s)")
+    parser.add_argument("--bulk-only", action="store_true",
+                        help="only bulk enrollment against raw starts, --bulk-rounds times on --backend "
+                             "(results in benchmarks/results/bulk_only-BACKEND.json unless --output)")
+    parser.add_argument("--backend", choices=BACKENDS, default=Options.backend, help="the database of --bulk-only")
+    parser.add_argument("--bulk-rounds", type=int, default=Options.bulk_rounds,
+                        help="rounds of --bulk-only, engine and raw alternating; medians reported (default %(default)s)")
+    parser.add_argument("--bulk-size", type=int, dest="bulk_n", default=argparse.SUPPRESS,
+                        help="the same as --bulk-n")
+    parser.add_argument("--other-contacts", type=int, default=Options.other_contacts,
+                        help="contacts outside the audience created before it, with --bulk-only (default %(default)s)")
+    parser.add_argument("--output", type=Path, default=None, help=f"where the JSON goes (default {RESULTS})")
     args = parser.parse_args(argv)
     if args.scale_only and not args.scale:
         parser.error("--scale-only needs --scale N")
+    if args.bulk_only and args.scale:
+        parser.error("--bulk-only runs the bulk case alone: no --scale")
+    if args.bulk_rounds < 1:
+        parser.error("--bulk-rounds must be at least 1")
     options = Options(
         n=args.n, signal_samples=args.signal_samples, event_samples=args.event_samples, concurrency=args.concurrency,
         postgres=not args.no_postgres, bulk_n=args.bulk_n, bulk_rate=args.bulk_rate,
         bulk_concurrency=args.bulk_concurrency, history_samples=args.history_samples, import_rows=args.import_rows,
         scale=args.scale, scale_goal_samples=args.scale_goal_samples, scale_only=args.scale_only,
+        bulk_only=args.bulk_only, backend=args.backend, bulk_rounds=args.bulk_rounds, other_contacts=args.other_contacts,
     )
-    return options, args.output
+    if args.output is not None:
+        return options, args.output
+    return options, (REPO / "benchmarks" / "results" / f"bulk_only-{args.backend}.json" if args.bulk_only else RESULTS)
 
 
 def merged(report: dict[str, Any], output: Path, options: Options) -> dict[str, Any]:
@@ -543,6 +687,14 @@ def merged(report: dict[str, Any], output: Path, options: Options) -> dict[str, 
 def main(argv: list[str] | None = None) -> None:
     options, output = parse(argv)
     configure_logging("WARNING")
+    if options.bulk_only:
+        with tempfile.TemporaryDirectory(prefix="nurture-bench-bulk-") as workdir:
+            report = asyncio.run(run_bulk_only(options, Path(workdir)))
+        print(bulk_only_table(report))
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        print(f"\nwritten to {output}")
+        return
     with tempfile.TemporaryDirectory(prefix="nurture-bench-") as workdir:
         report = asyncio.run(run(options, Path(workdir)))
     print(table(report))

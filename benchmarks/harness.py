@@ -172,12 +172,19 @@ async def poll(check: Callable[[], Awaitable[bool]], timeout: float = 30.0, inte
 
 
 async def all_hold(checks: Iterable[Callable[[], Awaitable[bool]]], concurrency: int = 20, timeout: float = 300.0) -> None:
-    """Poll each check (``concurrency`` at a time) until it holds."""
+    """Poll each check (``concurrency`` at a time) until it holds. A check whose call to the server
+    timed out (a query while the worker or the machine is busy) is asked again, until ``timeout``."""
     gate = asyncio.Semaphore(concurrency)
 
     async def one(check: Callable[[], Awaitable[bool]]) -> None:
+        async def patient() -> bool:
+            try:
+                return await check()
+            except RPCError:
+                return False
+
         async with gate:
-            await poll(check, timeout=timeout, interval=0.05)
+            await poll(patient, timeout=timeout, interval=0.05)
 
     await asyncio.gather(*(one(c) for c in checks))
 
@@ -417,11 +424,13 @@ def machine() -> dict[str, Any]:
     }
 
 
-async def dev_server() -> WorkflowEnvironment:
-    """The benchmarks' own Temporal dev server, with the project's search attributes."""
+async def dev_server(namespaces: Iterable[str] = ()) -> WorkflowEnvironment:
+    """The benchmarks' own Temporal dev server, with the project's search attributes (registered in
+    ``namespaces`` too: extra namespaces, for cases that must not share one)."""
     return await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_binary(),
         data_converter=pydantic_data_converter,
         search_attributes=SEARCH_ATTRIBUTE_KEYS,
         dev_server_log_level="error",
+        dev_server_extra_args=[arg for namespace in namespaces for arg in ("--namespace", namespace)],
     )

@@ -60,6 +60,7 @@ def worker_environment(settings: Settings, address: str) -> dict[str, str]:
         "DATA_DIR": str(settings.data_dir),
         "DATABASE_URL": settings.database_url or "",
         "TEMPORAL_ADDRESS": address,
+        "TEMPORAL_NAMESPACE": settings.temporal_namespace,
         "TEMPORAL_TASK_QUEUE": settings.temporal_task_queue,
         "WORKFLOW_ID_PREFIX": settings.workflow_id_prefix,
         "TEMPORAL_SEARCH_ATTRIBUTES": str(settings.temporal_search_attributes).lower(),

@@ -9,7 +9,17 @@ import json
 import pytest
 
 from benchmarks.harness import backend
-from benchmarks.enrollments import Options, measure_engine, measure_raw, merged, parse, ratios, table
+from benchmarks.enrollments import (
+    Options,
+    bulk_only_table,
+    measure_engine,
+    measure_raw,
+    merged,
+    parse,
+    ratios,
+    run_bulk_only,
+    table,
+)
 from benchmarks.scale import measure_scale
 from benchmarks.shapes import SHAPES
 from benchmarks.targets import TARGETS, evaluate
@@ -93,6 +103,28 @@ def test_the_command_line_sets_the_sizes():
     assert (options.bulk_n, options.scale, options.scale_only) == (50, 20000, True)
     with pytest.raises(SystemExit):
         parse(["--scale-only"])
+
+    options, output = parse(["--bulk-only", "--backend", "sqlite", "--bulk-rounds", "5", "--bulk-size", "300",
+                             "--other-contacts", "11000"])
+    assert (options.bulk_only, options.backend, options.bulk_rounds, options.bulk_n, options.other_contacts) == (
+        True, "sqlite", 5, 300, 11000
+    )
+    assert output.name == "bulk_only-sqlite.json"  # not the full run's results
+    with pytest.raises(SystemExit):
+        parse(["--bulk-only", "--scale", "100"])
+
+
+async def test_the_bulk_only_run_alternates_engine_and_raw_and_enrolls_everyone_each_round(tmp_path):
+    options = Options(bulk_only=True, backend="sqlite", bulk_rounds=2, bulk_n=3, other_contacts=5, postgres=False)
+    report = await run_bulk_only(options, tmp_path)
+
+    assert len(report["rounds"]) == 2
+    for measured in report["rounds"]:
+        assert measured["engine"]["bulk"] == {"status": "completed", "enrolled": 3, "skipped": {}, "runs": 1}
+        assert measured["raw"]["n"] == 3 and measured["ratio"] > 0
+    assert report["median"]["ratio_of_medians"] > 0 and report["targets"][0]["target"].startswith("bulk")
+    printed = bulk_only_table(report)
+    assert "5 other contacts first, 2 rounds" in printed and "median" in printed
 
 
 def test_a_run_keeps_the_scale_section_and_a_scale_only_run_keeps_the_rest(tmp_path):

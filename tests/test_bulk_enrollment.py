@@ -9,6 +9,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.enrolling import EnrollingActivities
 from nurture.batch_contracts import BulkPageInput, BulkProgress
+from nurture.models import Contact
 from tests.api_support import api, locs  # noqa: F401  (fixtures)
 from tests.conftest import eventually
 from tests.factories import add_active_flow, add_contact, add_templates
@@ -63,7 +64,8 @@ async def test_bulk_enrollment_enrolls_the_segment_at_the_rate_and_reports_progr
     result: BulkProgress = await batches.result(handle.id)
     final = (await api.get(f"/bulk-enrollments/{started['id']}")).json()
     assert final["status"] == "completed" and final["finished_at"] is not None
-    assert (final["examined"], final["matched"], final["enrolled"]) == (7, 5, 3)
+    # The two outside the webinar are ruled out in the database: examined are the five who match.
+    assert (final["examined"], final["matched"], final["enrolled"]) == (5, 5, 3)
     assert final["skipped"] == {"unsubscribed": 1, "suppressed": 1}
     assert result.enrolled == 3
     assert await enrolled_contacts(db, flow.id) == [c.id for c in attendees]
@@ -185,3 +187,62 @@ async def test_a_page_that_scans_the_last_contacts_is_the_last_page(db, client, 
     last = await ActivityEnvironment().run(activities.bulk_enroll_page, page(first.next_cursor))
     assert (last.examined, last.enrolled, last.done, last.next_cursor) == (2, 2, True, everyone[3].id)
     assert await enrolled_contacts(db, flow.id) == [c.id for c in everyone]
+
+
+async def test_a_segment_among_many_other_contacts_enrolls_exactly_its_audience_once_each(db, client, settings, temporal_env):
+    """The pages skip the contacts a segment plainly excludes in the database (progress examines
+    fewer than the table holds), and still enroll every contact the segment matches — whatever the
+    case of the value, a built-in field shadowing a custom property, or a tag that only contains
+    the segment's text — each once, over pages."""
+    await add_templates(db, TEMPLATES)
+    flow = await add_active_flow(db, one_email_flow({"type": "manual"}))
+    segment = {"any": [{"property": "company", "op": "eq", "value": "Kwik-E-Mart"}, {"tag": "webinar-2026"}]}
+    audience, others = [], []
+    for i in range(40):
+        others.append(await add_contact(db, f"other{i}@example.com", company="Globex", tags=["ebook"]))
+        if i % 8 == 0:
+            audience.append(await add_contact(db, f"kwik{i}@example.com", company=["KWIK-E-MART", "kwik-e-mart", "Kwik-E-Mart"][i % 3]))
+        if i % 10 == 5:
+            audience.append(await add_contact(db, f"attendee{i}@example.com", company=None, tags=["ebook", "Webinar-2026"]))
+    # Python lowers the Kelvin sign to "k": the segment matches it, though SQL's lower() does not.
+    audience.append(await add_contact(db, "kelvin@example.com", company="\u212awik-e-mart"))
+    others.append(await add_contact(db, "shadow@example.com", company="Globex", properties={"company": "Kwik-E-Mart"}))
+    others.append(await add_contact(db, "replay@example.com", company="Initech", tags=["webinar-2026-replay"]))
+    at = await temporal_env.get_current_time()
+    activities = EnrollingActivities(db, client, settings)
+
+    cursor, examined, enrolled, pages = 0, 0, 0, 0
+    while True:
+        page = BulkPageInput(
+            bulk_id="b1", flow_id=flow.id, segment=segment, max_enrollments=100, scan_limit=3,
+            after_contact_id=cursor, at=at, bulk_started_at=at,
+        )
+        result = await ActivityEnvironment().run(activities.bulk_enroll_page, page)
+        examined, enrolled, cursor, pages = examined + result.examined, enrolled + result.enrolled, result.next_cursor, pages + 1
+        if result.done:
+            break
+
+    assert await enrolled_contacts(db, flow.id) == sorted(c.id for c in audience)
+    assert [(r.contact_id, r.sequence) for r in await enrollments_of(db, flow.id)] == [(c.id, 1) for c in sorted(audience, key=lambda c: c.id)]
+    assert enrolled == len(audience) and pages > 1
+    # Read: the audience and the one whose tag only contains the segment's, not the 41 others.
+    assert examined == len(audience) + 1
+
+
+async def test_a_bulk_enrollment_of_a_company_among_many_other_contacts_enrolls_it_once_each(api, db, batches):
+    await add_templates(db, TEMPLATES)
+    flow = await add_active_flow(db, one_email_flow({"type": "manual"}))
+    async with db.session() as s:
+        s.add_all(Contact(email=f"other{i}@example.com", company="Globex") for i in range(300))
+        await s.commit()
+    audience = [await add_contact(db, f"acme{i}@example.com", company="acme") for i in range(5)]
+
+    response = await api.post(
+        f"/flows/{flow.id}/bulk-enrollments",
+        json={"segment": {"property": "company", "op": "eq", "value": "ACME"}, "rate_per_second": 1000},
+    )
+    assert response.status_code == 202, response.text
+    result: BulkProgress = await batches.result(batches.track(response.json()["workflow_id"]).id)
+
+    assert (result.status, result.examined, result.matched, result.enrolled) == ("completed", 5, 5, 5)
+    assert [(r.contact_id, r.sequence) for r in await enrollments_of(db, flow.id)] == [(c.id, 1) for c in audience]
