@@ -9,7 +9,6 @@ next to its wall-clock numbers: on a shared machine those are the steadier measu
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from temporalio.client import Client
 
 from benchmarks.events import Stack
 from benchmarks.harness import poll
-from benchmarks.processes import cpu_seconds, descendants
+from benchmarks.processes import cpu_seconds, descendants, stop_process
 from benchmarks.scale import worker_polling
 from nurture.settings import Settings
 
@@ -121,12 +120,7 @@ async def raw_worker(client: Client, task_queue: str) -> AsyncIterator[CpuMeter]
             await poll(polling, timeout=90, interval=0.2)
             yield CpuMeter({"worker": process.pid})
         finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process, timeout=30)
 
 
 def cpu_note(per_item: dict[str, Any]) -> str:

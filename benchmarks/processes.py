@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 PROC = Path("/proc")
@@ -68,3 +70,14 @@ def child_named(name: str, parent: int | None = None) -> int | None:
 def cpu_seconds(pid: int) -> float:
     fields = _stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime, every thread
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 60) -> None:
+    """SIGTERM (a worker finishes the task in hand and exits 0), then SIGKILL after ``timeout`` s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -39,7 +39,7 @@ from benchmarks.harness import (
     latency_ms,
     poll,
 )
-from benchmarks.processes import child_named, cpu_seconds, rss_mib, tree_rss_mib
+from benchmarks.processes import child_named, cpu_seconds, rss_mib, stop_process, tree_rss_mib
 from nurture.enrolling import Enroller
 from nurture.models import Enrollment
 from nurture.settings import Settings
@@ -166,12 +166,7 @@ async def measure_scale(client: Client, workdir: Path, total: int, rate: float, 
                     )
                 exits = await goal_exits(engine, flow.id, goal_samples)
         finally:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
+            stop_process(worker)
             log.close()
             if worker.returncode not in (0, -signal.SIGTERM):
                 tail = (workdir / f"{tag}-worker.log").read_text(errors="replace")[-3000:]

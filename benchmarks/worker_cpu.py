@@ -29,7 +29,6 @@ import io
 import json
 import os
 import pstats
-import signal
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from typing import Any
 
 from temporalio.client import Client
 
-from benchmarks.deployed import CpuMeter, raw_worker, tree_cpu_seconds
+from benchmarks.deployed import CpuMeter, raw_worker
 from benchmarks.flows import SHORT_FLOW
 from benchmarks.harness import (
     BACKENDS,
@@ -55,7 +54,7 @@ from benchmarks.harness import (
     poll,
     postgres_reachable,
 )
-from benchmarks.processes import CLOCK_TICKS, PROC
+from benchmarks.processes import CLOCK_TICKS, PROC, stop_process
 from benchmarks.raw_workflow import RAW_WORKFLOW, RawInput, RawResult
 from benchmarks.scale import worker_environment, worker_polling
 from nurture.enrolling import Enroller
@@ -142,12 +141,7 @@ async def engine_case(client: Client, name: str, workdir: Path, n: int, concurre
                 "profiled": out is not None,
             }
         finally:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
+            stop_process(worker)
             log.close()
 
 
