@@ -377,6 +377,10 @@ class Settings(BaseSettings):
     # whole history when it wakes, so keep it above the enrollments due at about the same time.
     worker_max_cached_workflows: int = Field(default=1000, ge=0, le=1_000_000)
     worker_database_pool_size: int | None = Field(default=None, ge=1, le=1000)
+    # The worker process's event loop (where activities, local activities and the SDK's task
+    # handling run; workflow code runs on the SDK's own deterministic loop either way): uvloop
+    # where it is installed (not on Windows), else asyncio's own.
+    worker_event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
     log_level: str = "INFO"
     log_json: bool = False

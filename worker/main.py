@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import signal
+from collections.abc import Callable
 from datetime import timedelta
 
 from temporalio.client import Client
@@ -109,7 +110,7 @@ async def run(settings: Settings) -> None:
     log.info(
         "worker_started", task_queue=settings.temporal_task_queue, provider=settings.email_provider,
         send_task_queue=settings.send_task_queue, sends_per_second=settings.send_rate_per_second,
-        queues=settings.worker_queues,
+        queues=settings.worker_queues, event_loop=type(loop).__module__.partition(".")[0],
     )
     async with contextlib.AsyncExitStack() as running:
         for each in workers:
@@ -119,6 +120,19 @@ async def run(settings: Settings) -> None:
         log.info("worker_stopping", graceful_shutdown_seconds=settings.worker_graceful_shutdown_seconds)
     await db.dispose()
     log.info("worker_stopped")
+
+
+def event_loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop unless the settings ask for asyncio's (or uvloop is not installed): the event
+    loop's own work per activity and workflow task is a good part of the worker's CPU."""
+    if settings.worker_event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            get_logger(component="worker").warning("uvloop_unavailable", using="asyncio")
+        else:
+            return uvloop.new_event_loop
+    return None
 
 
 def main() -> None:
@@ -131,7 +145,8 @@ def main() -> None:
     except ForgeableSecret as exc:
         get_logger(component="worker").error("worker_refused_to_start", reason=str(exc))
         raise SystemExit(2) from exc
-    asyncio.run(run(settings))
+    with asyncio.Runner(loop_factory=event_loop_factory(settings)) as runner:
+        runner.run(run(settings))
     # The Temporal client sits in reference cycles; freed during interpreter shutdown, its native
     # runtime can abort the process (PyGILState_Release). Free it while Python is still whole.
     gc.collect()
