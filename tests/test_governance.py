@@ -52,8 +52,9 @@ async def test_send_outside_the_window_is_deferred_to_the_next_slot_not_dropped(
     now = (await temporal_env.get_current_time()).astimezone(BERLIN)
     # A one-hour window that opens three hours from now, local to the contact.
     opens = (now + timedelta(hours=3)).replace(minute=0, second=0, microsecond=0)
-    window = {"days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
-              "start": opens.strftime("%H:%M"), "end": (opens + timedelta(hours=1)).strftime("%H:%M")}
+    # A window may not cross midnight: one that opens at 23:00 ends at 23:59.
+    closes = (opens + timedelta(hours=1)).strftime("%H:%M") if opens.hour < 23 else "23:59"
+    window = {"days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "start": opens.strftime("%H:%M"), "end": closes}
     flow, contact, handle = await start(db, client, settings, manual_flow(HELLO, send_window=window), timezone="Europe/Berlin")
 
     state = await eventually(lambda: _deferred(handle))
