@@ -40,14 +40,14 @@ class Database:
         async with self._sessions() as session:
             yield session
 
-    async def execute_alone(self, statement: sa.Executable) -> None:
+    async def execute_alone(self, statement: sa.Executable, params: dict | None = None) -> None:
         """One statement, committed on its own; on PostgreSQL one round trip (no BEGIN, no COMMIT)."""
         if self._autocommit is None:
             async with self.engine.begin() as conn:
-                await conn.execute(statement)
+                await conn.execute(statement, params)
             return
         async with self._autocommit.connect() as conn:
-            await conn.execute(statement)
+            await conn.execute(statement, params)
 
     async def create_all(self) -> None:
         async with self.engine.begin() as conn:

@@ -41,6 +41,13 @@ class ProviderApiSettings(BaseModel):
     # Sends to this provider leave through their own task queue, at most this many per second across
     # every worker (Temporal's task-queue rate limit); 0: no queue of their own, no limit.
     max_sends_per_second: float = Field(default=0.0, ge=0, le=100_000)
+    # SendGrid, Postmark, Mailgun (SES's SDK keeps its own): the HTTP client's connections to the
+    # provider, one client per worker process reused by every send. Every request scans the pool, so
+    # it is bounded: more requests in flight wait for a free connection (within timeout_seconds).
+    max_connections: int = Field(default=20, ge=1, le=1000)
+    # An idle connection is closed after this many seconds, before the common 5-second server idle
+    # timeout (uvicorn, Node) can close it under a request being written: no spurious "unreachable".
+    keepalive_seconds: float = Field(default=4.0, gt=0, le=600)
 
 
 class SesSettings(ProviderApiSettings):

@@ -64,8 +64,13 @@ class HttpApiProvider:
 
     def __init__(self, settings: ProviderApiSettings, transport: httpx.AsyncBaseTransport | None = None):
         self.settings = settings
+        limits = httpx.Limits(
+            max_connections=settings.max_connections,
+            max_keepalive_connections=settings.max_connections,
+            keepalive_expiry=settings.keepalive_seconds,
+        )
         self._client = httpx.AsyncClient(
-            base_url=settings.base_url, timeout=settings.timeout_seconds, transport=transport
+            base_url=settings.base_url, timeout=settings.timeout_seconds, transport=transport, limits=limits
         )
 
     async def aclose(self) -> None:
