@@ -169,6 +169,23 @@ async def flow_or_404(session: AsyncSession, flow_id: int) -> Flow:
     return flow
 
 
+async def flow_for_enrolling(
+    session: AsyncSession, flow_id: int, contact_id: int | None = None
+) -> tuple[Flow, FlowVersion | None, Contact | None]:
+    """The flow (404 when there is none), its active version (None when it has none) and the
+    contact ``contact_id`` (None when not asked for or when there is none), in one statement:
+    what an enrollment request reads before it checks anything, in one round trip, not three."""
+    query = select(Flow, FlowVersion).outerjoin(
+        FlowVersion, sa.and_(FlowVersion.flow_id == Flow.id, FlowVersion.version == Flow.active_version)
+    )
+    if contact_id is not None:
+        query = query.add_columns(Contact).outerjoin(Contact, Contact.id == contact_id)
+    found = (await session.exec(query.where(Flow.id == flow_id))).first()
+    if found is None:
+        raise HTTPException(status_code=404, detail=f"flow {flow_id} does not exist")
+    return found[0], found[1], found[2] if contact_id is not None else None
+
+
 async def version_or_404(session: AsyncSession, flow_id: int, version: int) -> FlowVersion:
     row = (
         await session.exec(select(FlowVersion).where(FlowVersion.flow_id == flow_id, FlowVersion.version == version))

@@ -10,6 +10,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from nurture.contracts import ContactEventSignal, EnrollmentResult, EnrollmentState, PauseSignal, ResumeSignal
+from nurture import enrolling
 from nurture.db import Database
 from nurture.enrolling import Enroller
 from nurture.models import Contact, Enrollment, Flow, utcnow
@@ -191,6 +192,31 @@ async def test_enrolling_twice_is_a_no_op(db, enroller, client, worker, example,
         rows = (await s.exec(select(Enrollment).where(Enrollment.contact_id == contact.id))).all()
     assert len(rows) == 1
     assert await sent_templates(db, contact.id) == ["demo-welcome", "demo-welcome-resend"]
+
+
+async def test_enrolling_in_a_race_answers_the_enrollment_that_won(db, enroller, example, monkeypatch):
+    """Two requests enroll the same contact at once: the one that writes second answers the
+    first one's enrollment (not created), starts no second workflow, and its session goes on."""
+    flow, contact = example
+    first = await enroll(db, enroller, flow, contact)
+    real_latest = enrolling.latest_enrollment
+    reads = []
+
+    async def stale_first_read(session, flow_id, contact_id):
+        reads.append(flow_id)
+        return None if len(reads) == 1 else await real_latest(session, flow_id, contact_id)
+
+    monkeypatch.setattr(enrolling, "latest_enrollment", stale_first_read)
+    async with db.session() as s:
+        outcome = await enroller.enroll(s, await s.get(Flow, flow.id), await s.get(Contact, contact.id))
+        still_usable = await s.get(Contact, contact.id)
+        await s.commit()
+
+    assert not outcome.created and outcome.enrollment.id == first.id
+    assert still_usable is not None
+    async with db.session() as s:
+        rows = (await s.exec(select(Enrollment).where(Enrollment.contact_id == contact.id))).all()
+    assert [r.id for r in rows] == [first.id]
 
 
 async def test_unsubscribed_contact_exits_mid_wait(db, enroller, client, worker, example, temporal_env):

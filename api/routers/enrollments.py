@@ -43,9 +43,10 @@ async def enroll_contact(
     response: Response,
 ) -> Enrollment:
     """Enroll a contact by hand in an active flow (any trigger). Enrolling twice answers the first enrollment."""
-    flow = await crud.flow_or_404(session, flow_id)
+    flow, version, contact = await crud.flow_for_enrolling(session, flow_id, body.contact_id)
     if body.contact_id is not None:
-        contact = await crud.contact_or_404(session, body.contact_id)
+        if contact is None:
+            raise HTTPException(status_code=404, detail=f"contact {body.contact_id} does not exist")
     else:
         assert body.email is not None
         contact = await crud.contact_by_email(session, body.email)
@@ -57,7 +58,8 @@ async def enroll_contact(
         raise HTTPException(
             status_code=409, detail=f"contact {contact.id} is {contact.subscription_status} and cannot be enrolled"
         )
-    version = await active_version(session, flow)  # read once for both
+    if version is None:
+        version = await active_version(session, flow)  # an active flow has one: this raises
     suppressed_by = await enroller.suppressed(session, flow, contact, version=version)
     if suppressed_by is not None:
         raise HTTPException(
