@@ -22,6 +22,7 @@ Enrolling commits the caller's session: the row must be visible to its workflow 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -236,6 +237,28 @@ async def _insert_unless_taken(session: AsyncSession, row: Enrollment) -> bool:
         return False
 
 
+# A page's starts report progress (its activity's heartbeat) at most this often: a heartbeat per
+# start was a task, an encoding and a call into the SDK's core for each of a page's 1,000 starts,
+# on the loop the starts share, while the core sends one heartbeat in a while to the server anyway.
+PROGRESS_EVERY = 1.0
+
+
+def _at_most_every(seconds: float, report: Callable[[], None] | None) -> Callable[[object], None] | None:
+    """``report`` as a per-start callback, called on the first start done and then at most once per ``seconds``."""
+    if report is None:
+        return None
+    last: float | None = None
+
+    def done(_: object) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if last is None or now - last >= seconds:
+            last = now
+            report()
+
+    return done
+
+
 class Enroller:
     def __init__(self, client: Client, settings: Settings):
         self.client = client
@@ -313,7 +336,8 @@ class Enroller:
         that began at or after ``at`` were written by an earlier attempt of this page: they
         count as enrolled (``already_enrolled`` with that row, never a second enrollment) and
         the workflows of those the workflow has not written to yet are started again.
-        ``since`` gives, per contact, the instant its trigger fell (see ``admit``).
+        ``since`` gives, per contact, the instant its trigger fell (see ``admit``). ``on_progress``
+        is called as the starts complete, at most once per ``PROGRESS_EVERY`` seconds.
         """
         assert flow.id is not None
         definition = self.definition(version)
@@ -362,7 +386,7 @@ class Enroller:
         page.restarted = len(again)
 
         by_row = {id(p.enrollment): index for index, p in pendings}
-        failures = await self.starter.start_all([p for _, p in pendings], (lambda _: on_progress()) if on_progress else None)
+        failures = await self.starter.start_all([p for _, p in pendings], _at_most_every(PROGRESS_EVERY, on_progress))
         for failure in failures:
             page.admissions[by_row[id(failure.pending.enrollment)]].start_failed = failure.detail
         return page

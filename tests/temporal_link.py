@@ -11,6 +11,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RetryConfig
 
+from nurture import enrolling
 from nurture.settings import Settings
 
 
@@ -61,7 +62,8 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 def cut_after(link: TemporalLink, starts: int):
-    """A heartbeat callback: the page heartbeats once per finished start; cut the link after ``starts``."""
+    """A heartbeat callback: cut the link after ``starts`` heartbeats. With ``every_start_heartbeats``
+    the page heartbeats once per finished start (else at most once a second)."""
     heard: list[object] = []
 
     def on_heartbeat(*details: object) -> None:
@@ -77,6 +79,12 @@ def one_start_at_a_time(settings: Settings) -> Settings:
     return settings.model_copy(
         update={"enrollment_start_concurrency": 1, "enrollment_start_attempts": 2, "enrollment_start_backoff_seconds": 0.01}
     )
+
+
+@pytest.fixture
+def every_start_heartbeats(monkeypatch) -> None:
+    """A page heartbeats as each of its starts finishes (``cut_after`` counts starts by them)."""
+    monkeypatch.setattr(enrolling, "PROGRESS_EVERY", 0.0)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from nurture.models import Contact
 from tests.api_support import api, locs  # noqa: F401  (fixtures)
 from tests.conftest import eventually
 from tests.factories import add_active_flow, add_contact, add_templates
-from tests.temporal_link import cut_after, one_start_at_a_time, temporal_link  # noqa: F401  (fixture)
+from tests.temporal_link import cut_after, every_start_heartbeats, one_start_at_a_time, temporal_link  # noqa: F401  (fixtures)
 from tests.trigger_support import (  # noqa: F401
     TEMPLATES,
     batches,
@@ -139,7 +139,7 @@ async def test_bulk_enrollment_input_is_checked(api, db):
     assert (await api.get("/bulk-enrollments/not-an-id")).status_code == 422
 
 
-async def test_a_page_whose_starts_partly_fail_is_retried_without_doubles_or_losses(db, client, settings, temporal_link, temporal_env):
+async def test_a_page_whose_starts_partly_fail_is_retried_without_doubles_or_losses(db, client, settings, temporal_link, temporal_env, every_start_heartbeats):
     await add_templates(db, TEMPLATES)
     flow = await add_active_flow(db, one_email_flow({"type": "manual"}))
     everyone = [await add_contact(db, f"c{i}@example.com") for i in range(6)]

@@ -13,7 +13,7 @@ from activities.enrolling import EnrollingActivities
 from nurture.batch_contracts import ScanPageInput
 from tests.conftest import eventually
 from tests.factories import add_active_flow, add_contact, add_templates, messages_of
-from tests.temporal_link import cut_after, one_start_at_a_time, temporal_link  # noqa: F401  (fixture)
+from tests.temporal_link import cut_after, every_start_heartbeats, one_start_at_a_time, temporal_link  # noqa: F401  (fixtures)
 from tests.trigger_support import (  # noqa: F401
     TEMPLATES,
     batches,
@@ -156,7 +156,7 @@ async def test_scan_without_flow_ids_covers_every_active_date_and_inactivity_flo
     assert [(t.flow_id, t.enrolled) for t in result.flows] == [(inactivity.id, 1)]
 
 
-async def test_a_scan_page_whose_starts_partly_fail_is_retried_without_doubles_or_losses(db, client, settings, temporal_link, temporal_env):
+async def test_a_scan_page_whose_starts_partly_fail_is_retried_without_doubles_or_losses(db, client, settings, temporal_link, temporal_env, every_start_heartbeats):
     await add_templates(db, TEMPLATES)
     at = await scan_now(temporal_env)
     flow = await add_active_flow(db, one_email_flow({"type": "inactivity", "days": 30}, template="nudge"))
