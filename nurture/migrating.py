@@ -11,6 +11,7 @@ taken in at the baseline revision when its tables are the baseline's, and refuse
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -161,9 +162,24 @@ def _revision_and_origin(conn: Connection) -> tuple[str | None, bool]:
 # -- upgrading -------------------------------------------------------------------------------------
 
 
+# Alembic's ``context`` and ``op`` are module globals, set for the length of one command: two
+# migrations interleaving on one event loop (their database waits switch between them) would undo
+# each other's (a KeyError in alembic, or on SQLite two deferred transactions locking each other
+# out). In one process they take turns; across processes the database's lock orders them.
+_in_process: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+
+
+def _one_at_a_time() -> asyncio.Lock:
+    global _in_process
+    loop = asyncio.get_running_loop()
+    if _in_process is None or _in_process[0] is not loop:
+        _in_process = (loop, asyncio.Lock())
+    return _in_process[1]
+
+
 async def upgrade(db: Database, target: str = "head", *, script_location: Path = MIGRATIONS_DIR) -> Migrated:
     """Upgrade to ``target`` in one transaction, stamping a create_all database at the baseline first."""
-    async with db.engine.connect() as conn:
+    async with _one_at_a_time(), db.engine.connect() as conn:
         return await conn.run_sync(_upgrade, target, script_location, describe(db))
 
 
@@ -173,7 +189,7 @@ async def downgrade(db: Database, target: str = "base", *, script_location: Path
     def run(conn: Connection) -> None:
         command.downgrade(alembic_config(conn, script_location=script_location), target)
 
-    async with db.engine.connect() as conn:
+    async with _one_at_a_time(), db.engine.connect() as conn:
         await conn.run_sync(_in_migration_transaction, run)
 
 
