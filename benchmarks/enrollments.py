@@ -21,7 +21,8 @@ enrollment that each process spent, read from /proc: steadier than wall-clock on
 - event to exit: a goal event for an enrollment waiting in a long delay, until its workflow closed
   (p50/p95); the raw analogue is a signal that ends the wait and the workflow;
 - bulk enrollment (benchmarks/bulk.py): ``POST /flows/{id}/bulk-enrollments`` of ``--bulk-n`` contacts
-  at 1000/s, until every enrollment row and workflow exists, against as many raw starts;
+  at 1000/s, until every enrollment row and workflow exists, against as many raw starts; each side
+  ``--bulk-rounds`` times, the median round reported;
 - history (benchmarks/shapes.py): events and billable actions of one run per flow shape, read from
   the real histories (benchmarks/actions.py counts the actions);
 - contact import (benchmarks/import_case.py), when benchmarks/imports.py exists;
@@ -55,7 +56,7 @@ from sqlmodel import col, select
 from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from benchmarks.bulk import engine_bulk, raw_starts
+from benchmarks.bulk import engine_bulk, engine_bulk_rounds, median_round, raw_starts
 from benchmarks.deployed import CpuMeter, cpu_note, deployed_engine, raw_worker
 from benchmarks.flows import BRANCH_FLOW, BULK_FLOW, GOAL_FLOW, SHORT_FLOW
 from benchmarks.harness import (
@@ -201,8 +202,11 @@ async def measure_raw(client: Client, options: Options) -> dict[str, Any]:
 
         closed["wait_for_event_branch"] = await raw_branch_runs(client, queue, options.history_samples)
         before = meter.read()
-        starts = await raw_starts(client, queue, options.bulk_n, bulk_concurrency(options))
-        starts["cpu_ms_per_start"] = CpuMeter.per_item_ms(before, meter.read(), options.bulk_n)
+        starts = median_round(
+            [await raw_starts(client, queue, options.bulk_n, bulk_concurrency(options)) for _ in range(options.bulk_rounds)],
+            "starts_per_s",
+        )
+        starts["cpu_ms_per_start"] = CpuMeter.per_item_ms(before, meter.read(), options.bulk_n * options.bulk_rounds)
 
     return {
         "batch": asdict(batch) | {"cpu_ms_per_workflow": batch_cpu},
@@ -308,11 +312,14 @@ async def measure_engine(client: Client, b: Backend, data_dir: Path, options: Op
         for via in ("enroller", "api"):
             results[via]["event_to_exit"] = await engine_event_to_exit(engine, options, via)
         results["history"] = await guarded(engine_history(engine, options))
+        bulk_flows = [flows["bulk"]] + [await add_flow(db, BULK_FLOW) for _ in range(options.bulk_rounds - 1)]
         before = stack.meter.read()
-        results["bulk"] = await guarded(engine_bulk(engine, flows["bulk"], options.bulk_n, options.bulk_rate))
+        results["bulk"] = await guarded(engine_bulk_rounds(engine, bulk_flows, options.bulk_n, options.bulk_rate))
         if "error" not in results["bulk"]:
             # From the POST until every enrollment sleeps in its delay (rows, starts, first tasks).
-            results["bulk"]["cpu_ms_per_enrollment"] = CpuMeter.per_item_ms(before, stack.meter.read(), options.bulk_n)
+            results["bulk"]["cpu_ms_per_enrollment"] = CpuMeter.per_item_ms(
+                before, stack.meter.read(), options.bulk_n * options.bulk_rounds
+            )
         results["import"] = await engine_import(str(stack.api.base_url), db, options.import_rows)
     return results
 
@@ -514,6 +521,11 @@ def engine_table(report: dict[str, Any], backend_name: str) -> list[str]:
             f"{bulk['enrollments_per_s']:>9} {_cell(r.get('bulk_enrollments_per_s'), 6)}"
             f"   rows after {bulk['rows_s']} s, workflows after {bulk['workflows_s']} s"
         )
+        if "rounds_enrollments_per_s" in bulk and "rounds_starts_per_s" in starts:
+            lines.append(
+                f"{'  bulk rounds (median above)':40} raw {starts['rounds_starts_per_s']}; "
+                f"engine {bulk['rounds_enrollments_per_s']}"
+            )
         if bulk.get("cpu_ms_per_enrollment"):
             lines.append(
                 f"{'CPU ms per enrollment, bulk':40} raw worker {starts.get('cpu_ms_per_start', {}).get('worker')}; "
@@ -644,7 +656,8 @@ def parse(argv: list[str] | None = None) -> tuple[Options, Path]:
                              "(results in benchmarks/results/bulk_only-BACKEND.json unless --output)")
     parser.add_argument("--backend", choices=BACKENDS, default=Options.backend, help="the database of --bulk-only")
     parser.add_argument("--bulk-rounds", type=int, default=Options.bulk_rounds,
-                        help="rounds of --bulk-only, engine and raw alternating; medians reported (default %(default)s)")
+                        help="rounds of the bulk case, the median reported; with --bulk-only, engine and raw "
+                             "alternating (default %(default)s)")
     parser.add_argument("--bulk-size", type=int, dest="bulk_n", default=argparse.SUPPRESS,
                         help="the same as --bulk-n")
     parser.add_argument("--other-contacts", type=int, default=Options.other_contacts,

@@ -203,13 +203,26 @@ async def terminate_all(client: Client, workflow_ids: Iterable[str], concurrency
     await asyncio.gather(*(one(w) for w in workflow_ids))
 
 
-async def enrollment_workflows_since(client: Client, task_queue: str, since: datetime) -> int:
-    """Enrollment workflows started on the queue since ``since``, as visibility sees them."""
-    query = (
+def _started_since(task_queue: str, since: datetime) -> str:
+    return (
         f"WorkflowType = '{ENROLLMENT_WORKFLOW}' AND TaskQueue = '{task_queue}' "
         f"AND StartTime >= '{since.isoformat().replace('+00:00', 'Z')}'"
     )
-    return (await client.count_workflows(query)).count
+
+
+async def enrollment_workflows_since(client: Client, task_queue: str, since: datetime) -> int:
+    """Enrollment workflows started on the queue since ``since``, as visibility sees them."""
+    return (await client.count_workflows(_started_since(task_queue, since))).count
+
+
+async def last_enrollment_start(client: Client, task_queue: str, since: datetime) -> datetime:
+    """When the server started the last of the enrollment workflows started on the queue since ``since``."""
+    last = None
+    async for execution in client.list_workflows(_started_since(task_queue, since), page_size=1000):
+        last = execution.start_time if last is None else max(last, execution.start_time)
+    if last is None:
+        raise RuntimeError(f"no enrollment workflow started on {task_queue} since {since}")
+    return last
 
 
 def temporal_binary() -> str:

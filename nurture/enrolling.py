@@ -26,8 +26,10 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import Enum
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
@@ -201,8 +203,40 @@ _ROW_COLUMNS = ("flow_id", "flow_version", "contact_id", "sequence", "workflow_i
                 "current_step", "paused", "exit_reason", "progress_seq", "started_at", "updated_at")
 
 
+def _unnest_insert() -> sa.TextClause:
+    """PostgreSQL: a page's rows as one array per column, unnested into the table.
+
+    A multi-row VALUES list has 13 placeholders per row: 13,000 for a bulk page, and psycopg
+    splits a statement that long anew at every execution (too long for its cache), which was
+    most of a page's CPU before its starts. Thirteen arrays are thirteen placeholders."""
+    dialect = postgresql.dialect()
+    quote = dialect.identifier_preparer.quote
+    columns = ", ".join(quote(column) for column in _ROW_COLUMNS)
+    arrays = ", ".join(
+        f"CAST(:{column} AS {ENROLLMENTS.c[column].type.compile(dialect=dialect)}[])" for column in _ROW_COLUMNS
+    )
+    return sa.text(
+        f"INSERT INTO {quote(ENROLLMENTS.name)} ({columns}) SELECT * FROM unnest({arrays}) RETURNING id, workflow_id"
+    )
+
+
+_UNNEST_INSERT = _unnest_insert()
+
+
+def _plain(value):
+    return value.value if isinstance(value, Enum) else value
+
+
 async def _insert(session: AsyncSession, rows: Sequence[Enrollment]) -> None:
-    """The rows in one statement (executemany with RETURNING: batched into multi-row INSERTs), ids set."""
+    """The rows in one statement, ids set (on SQLite, executemany with RETURNING, which
+    SQLAlchemy batches into multi-row INSERTs)."""
+    if len(rows) > 1 and session.get_bind().dialect.name == "postgresql":
+        arrays = {column: [_plain(getattr(row, column)) for row in rows] for column in _ROW_COLUMNS}
+        # Matched by workflow id (unique): RETURNING's order is not a promise of INSERT ... SELECT.
+        ids = {workflow_id: row_id for row_id, workflow_id in (await session.execute(_UNNEST_INSERT, arrays)).all()}
+        for row in rows:
+            row.id = ids[row.workflow_id]
+        return
     params = [{column: getattr(row, column) for column in _ROW_COLUMNS} for row in rows]
     if len(params) == 1:
         # One row (an API request): the dialect's own way to the new id (SQLite's lastrowid, no

@@ -26,7 +26,8 @@ from benchmarks.targets import TARGETS, evaluate
 from tests.conftest import BACKENDS
 
 TINY = Options(
-    n=3, signal_samples=3, event_samples=2, concurrency=3, postgres=False, bulk_n=4, history_samples=2, import_rows=5
+    n=3, signal_samples=3, event_samples=2, concurrency=3, postgres=False, bulk_n=4, history_samples=2, import_rows=5,
+    bulk_rounds=2,
 )
 
 
@@ -40,7 +41,7 @@ async def test_the_raw_baseline_completes_every_workflow_and_takes_every_sample(
     assert raw["batch"]["per_workflow"]["samples"] == 3
     assert raw["signal_round_trip"]["samples"] == 3
     assert raw["event_to_exit"]["samples"] == 2 and raw["event_to_exit"]["exited"] == 2
-    assert raw["starts"]["n"] == 4
+    assert raw["starts"]["n"] == 4 and len(raw["starts"]["rounds_starts_per_s"]) == 2
     assert raw["batch"]["cpu_ms_per_workflow"]["worker"] > 0  # the bare worker runs in its own process
     for shape in SHAPES:
         assert raw["history"][shape]["samples"] == 2, shape
@@ -63,6 +64,7 @@ async def test_the_engine_completes_every_enrollment_and_exits_on_every_goal(dev
     assert engine["signal_round_trip"]["samples"] == 3
     bulk = engine["bulk"]
     assert bulk["n"] == 4 and bulk["bulk"]["enrolled"] == 4 and bulk["bulk"]["status"] == "completed"
+    assert len(bulk["rounds_enrollments_per_s"]) == 2  # each round enrolled its own four, in a flow of its own
     for shape in SHAPES:
         assert engine["history"][shape]["samples"] == 2, shape
         assert engine["history"][shape]["actions"] >= 2, shape

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from sqlmodel import select
 from temporalio.api.enums.v1 import EventType
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.enrolling import EnrollingActivities
 from nurture.batch_contracts import BulkPageInput, BulkProgress
-from nurture.models import Contact
+from nurture.enrolling import Enroller, _Candidate, active_version
+from nurture.models import Contact, Enrollment, EnrollmentStatus, utcnow
 from tests.api_support import api, locs  # noqa: F401  (fixtures)
 from tests.conftest import eventually
 from tests.factories import add_active_flow, add_contact, add_templates
@@ -246,3 +248,50 @@ async def test_a_bulk_enrollment_of_a_company_among_many_other_contacts_enrolls_
 
     assert (result.status, result.examined, result.matched, result.enrolled) == ("completed", 5, 5, 5)
     assert [(r.contact_id, r.sequence) for r in await enrollments_of(db, flow.id)] == [(c.id, 1) for c in audience]
+
+
+async def test_a_page_whose_contact_was_enrolled_meanwhile_gets_that_enrollment_and_the_others_theirs(db, settings):
+    """A page's rows go in as one statement. When another enrollment (an API request, a trigger)
+    wrote one of its contacts' rows after the page read who was enrolled, that contact keeps the
+    other enrollment, not a second one, and every other contact gets its own row with its own id."""
+    await add_templates(db, TEMPLATES)
+    flow = await add_active_flow(db, one_email_flow({"type": "manual"}))
+    contacts = [await add_contact(db, f"page{i}@example.com") for i in range(6)]
+    enroller = Enroller(None, settings)  # type: ignore[arg-type]  (no start: rows only)
+    async with db.session() as session:
+        version = await active_version(session, flow)
+        candidates = [_Candidate(flow, version, contact, None) for contact in contacts]
+    async with db.session() as other:
+        meanwhile = (await enroller._write_rows(other, [candidates[3]], utcnow()))[0][0]
+        await other.commit()
+
+    async with db.session() as session:
+        written = await enroller._write_rows(session, candidates, utcnow())
+        await session.commit()
+
+    assert [created for _, created in written] == [True, True, True, False, True, True]
+    assert written[3][0].id == meanwhile.id
+    async with db.session() as session:
+        rows = {row.id: row for row in (await session.exec(select(Enrollment).where(Enrollment.flow_id == flow.id))).all()}
+    assert len(rows) == 6
+    for (row, _), contact in zip(written, contacts):
+        assert rows[row.id].contact_id == contact.id
+        assert rows[row.id].workflow_id == row.workflow_id
+
+
+async def test_a_page_of_rows_is_written_with_each_id_on_its_own_contact(db, settings):
+    await add_templates(db, TEMPLATES)
+    flow = await add_active_flow(db, one_email_flow({"type": "manual"}))
+    contacts = [await add_contact(db, f"ids{i}@example.com") for i in range(40)]
+    enroller = Enroller(None, settings)  # type: ignore[arg-type]
+    async with db.session() as session:
+        version = await active_version(session, flow)
+        written = await enroller._write_rows(session, [_Candidate(flow, version, c, None) for c in reversed(contacts)], utcnow())
+        await session.commit()
+    async with db.session() as session:
+        on_record = {row.id: row for row in (await session.exec(select(Enrollment))).all()}
+    assert len({row.id for row, _ in written}) == 40
+    for (row, created), contact in zip(written, reversed(contacts)):
+        assert created and on_record[row.id].contact_id == contact.id
+        assert on_record[row.id].status == EnrollmentStatus.active and on_record[row.id].run_id is None
+        assert on_record[row.id].started_at == row.started_at
